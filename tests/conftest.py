@@ -1,0 +1,1 @@
+from tests.hub_server import hub_server  # noqa: F401
