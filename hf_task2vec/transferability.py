@@ -1,0 +1,455 @@
+"""Peer transferability metrics, used as model-selection baselines next to Task2Vec.
+
+Each metric scores how well a frozen pre-trained *expert* (a feature extractor, or a
+classifier over its own *source* label set) is expected to transfer to a labelled target
+task, using only a forward pass over the target data. All scores are "higher = better".
+
+Implemented from the papers:
+
+* :func:`logme` -- LogME, You, Liu, Wang & Long, "LogME: Practical Assessment of
+  Pre-trained Models for Transfer Learning", ICML 2021.
+* :func:`leep` -- LEEP, Nguyen, Hassner, Seeger & Archambeau, "LEEP: A New Measure to
+  Evaluate Transferability of Learned Representations", ICML 2020.
+* :func:`nce` -- NCE, Tran, Nguyen & Hassner, "Transferability and Hardness of Supervised
+  Classification Tasks", ICCV 2019.
+* :func:`h_score` -- H-score, Bao, Li, Huang, Wang, Wornell & Zhang, "An
+  Information-Theoretic Approach to Transferability in Task Transfer Learning", ICIP 2019;
+  with ``shrinkage=True`` the regularised variant of Ibrahim, Ponomareva & Mazumder,
+  "Newer is not always better: Rethinking transferability metrics, their peculiarities,
+  stability and performance", ECML-PKDD 2022 (Ledoit-Wolf shrinkage of the feature
+  covariance).
+
+:data:`TRANSFERABILITY_METRICS` maps metric names to the functions and
+:func:`score_expert` dispatches by name, taking whichever of ``features`` /
+``source_probs`` the metric needs.
+
+Target labels may be any integers; they are re-indexed to ``0..K-1`` (all metrics are
+invariant to renaming the classes). Every computation runs in float64.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = [
+    "TRANSFERABILITY_METRICS",
+    "h_score",
+    "leep",
+    "logme",
+    "nce",
+    "score_expert",
+]
+
+logger = logging.getLogger(__name__)
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+_TINY = np.finfo(np.float64).tiny
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _as_labels(labels: object, name: str = "labels") -> tuple[np.ndarray, int]:
+    """Validate a 1-D integer label vector and re-index it to ``0..K-1``.
+
+    Returns the re-indexed labels (int64) and the number of distinct classes ``K``.
+    """
+    arr = np.asarray(labels)
+    if arr.ndim != 1:
+        hint = " (looks one-hot: pass labels.argmax(axis=1))" if arr.ndim == 2 else ""
+        raise ValueError(f"{name} must be a 1-D array of class indices, got shape {arr.shape}{hint}")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty: transferability needs at least two labelled samples")
+    if arr.dtype == bool:
+        arr = arr.astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(
+                f"{name} must be integer class indices, got dtype {arr.dtype}; "
+                f"encode them first, e.g. `_, {name} = np.unique({name}, return_inverse=True)`"
+            )
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise ValueError(
+                f"{name} must be integer class indices, got non-integral or non-finite floats; "
+                f"encode them first, e.g. `_, {name} = np.unique({name}, return_inverse=True)`"
+            )
+    classes, inverse = np.unique(arr, return_inverse=True)
+    k = int(classes.size)
+    if not (classes[0] == 0 and classes[-1] == k - 1):
+        logger.info(
+            "%s are not 0..K-1 (values %s..%s, %d classes): re-indexing them to 0..%d",
+            name,
+            classes[0],
+            classes[-1],
+            k,
+            k - 1,
+        )
+    return inverse.reshape(-1).astype(np.int64), k
+
+
+def _target_labels(labels: object, n: int | None = None, what: str = "features") -> tuple[np.ndarray, int]:
+    y, k = _as_labels(labels, "labels")
+    if n is not None and y.shape[0] != n:
+        raise ValueError(
+            f"length mismatch: {what} has {n} rows but labels has {y.shape[0]} entries; "
+            "pass one label per sample, in the same order"
+        )
+    if k < 2:
+        raise ValueError(
+            "labels contain a single class: transferability is undefined for a one-class task; "
+            "score on a sample that covers at least two target classes"
+        )
+    return y, k
+
+
+def _as_features(features: object, name: str = "features") -> np.ndarray:
+    f = np.asarray(features)
+    if f.ndim == 1:
+        raise ValueError(f"{name} must be 2-D [N, D], got 1-D; use {name}.reshape(-1, 1) for one feature")
+    if f.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [N, D], got shape {f.shape}; flatten/pool to one vector per sample")
+    if f.shape[0] == 0 or f.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {f.shape}): need at least one sample and one dimension")
+    if not (np.issubdtype(f.dtype, np.number) or f.dtype == bool) or np.iscomplexobj(f):
+        raise ValueError(f"{name} must be real-valued, got dtype {f.dtype}")
+    f = f.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(f)):
+        bad = int(np.count_nonzero(~np.all(np.isfinite(f), axis=1)))
+        raise ValueError(
+            f"{name} contain NaN/inf values in {bad} row(s); drop or impute those samples "
+            "(often a sign of a diverged forward pass or fp16 overflow)"
+        )
+    return f
+
+
+def _as_probs(source_probs: object) -> np.ndarray:
+    p = _as_features(source_probs, "source_probs")
+    if np.any(p < 0):
+        raise ValueError(
+            "source_probs has negative entries: it must be the expert's softmax probabilities, "
+            "not logits; apply scipy.special.softmax(logits, axis=1) first"
+        )
+    sums = p.sum(axis=1)
+    if not np.allclose(sums, 1.0, rtol=0.0, atol=1e-3):
+        worst = float(np.max(np.abs(sums - 1.0)))
+        raise ValueError(
+            f"source_probs rows must sum to 1 (max deviation {worst:.3g}): pass softmax probabilities "
+            "over the expert's source labels, e.g. scipy.special.softmax(logits, axis=1)"
+        )
+    return p / sums[:, None]
+
+
+# --------------------------------------------------------------------------- LogME
+
+
+def logme(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    max_iter: int = 200,
+    tol: float = 1e-10,
+) -> float:
+    """LogME score (You et al., "LogME: Practical Assessment of Pre-trained Models for
+    Transfer Learning", ICML 2021). Higher = better.
+
+    For every target class ``k`` the one-hot column ``y = 1[labels == k]`` is modelled by
+    Bayesian linear regression on the features, ``y = F w + eps`` with prior
+    ``w ~ N(0, alpha^-1 I)`` and noise ``eps ~ N(0, beta^-1 I)``. The log marginal evidence
+
+    ``L(alpha, beta) = N/2 log beta + D/2 log alpha - N/2 log 2pi - beta/2 ||F m - y||^2
+    - alpha/2 m^T m - 1/2 log|A|``,  ``A = alpha I + beta F^T F``, ``m = beta A^-1 F^T y``
+
+    is maximised with the paper's fixed-point updates ``gamma = sum_i beta s_i^2 /
+    (alpha + beta s_i^2)``, ``alpha <- gamma / m^T m``, ``beta <- (N - gamma) / ||F m - y||^2``
+    (``s_i`` the singular values of ``F``), computed in the SVD basis of ``F`` and vectorised
+    over classes. The updates are run on ``alpha / beta`` (with ``beta`` at its closed-form
+    optimum), started from the best point of a log-grid and safeguarded by bisection, so the
+    global maximum is found even when it lies on the boundary (``alpha -> inf``: the features
+    carry no information on a class; ``beta -> inf``: they interpolate it, e.g. ``N <= D``).
+    The score is ``L / N`` averaged over classes.
+
+    Args:
+        features: ``[N, D]`` features of the target samples (used as-is: no centring).
+        labels: ``[N]`` integer target labels (re-indexed to ``0..K-1``; K >= 2).
+        max_iter: maximum number of fixed-point iterations.
+        tol: stop once the relative change of every ``alpha / beta`` is below ``tol``.
+
+    Returns:
+        The mean per-sample log evidence, averaged over the K classes.
+    """
+    f = _as_features(features)
+    n = f.shape[0]
+    y, k = _target_labels(labels, n)
+    targets = np.zeros((n, k), dtype=np.float64)
+    targets[np.arange(n), y] = 1.0
+    return float(np.mean(_logme_evidence(f, targets, max_iter=max_iter, tol=tol)))
+
+
+def _logme_evidence(f: np.ndarray, targets: np.ndarray, *, max_iter: int, tol: float) -> np.ndarray:
+    """Maximised log evidence divided by N for each column of ``targets`` ``[N, K]``.
+
+    In the SVD basis ``F = U diag(s) V^T`` (``r = min(N, D)`` singular values, ``z = U^T y``)
+    and with ``lam = alpha / beta``, the paper's quantities are
+    ``gamma = sum s^2 / (lam + s^2)``, ``m^T m = sum s^2 z^2 / (lam + s^2)^2`` and
+    ``||F m - y||^2 = sum lam^2 z^2 / (lam + s^2)^2 + ||y - U z||^2``, so its update is a map
+    ``lam <- alpha / beta = gamma ||F m - y||^2 / ((N - gamma) m^T m)``. For fixed ``lam`` the
+    evidence is maximised by ``beta = N / q`` with ``q = ||F m - y||^2 + lam m^T m``, giving
+    the profile ``P(lam) = -N/2 log q + r/2 log lam - 1/2 sum log(lam + s^2) + c`` whose
+    stationary points are exactly the fixed points of that map, and the map moves ``lam``
+    uphill on ``P``. We therefore locate the best basin of ``P`` on a log-grid of ``lam``
+    (so a supremum on the boundary -- features useless for a class, ``alpha -> inf``, or
+    exactly interpolating it, ``beta -> inf`` -- is found too) and converge with the
+    paper's fixed-point update, safeguarded by bisection inside that basin.
+    """
+    n, k = targets.shape
+    u_mat, s, _ = np.linalg.svd(f, full_matrices=False)
+    r = s.size  # min(N, D); F^T F has eigenvalues s^2 and D - r exact zeros
+    sigma = (s**2)[:, None]  # [r, 1]
+    sigma_max = float(sigma.max())
+    if sigma_max <= 0.0:
+        raise ValueError("features are identically zero: LogME needs a non-degenerate feature matrix")
+    z2 = (u_mat.T @ targets) ** 2  # [r, K] targets in the left singular basis
+    if r == n:
+        outside = np.zeros(k)  # U is square: every target lies in span(U)
+    else:  # part of y outside the column space of F, unreachable by any weights
+        outside = np.sum((targets - u_mat @ (u_mat.T @ targets)) ** 2, axis=0)
+    const = 0.5 * n * (np.log(n) - 1.0 - _LOG_2PI)
+
+    def _profile(lam: np.ndarray) -> np.ndarray:
+        """Evidence maximised over beta at fixed lam = alpha / beta (natural log, not / N)."""
+        denom = lam[None, :] + sigma
+        q = lam * np.sum(z2 / denom, axis=0) + outside  # ||F m - y||^2 + lam m^T m
+        with np.errstate(divide="ignore"):
+            val = -0.5 * n * np.log(q) + 0.5 * r * np.log(lam) - 0.5 * np.sum(np.log(denom), axis=0)
+        return np.where(np.isfinite(val), val + const, -np.inf)
+
+    def _update(lam: np.ndarray) -> np.ndarray:
+        """The paper's fixed-point update of alpha / beta, in log space."""
+        denom = lam[None, :] + sigma
+        gamma = np.sum(sigma / denom, axis=0)
+        n_minus_gamma = (n - r) + np.sum(lam[None, :] / denom, axis=0)  # N - gamma, no cancellation
+        m2 = np.sum(sigma * z2 / denom**2, axis=0)
+        res2 = lam**2 * np.sum(z2 / denom**2, axis=0) + outside
+        with np.errstate(divide="ignore", invalid="ignore"):
+            new = np.log(gamma) + np.log(res2) - np.log(m2) - np.log(n_minus_gamma)
+        return new
+
+    # 1) global search for the best basin on a log-grid spanning 24 decades around the spectrum
+    u_lo, u_hi = np.log(1e-12 * sigma_max), np.log(1e12 * sigma_max)
+    grid = np.linspace(u_lo, u_hi, 57)  # spacing ~ 1 in log(lam)
+    vals = np.stack([_profile(np.full(k, np.exp(g))) for g in grid])  # [G, K]
+    best = np.argmax(vals, axis=0)
+    lo = grid[np.maximum(best - 1, 0)]
+    hi = grid[np.minimum(best + 1, grid.size - 1)]
+    u = grid[best]
+
+    # 2) paper's fixed-point update, kept inside the shrinking bracket [lo, hi] (the update
+    #    always points uphill on the profile, so it also tells which half to keep),
+    #    and bisecting whenever the step leaves the bracket or fails to halve (slow contraction)
+    converged = np.zeros(k, dtype=bool)
+    prev_step = np.full(k, np.inf)
+    n_iter = 0
+    while n_iter < max_iter and not converged.all():
+        n_iter += 1
+        target = _update(np.exp(u))
+        step = target - u
+        step = np.where(np.isfinite(step), step, np.where(target > u, np.inf, -np.inf))
+        lo = np.where(step > 0, np.maximum(lo, u), lo)
+        hi = np.where(step < 0, np.minimum(hi, u), hi)
+        proposal = u + step
+        accept = (proposal > lo) & (proposal < hi) & (np.abs(step) <= 0.5 * prev_step)
+        new_u = np.where(accept, proposal, 0.5 * (lo + hi))
+        prev_step = np.where(accept, np.abs(step), np.inf)
+        done = (np.abs(step) < tol) | (hi - lo < tol)
+        converged |= done
+        u = np.where(converged, u, new_u)
+    if not converged.all():
+        logger.warning("LogME fixed-point iteration did not converge in %d iterations", max_iter)
+    else:
+        logger.debug("LogME converged after %d iterations", n_iter)
+    if r < n and np.any(u <= u_lo + 1.0):
+        logger.warning(
+            "LogME: features (almost) exactly interpolate the one-hot targets; the noise precision "
+            "hit its upper bound and the score is capped"
+        )
+    evidence = np.maximum(_profile(np.exp(u)), vals.max(axis=0))
+    return evidence / n
+
+
+# --------------------------------------------------------------------------- LEEP / NCE
+
+
+def leep(source_probs: np.ndarray, labels: np.ndarray) -> float:
+    """LEEP score (Nguyen et al., "LEEP: A New Measure to Evaluate Transferability of
+    Learned Representations", ICML 2020). Higher = better; always <= 0.
+
+    With ``theta(x_i)`` the expert's softmax over its ``Z`` source labels, the empirical
+    joint is ``P(y, z) = 1/N sum_{i: y_i = y} theta(x_i)_z``, the conditional
+    ``P(y | z) = P(y, z) / P(z)`` and the score is the mean log-likelihood of the
+    "expected empirical predictor": ``1/N sum_i log sum_z P(y_i | z) theta(x_i)_z``.
+
+    Args:
+        source_probs: ``[N, Z]`` softmax probabilities over the expert's source labels
+            (rows must sum to 1 within 1e-3; they are renormalised exactly).
+        labels: ``[N]`` integer target labels (re-indexed to ``0..K-1``; K >= 2).
+    """
+    theta = _as_probs(source_probs)
+    n = theta.shape[0]
+    y, k = _target_labels(labels, n, "source_probs")
+    onehot = np.zeros((n, k), dtype=np.float64)
+    onehot[np.arange(n), y] = 1.0
+    joint = onehot.T @ theta / n  # [K, Z]  P(y, z)
+    marginal = joint.sum(axis=0)  # [Z]     P(z)
+    cond = np.divide(joint, marginal[None, :], out=np.zeros_like(joint), where=marginal[None, :] > 0)
+    # EEP likelihood of each sample's own label: sum_z P(y_i | z) theta_iz
+    lik = np.einsum("iz,iz->i", cond[y], theta)
+    return float(np.mean(np.log(np.maximum(lik, _TINY))))
+
+
+def nce(source_labels: np.ndarray, labels: np.ndarray) -> float:
+    """NCE score (Tran et al., "Transferability and Hardness of Supervised Classification
+    Tasks", ICCV 2019). Higher = better; always <= 0, and 0 iff ``y`` is a function of ``z``.
+
+    Negative conditional entropy ``-H(Y | Z) = sum_{y,z} P(y, z) log P(y | z)`` of the
+    target labels given the expert's hard source predictions, from empirical counts.
+
+    Args:
+        source_labels: ``[N]`` integer source predictions (e.g. ``source_probs.argmax(1)``);
+            any integer values, they are re-indexed internally.
+        labels: ``[N]`` integer target labels (re-indexed to ``0..K-1``; K >= 2).
+    """
+    z, n_z = _as_labels(source_labels, "source_labels")
+    y, k = _target_labels(labels, z.shape[0], "source_labels")
+    n = y.shape[0]
+    counts = np.zeros((k, n_z), dtype=np.float64)
+    np.add.at(counts, (y, z), 1.0)
+    joint = counts / n
+    marginal = joint.sum(axis=0, keepdims=True)  # P(z) > 0 for every re-indexed z
+    nz = joint > 0
+    return float(np.sum(joint[nz] * np.log((joint / marginal)[nz])))
+
+
+# --------------------------------------------------------------------------- H-score
+
+
+def _class_mean_cov(f: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """Covariance (ddof=0) of ``g(x_i) = E[f | y_i]`` over the samples."""
+    n = f.shape[0]
+    counts = np.bincount(y, minlength=k).astype(np.float64)  # all > 0 after re-indexing
+    sums = np.zeros((k, f.shape[1]), dtype=np.float64)
+    np.add.at(sums, y, f)
+    means = sums / counts[:, None] - f.mean(axis=0)[None, :]  # centred class means
+    return (means * (counts / n)[:, None]).T @ means
+
+
+def h_score(features: np.ndarray, labels: np.ndarray, *, shrinkage: bool = False) -> float:
+    """H-score (Bao et al., "An Information-Theoretic Approach to Transferability in Task
+    Transfer Learning", ICIP 2019). Higher = better.
+
+    ``H(f) = tr(cov(f)^+ cov(E[f | y]))``: the between-class covariance of the features
+    (each sample replaced by its class mean) whitened by the total feature covariance,
+    with a Moore-Penrose pseudo-inverse for rank-deficient features. Both covariances use
+    the ``1/N`` normalisation (the ratio is invariant to the choice).
+
+    With ``shrinkage=True`` the regularised H-score of Ibrahim, Ponomareva & Mazumder
+    (ECML-PKDD 2022) is returned: ``tr(S_a^-1 (1 - a) cov(E[f | y]))`` with the
+    Ledoit-Wolf estimate ``S_a = (1 - a) cov(f) + a (tr cov(f) / D) I`` and its optimal
+    shrinkage ``a`` (Ledoit & Wolf, J. Multivariate Anal. 2004), which is far more stable
+    when ``D`` is comparable to or larger than ``N``.
+
+    Args:
+        features: ``[N, D]`` features of the target samples.
+        labels: ``[N]`` integer target labels (re-indexed to ``0..K-1``; K >= 2).
+        shrinkage: use the Ledoit-Wolf regularised variant.
+    """
+    f = _as_features(features)
+    n, d = f.shape
+    y, k = _target_labels(labels, n)
+    centred = f - f.mean(axis=0, keepdims=True)
+    cov_f = centred.T @ centred / n
+    cov_g = _class_mean_cov(f, y, k)
+    if not shrinkage:
+        return float(np.trace(np.linalg.pinv(cov_f, hermitian=True) @ cov_g))
+
+    a = _ledoit_wolf_shrinkage(centred)
+    mu = np.trace(cov_f) / d
+    shrunk = (1.0 - a) * cov_f + a * mu * np.eye(d)
+    logger.debug("regularised H-score: Ledoit-Wolf shrinkage %.4g", a)
+    return float(np.trace(np.linalg.pinv(shrunk, hermitian=True) @ ((1.0 - a) * cov_g)))
+
+
+def _ledoit_wolf_shrinkage(centred: np.ndarray) -> float:
+    """Ledoit-Wolf (2004) optimal shrinkage intensity towards ``mu I`` for centred data."""
+    n, d = centred.shape
+    cov = centred.T @ centred / n
+    mu = np.trace(cov) / d
+    delta2 = float(np.sum((cov - mu * np.eye(d)) ** 2))  # ||S - mu I||_F^2
+    if delta2 <= 0.0:
+        return 0.0  # already a multiple of the identity
+    # sum_i ||x_i x_i^T - S||_F^2 = sum_i ||x_i||^4 - n ||S||_F^2
+    sq = np.sum(centred**2, axis=1)
+    b2 = float(np.sum(sq**2) - n * np.sum(cov**2)) / n**2
+    return float(min(max(b2, 0.0), delta2) / delta2)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _h_score_shrinkage(features: np.ndarray, labels: np.ndarray) -> float:
+    """Regularised H-score (Ibrahim et al., 2022): ``h_score(..., shrinkage=True)``."""
+    return h_score(features, labels, shrinkage=True)
+
+
+TRANSFERABILITY_METRICS: dict[str, Callable[..., float]] = {
+    "logme": logme,
+    "leep": leep,
+    "nce": nce,
+    "h_score": h_score,
+    "h_score_shrinkage": _h_score_shrinkage,
+}
+"""Metric name -> function. ``logme``/``h_score*`` take ``(features, labels)``, ``leep``
+takes ``(source_probs, labels)`` and ``nce`` takes ``(source_labels, labels)``."""
+
+_NEEDS_FEATURES = frozenset({"logme", "h_score", "h_score_shrinkage"})
+
+
+def score_expert(
+    name: str,
+    features: np.ndarray | None = None,
+    source_probs: np.ndarray | None = None,
+    *,
+    labels: np.ndarray,
+) -> float:
+    """Score one expert on a target task with the metric called ``name``.
+
+    ``logme``, ``h_score`` and ``h_score_shrinkage`` need ``features`` ``[N, D]``;
+    ``leep`` needs ``source_probs`` ``[N, Z]`` (softmax over the expert's source labels);
+    ``nce`` needs ``source_probs`` too and uses its argmax as the hard source label.
+
+    Raises:
+        ValueError: unknown metric, missing input for that metric, or invalid inputs
+            (empty, NaN, mismatched lengths, a single target class, ...).
+    """
+    key = name.strip().lower().replace("-", "_")
+    if key not in TRANSFERABILITY_METRICS:
+        raise ValueError(f"unknown transferability metric {name!r}; choose one of {sorted(TRANSFERABILITY_METRICS)}")
+    fn = TRANSFERABILITY_METRICS[key]
+    if key in _NEEDS_FEATURES:
+        if features is None:
+            raise ValueError(f"metric {key!r} needs features=[N, D] (the expert's embeddings of the samples)")
+        score = fn(features, labels)
+    else:
+        if source_probs is None:
+            raise ValueError(
+                f"metric {key!r} needs source_probs=[N, Z] (the expert's softmax over its own source "
+                "labels); feature-only experts can be scored with 'logme' or 'h_score'"
+            )
+        if key == "nce":
+            score = fn(_as_probs(source_probs).argmax(axis=1), labels)
+        else:
+            score = fn(source_probs, labels)
+    logger.debug("transferability %s = %.6g", key, score)
+    return score
