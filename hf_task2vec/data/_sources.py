@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import Task2VecError
+
 logger = logging.getLogger(__name__)
 
 FASHION_MNIST_ENV = "HF_TASK2VEC_FASHION_MNIST_DIR"
@@ -37,7 +39,7 @@ FASHION_MNIST_FILES: dict[str, tuple[str, str]] = {
 ANIMAL_MNIST_FILES: tuple[str, str] = ("animal_data_version_3.gz", "animal_label_version_3.gz")
 
 
-class OfflineDatasetNotFoundError(FileNotFoundError):
+class OfflineDatasetNotFoundError(Task2VecError, FileNotFoundError):
     """The files of an offline dataset are not installed on this machine.
 
     Attributes:
@@ -54,7 +56,7 @@ class OfflineDatasetNotFoundError(FileNotFoundError):
         return str(self.args[0])
 
 
-class OfflineDatasetFormatError(ValueError):
+class OfflineDatasetFormatError(Task2VecError, ValueError):
     """The files of an offline dataset exist but do not hold what they should (truncated, wrong format)."""
 
 

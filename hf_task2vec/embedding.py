@@ -1,0 +1,225 @@
+"""`TaskEmbedding`: the per-filter Fisher of a task, its trivial embedding, and where it came from.
+
+Saved as safetensors: two float32 tensors (`values`, `trivial`) and str -> str metadata holding
+the provenance (DESIGN.md), the layer slices, and a sha256 of the tensor bytes so that a file
+edited after it was written is refused instead of silently compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EmbeddingFileError, IncompatibleEmbeddingsError
+
+FORMAT = "hf_task2vec.embedding"
+FORMAT_VERSION = "1"
+
+# Metadata keys that must agree for two embeddings to be comparable.
+COMPATIBILITY_KEYS: tuple[str, ...] = ("probe", "probe_revision", "method", "image_size")
+
+
+@dataclass(frozen=True)
+class LayerSlice:
+    """The filters of one probe layer occupy ``values[start:stop]``."""
+
+    name: str
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class TaskEmbedding:
+    """A Task2Vec embedding.
+
+    Attributes:
+        values: float32 ``[D]``, one entry per filter of the probe: the diagonal Fisher
+            information averaged over the weights of that filter (``montecarlo`` / ``exact``), or
+            ``(beta / 2N) * Lambda`` for the ``variational`` estimator (DESIGN.md).
+        trivial: float32 ``[D]``, the embedding of a task with nothing to learn under the same
+            probe and estimator (the prior). For ``variational`` it is ``(beta / 2N) * lambda^2``
+            of each layer's learned prior. For ``montecarlo`` / ``exact`` the Fisher of such a task
+            is zero; the trivial embedding is then the constant ``prior_fisher`` (a per-probe
+            floor recorded in ``meta["trivial"]``) - the Fisher of an isotropic Gaussian prior on
+            the weights - so that ``d_sym(t, t0)`` measures how far a task rises above it.
+        layers: the slice of ``values`` that belongs to each probe layer, in probe order.
+        meta: str -> str provenance: probe id and revision, estimator and options, task source,
+            revision, split, columns, label names, number of samples, seed, library version.
+    """
+
+    values: np.ndarray
+    trivial: np.ndarray
+    layers: list[LayerSlice] = field(default_factory=list)
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.values = np.ascontiguousarray(np.asarray(self.values, dtype=np.float32).reshape(-1))
+        self.trivial = np.ascontiguousarray(np.asarray(self.trivial, dtype=np.float32).reshape(-1))
+        if self.values.shape != self.trivial.shape:
+            raise ValueError(
+                f"values has {self.values.size} entries but trivial has {self.trivial.size}; "
+                "both must have one entry per probe filter"
+            )
+        self.layers = [sl if isinstance(sl, LayerSlice) else LayerSlice(*sl) for sl in self.layers]
+        if self.layers and self.layers[-1].stop != self.values.size:
+            raise ValueError(
+                f"layer slices cover {self.layers[-1].stop} filters but the embedding has {self.values.size}"
+            )
+        self.meta = {str(k): str(v) for k, v in self.meta.items()}
+
+    # -- convenience -------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        """Number of filters (the embedding dimension)."""
+        return int(self.values.size)
+
+    @property
+    def probe(self) -> str:
+        return self.meta.get("probe", "")
+
+    @property
+    def method(self) -> str:
+        return self.meta.get("method", "")
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("task", "")
+
+    @property
+    def norm(self) -> float:
+        """L1 norm of the values (the paper's measure of task complexity, Fig. 2 right)."""
+        return float(np.abs(self.values.astype(np.float64)).sum())
+
+    def layer(self, name: str) -> np.ndarray:
+        """The values of one layer's filters."""
+        for sl in self.layers:
+            if sl.name == name:
+                return self.values[sl.start : sl.stop]
+        raise KeyError(f"no layer {name!r}; layers are {[sl.name for sl in self.layers][:8]}...")
+
+    def check_compatible(self, other: TaskEmbedding) -> None:
+        """Raise `IncompatibleEmbeddingsError` unless `other` was made the same way."""
+        problems = [
+            f"{key}: {self.meta.get(key)!r} vs {other.meta.get(key)!r}"
+            for key in COMPATIBILITY_KEYS
+            if self.meta.get(key, "") != other.meta.get(key, "")
+        ]
+        if self.dim != other.dim:
+            problems.append(f"dimension: {self.dim} vs {other.dim}")
+        if problems:
+            raise IncompatibleEmbeddingsError(
+                f"cannot compare embedding {self.name!r} with {other.name!r}: "
+                + "; ".join(problems)
+                + ". Re-embed both tasks with the same probe, estimator and image size."
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"TaskEmbedding(task={self.name!r}, probe={self.probe!r}, method={self.method!r}, "
+            f"dim={self.dim}, norm={self.norm:.4g})"
+        )
+
+    # -- safetensors I/O ---------------------------------------------------------------------
+    def _digest(self) -> str:
+        h = hashlib.sha256()
+        h.update(self.values.tobytes())
+        h.update(self.trivial.tobytes())
+        return h.hexdigest()
+
+    def to_bytes(self) -> bytes:
+        """The safetensors serialisation (what `save` writes)."""
+        from safetensors.numpy import save
+
+        meta = dict(self.meta)
+        meta.update(
+            format=FORMAT,
+            format_version=FORMAT_VERSION,
+            layers=json.dumps([[sl.name, sl.start, sl.stop] for sl in self.layers]),
+            sha256=self._digest(),
+        )
+        return save({"values": self.values, "trivial": self.trivial}, metadata=meta)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the embedding to ``path`` atomically (temp file + rename); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, self.to_bytes())
+        return path
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str = "<bytes>") -> TaskEmbedding:
+        """Parse and verify a safetensors serialisation."""
+        from safetensors import safe_open  # noqa: F401  (import check only)
+        from safetensors.numpy import load
+
+        fix = "re-create it with `hf-task2vec embed` or download it again"
+        try:
+            tensors = load(data)
+            header_len = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8 : 8 + header_len])
+        except Exception as exc:  # safetensors raises several types for bad bytes
+            raise EmbeddingFileError(
+                f"{source} is not a readable safetensors file ({exc}); it may be truncated: {fix}"
+            ) from exc
+        meta = header.get("__metadata__") or {}
+        if meta.get("format") != FORMAT:
+            raise EmbeddingFileError(f"{source} is a safetensors file but not a hf_task2vec embedding")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise EmbeddingFileError(
+                f"{source} has embedding format version {meta.get('format_version')!r}; this "
+                f"hf_task2vec reads version {FORMAT_VERSION}: upgrade hf_task2vec or {fix}"
+            )
+        if set(tensors) != {"values", "trivial"}:
+            raise EmbeddingFileError(f"{source} holds tensors {sorted(tensors)}, expected values and trivial")
+        try:
+            layers = [LayerSlice(str(n), int(a), int(b)) for n, a, b in json.loads(meta.pop("layers", "[]"))]
+        except (ValueError, TypeError) as exc:
+            raise EmbeddingFileError(f"{source} has unreadable layer metadata: {fix}") from exc
+        digest = meta.pop("sha256", None)
+        meta.pop("format", None)
+        meta.pop("format_version", None)
+        try:
+            emb = cls(tensors["values"], tensors["trivial"], layers, meta)
+        except ValueError as exc:
+            raise EmbeddingFileError(f"{source} is inconsistent ({exc}): {fix}") from exc
+        if digest != emb._digest():
+            raise EmbeddingFileError(
+                f"{source} failed its integrity check (the sha256 of its values does not match the one "
+                f"recorded when it was written): the file was modified or corrupted; {fix}"
+            )
+        if not np.all(np.isfinite(emb.values)):
+            raise EmbeddingFileError(f"{source} contains non-finite values: {fix}")
+        return emb
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> TaskEmbedding:
+        """Read and verify an embedding written by `save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise EmbeddingFileError(f"embedding file {str(path)!r} does not exist")
+        return cls.from_bytes(path.read_bytes(), source=repr(str(path)))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so
+    that a reader (or a crash) never sees a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,462 @@
+"""Tasks: a labeled `datasets` object (or tensors), its input and label columns, and provenance.
+
+`load_task` accepts a Hub dataset id, a local folder (imagefolder layout or parquet/csv/json
+files), a single data file, ``"offline:<name>"`` for the bundled offline datasets, or an
+in-memory `datasets.Dataset` / `DatasetDict`. Columns are detected from the features (one
+``Image`` column, one ``ClassLabel`` column) unless given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import TaskError
+
+logger = logging.getLogger(__name__)
+
+DATA_FILE_BUILDERS = {
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".arrow": "arrow",
+}
+_INPUT_NAMES = ("image", "img", "images", "pixel_values", "picture", "photo")
+_LABEL_NAMES = ("label", "labels", "class", "target", "y", "fine_label", "category")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a PIL image of any mode (L, P, RGBA, LA, CMYK, YCbCr, I;16, I, F, 1) to 8-bit RGB.
+
+    Transparent images are composited on white; 16-bit and 32-bit integer images are scaled from
+    their full range; float images from [0, 1] (values outside are clipped).
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            arr = arr / 65535.0
+        elif mode == "I":
+            arr = arr / (65535.0 if arr.max(initial=0) > 255 else 255.0)
+        arr = np.clip(arr, 0.0, 1.0)
+        return Image.fromarray((arr * 255.0 + 0.5).astype(np.uint8), mode="L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+class Task:
+    """A labeled dataset to embed.
+
+    Build one with `load_task`, `Task.from_tensors` or `split_tasks`; do not call the constructor
+    with unchecked data.
+
+    Attributes:
+        name: a short human name (recorded in embeddings and used as file name in stores).
+        label_names: the human name of each label ``0..K-1``.
+        input_column, label_column: the dataset columns used (``None`` for tensor tasks).
+        source, revision, split, config: where the data came from.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        label_names: Sequence[str],
+        labels: np.ndarray,
+        dataset: Any = None,
+        input_column: str | None = None,
+        label_column: str | None = None,
+        inputs: torch.Tensor | None = None,
+        source: str = "",
+        revision: str = "",
+        split: str = "",
+        config: str = "",
+        validate: bool = True,
+    ) -> None:
+        self.name = name
+        self.label_names = [str(n) for n in label_names]
+        self._labels = np.asarray(labels, dtype=np.int64)
+        self.dataset = dataset
+        self.input_column = input_column
+        self.label_column = label_column
+        self.inputs = inputs
+        self.source = source
+        self.revision = revision
+        self.split = split
+        self.config = config
+        if validate:
+            _validate_labels(self._labels, len(self.label_names), name)
+
+    # -- constructors ------------------------------------------------------------------------
+    @classmethod
+    def from_tensors(
+        cls,
+        inputs: torch.Tensor | np.ndarray,
+        labels: torch.Tensor | np.ndarray | Sequence[int],
+        *,
+        name: str = "tensors",
+        label_names: Sequence[str] | None = None,
+    ) -> Task:
+        """A task over in-memory inputs ``[N, ...]`` and integer labels ``[N]`` (toy and analytic checks)."""
+        x = torch.as_tensor(inputs)
+        y = np.asarray(torch.as_tensor(labels).cpu().numpy(), dtype=np.int64).reshape(-1)
+        if x.shape[0] != y.shape[0]:
+            raise TaskError(f"task {name!r}: {x.shape[0]} inputs but {y.shape[0]} labels; give one label per input")
+        if y.size == 0:
+            raise TaskError(f"task {name!r} is empty: give at least two examples of two classes")
+        if label_names is None:
+            label_names = [str(i) for i in range(int(y.max()) + 1)]
+        return cls(name=name, label_names=label_names, labels=y, inputs=x, source="tensors")
+
+    # -- basic facts -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._labels.size)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Integer labels ``0..K-1`` of every example (int64 array)."""
+        return self._labels
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def is_image(self) -> bool:
+        return self.inputs is None
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self._labels, minlength=self.num_classes)
+
+    def __repr__(self) -> str:
+        return f"Task(name={self.name!r}, examples={len(self)}, classes={self.num_classes}, source={self.source!r})"
+
+    def meta(self) -> dict[str, str]:
+        """Provenance recorded in embeddings (str -> str)."""
+        return {
+            "task": self.name,
+            "task_source": self.source,
+            "task_revision": self.revision,
+            "task_split": self.split,
+            "task_config": self.config,
+            "input_column": self.input_column or "",
+            "label_column": self.label_column or "",
+            "label_names": json.dumps(self.label_names),
+            "num_classes": str(self.num_classes),
+        }
+
+    # -- sub-tasks ---------------------------------------------------------------------------
+    def subset(self, indices: Sequence[int] | np.ndarray, *, name: str | None = None) -> Task:
+        """The same task restricted to some examples (labels and label names unchanged)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return self._derive(idx, self._labels[idx], self.label_names, name or self.name)
+
+    def subtask(self, classes: Sequence[str | int], *, name: str | None = None) -> Task:
+        """Keep only ``classes`` (names or ids), relabelled ``0..k-1`` in the order given."""
+        ids = [self._class_id(c) for c in classes]
+        if len(set(ids)) != len(ids):
+            raise TaskError(f"task {self.name!r}: classes {list(classes)} name a class twice")
+        mapping = np.full(self.num_classes, -1, dtype=np.int64)
+        mapping[ids] = np.arange(len(ids))
+        new_labels = mapping[self._labels]
+        idx = np.nonzero(new_labels >= 0)[0]
+        names = [self.label_names[i] for i in ids]
+        default = f"{self.name}[{','.join(names)}]"
+        return self._derive(idx, new_labels[idx], names, name or default)
+
+    def _class_id(self, c: str | int) -> int:
+        if isinstance(c, (int, np.integer)) and not isinstance(c, bool):
+            if 0 <= int(c) < self.num_classes:
+                return int(c)
+        elif str(c) in self.label_names:
+            return self.label_names.index(str(c))
+        elif str(c).isdigit() and int(str(c)) < self.num_classes:
+            return int(str(c))
+        raise TaskError(
+            f"task {self.name!r} has no class {c!r}; its classes are {self.label_names} (names or ids 0.."
+            f"{self.num_classes - 1})"
+        )
+
+    def _derive(self, idx: np.ndarray, labels: np.ndarray, names: Sequence[str], name: str) -> Task:
+        dataset = self.dataset.select(idx) if self.dataset is not None else None
+        inputs = self.inputs[torch.as_tensor(idx)] if self.inputs is not None else None
+        return Task(
+            name=name,
+            label_names=names,
+            labels=labels,
+            dataset=dataset,
+            input_column=self.input_column,
+            label_column=self.label_column,
+            inputs=inputs,
+            source=self.source,
+            revision=self.revision,
+            split=self.split,
+            config=self.config,
+        )
+
+    # -- reading inputs ----------------------------------------------------------------------
+    def get_inputs(
+        self, indices: Sequence[int] | np.ndarray, transform: Callable[[Any], torch.Tensor] | None
+    ) -> torch.Tensor:
+        """A batch of model inputs for ``indices``: tensors as stored, or images decoded, converted
+        to RGB and passed through ``transform`` (the probe's preprocessing)."""
+        idx = [int(i) for i in indices]
+        if self.inputs is not None:
+            return self.inputs[torch.as_tensor(idx, dtype=torch.long)]
+        if transform is None:
+            raise TaskError(f"task {self.name!r} holds images: a probe with an image preprocessing config is needed")
+        try:
+            images = self.dataset[idx][self.input_column]
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            bad = _find_bad_row(self.dataset, self.input_column, idx)
+            raise TaskError(
+                f"task {self.name!r}: the image in row {bad} of column {self.input_column!r} cannot be decoded "
+                f"({exc}). Remove or replace that example (e.g. dataset.filter) and try again."
+            ) from exc
+        out = []
+        for i, img in zip(idx, images, strict=True):
+            if not isinstance(img, Image.Image):
+                raise TaskError(
+                    f"task {self.name!r}: row {i} of column {self.input_column!r} is {type(img).__name__}, not an "
+                    "image; cast the column with dataset.cast_column(col, datasets.Image())"
+                )
+            out.append(transform(to_rgb(img)))
+        return torch.stack(out)
+
+
+def _find_bad_row(dataset: Any, column: str, idx: list[int]) -> int | str:
+    for i in idx:
+        try:
+            img = dataset[i][column]
+            if isinstance(img, Image.Image):
+                img.load()
+        except Exception:
+            return i
+    return "?"
+
+
+def _validate_labels(labels: np.ndarray, num_classes: int, name: str) -> None:
+    if labels.size == 0:
+        raise TaskError(f"task {name!r} is empty (0 examples): check the split and the class filter")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise TaskError(f"task {name!r}: labels must lie in 0..{num_classes - 1}; found {labels.min()}..{labels.max()}")
+    present = np.unique(labels)
+    if present.size < 2:
+        only = present[0] if present.size else "?"
+        raise TaskError(
+            f"task {name!r} has a single class (label {only}): a task needs at least two classes to "
+            "learn anything. Add examples of another class or choose other classes."
+        )
+
+
+# -- loading --------------------------------------------------------------------------------------
+def _pick_split(dsd: Any, split: str, source: str) -> Any:
+    if split not in dsd:
+        raise TaskError(f"{source!r} has no split {split!r}; its splits are {sorted(dsd)}. Pass split=...")
+    return dsd[split]
+
+
+def _load_local(path: Path, split: str) -> Any:
+    import datasets
+
+    if path.is_file():
+        builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise TaskError(f"{str(path)!r}: unsupported file type; use one of {sorted(DATA_FILE_BUILDERS)}")
+        return datasets.load_dataset(builder, data_files={split: str(path)})
+    files = [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in DATA_FILE_BUILDERS]
+    if files:
+        builder = DATA_FILE_BUILDERS[files[0].suffix.lower()]
+        return datasets.load_dataset(builder, data_dir=str(path))
+    return datasets.load_dataset("imagefolder", data_dir=str(path))
+
+
+def _resolve_hub_revision(source: str, revision: str | None) -> str:
+    """The commit sha a Hub dataset id resolves to (best effort; '' when unknown)."""
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(source, revision=revision).sha or (revision or "")
+    except Exception:  # offline or no permission: the load itself reports real problems
+        return revision or ""
+
+
+def _detect_columns(features: Any, input_column: str | None, label_column: str | None, source: str) -> tuple[str, str]:
+    import datasets
+
+    names = list(features)
+
+    def pick(kind: str, given: str | None, typ: type, preferred: tuple[str, ...]) -> str:
+        if given is not None:
+            if given not in names:
+                raise TaskError(f"{source!r} has no column {given!r}; its columns are {names}")
+            return given
+        typed = [n for n in names if isinstance(features[n], typ)]
+        if len(typed) == 1:
+            return typed[0]
+        if len(typed) > 1:
+            raise TaskError(
+                f"{source!r} has several {typ.__name__} columns {typed}: pass {kind}_column=... to choose one"
+            )
+        named = [n for n in names if n.lower() in preferred]
+        if len(named) == 1:
+            return named[0]
+        raise TaskError(
+            f"cannot tell the {kind} column of {source!r} (columns {names}, none of type {typ.__name__}): "
+            f"pass {kind}_column=..."
+        )
+
+    inp = pick("input", input_column, datasets.Image, _INPUT_NAMES)
+    lab = pick("label", label_column, datasets.ClassLabel, _LABEL_NAMES)
+    if inp == lab:
+        raise TaskError(f"{source!r}: the input and label column are both {inp!r}; pass input_column/label_column")
+    return inp, lab
+
+
+def load_task(
+    source: Any,
+    *,
+    input_column: str | None = None,
+    label_column: str | None = None,
+    split: str = "train",
+    classes: Sequence[str | int] | None = None,
+    name: str | None = None,
+    revision: str | None = None,
+    config: str | None = None,
+) -> Task:
+    """Load a labeled dataset as a `Task`.
+
+    Args:
+        source: a Hub dataset id (``"user/name"``), a local folder or data file, ``"offline:<name>"``
+            (see `hf_task2vec.data.available_offline`), a `datasets.Dataset` or `DatasetDict`, or a
+            `Task` (returned, restricted to ``classes`` if given).
+        input_column, label_column: the columns to use; detected from the features when omitted.
+        split: the split to use when the source has several.
+        classes: restrict to these label names or ids (relabelled ``0..k-1`` in this order).
+        name: the task name (default: derived from the source).
+        revision: the Hub revision (branch, tag or commit) of a Hub dataset.
+        config: the dataset configuration name for Hub datasets with several.
+
+    Raises:
+        TaskError: for a missing split/column, ambiguous columns, an empty task or a single class.
+    """
+    import datasets
+
+    if isinstance(source, Task):
+        task = source
+    else:
+        src_label, revision_used, ds = _open_source(source, split, revision, config)
+        if isinstance(ds, datasets.IterableDataset | datasets.IterableDatasetDict):
+            raise TaskError(
+                f"{src_label!r} is a streaming dataset; materialise the examples you want first "
+                "(e.g. Dataset.from_list(list(ds.take(n))))"
+            )
+        if isinstance(ds, datasets.DatasetDict):
+            ds = _pick_split(ds, split, src_label)
+        if len(ds) == 0:
+            raise TaskError(f"{src_label!r} (split {split!r}) is empty: nothing to embed")
+        inp, lab = _detect_columns(ds.features, input_column, label_column, src_label)
+        ds = _prepare_columns(ds, inp, lab, src_label)
+        label_names = list(ds.features[lab].names)
+        labels = np.asarray(ds.data.column(lab).to_numpy() if ds._indices is None else ds[lab], dtype=np.int64)
+        default_name = src_label.rstrip("/").split("/")[-1] or "task"
+        task = Task(
+            name=name or default_name,
+            label_names=label_names,
+            labels=labels,
+            dataset=ds,
+            input_column=inp,
+            label_column=lab,
+            source=src_label,
+            revision=revision_used,
+            split=split,
+            config=config or "",
+            validate=classes is None,  # a class filter comes next; check the sub-task instead
+        )
+    if classes is not None:
+        return task.subtask(classes, name=name)
+    if name:
+        task.name = name
+    return task
+
+
+def _open_source(source: Any, split: str, revision: str | None, config: str | None) -> tuple[str, str, Any]:
+    import datasets
+
+    if isinstance(source, datasets.Dataset | datasets.DatasetDict | datasets.IterableDataset):
+        label = getattr(getattr(source, "info", None), "dataset_name", None) or "in-memory"
+        return str(label), revision or "", source
+    if isinstance(source, datasets.IterableDatasetDict):
+        return "in-memory", revision or "", source
+    if not isinstance(source, str | os.PathLike):
+        raise TaskError(f"cannot load a task from a {type(source).__name__}; give a Hub id, a path or a Dataset")
+    text = os.fspath(source)
+    if text.startswith("offline:"):
+        from .data import load_offline
+
+        return text, "", load_offline(text.split(":", 1)[1], split=split)
+    path = Path(text)
+    if path.exists():
+        return str(path), "", _load_local(path, split)
+    if text.startswith(("/", "./", "../", "file://")):
+        raise TaskError(f"local path {text!r} does not exist")
+    resolved = _resolve_hub_revision(text, revision)
+    try:
+        ds = datasets.load_dataset(text, config, split=split, revision=resolved or revision)
+    except Exception as exc:
+        raise TaskError(
+            f"could not load Hub dataset {text!r} (split {split!r}): {type(exc).__name__}: {exc}. Check the id, "
+            "the split/config, your token (HF_TOKEN) for private datasets, and that the Hub is reachable "
+            "(HF_ENDPOINT, HF_HUB_OFFLINE)."
+        ) from exc
+    return text, resolved, ds
+
+
+def _prepare_columns(ds: Any, inp: str, lab: str, source: str) -> Any:
+    """Make the input column an ``Image`` feature (paths/bytes are cast) and the label a ``ClassLabel``."""
+    import datasets
+
+    feat = ds.features[inp]
+    if not isinstance(feat, datasets.Image):
+        is_text = isinstance(feat, datasets.Value) and feat.dtype in ("string", "large_string")
+        is_struct = isinstance(feat, dict) and {"bytes", "path"} <= set(feat)
+        if is_text or is_struct:
+            ds = ds.cast_column(inp, datasets.Image())
+        else:
+            raise TaskError(
+                f"{source!r}: column {inp!r} has type {feat}; an image column (datasets.Image, file paths or bytes) "
+                "is needed. For non-image inputs use Task.from_tensors"
+            )
+    if not isinstance(ds.features[lab], datasets.ClassLabel):
+        try:
+            ds = ds.class_encode_column(lab)
+        except Exception as exc:
+            raise TaskError(f"{source!r}: label column {lab!r} cannot be turned into classes ({exc})") from exc
+    return ds
+
+
+def split_tasks(dataset: Any, groups: dict[str, Sequence[str | int]], **load_kwargs: Any) -> list[Task]:
+    """Cut a dataset into sub-tasks, one per label group (the paper cuts iNaturalist into orders).
+
+    Args:
+        dataset: anything `load_task` accepts.
+        groups: ``{task_name: [class names or ids]}``; each sub-task is relabelled ``0..k-1``.
+    """
+    base = load_task(dataset, **load_kwargs) if not isinstance(dataset, Task) else dataset
+    if not groups:
+        raise TaskError("split_tasks needs at least one label group")
+    return [base.subtask(classes, name=name) for name, classes in groups.items()]
