@@ -1,0 +1,192 @@
+"""Core commands: ``embed``, ``distance``, ``probes`` and ``demo`` (the main job on the embedded defaults)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# The demo's tasks: real offline sub-tasks of three datasets (DESIGN.md: Animal-MNIST, Fashion-MNIST, digits).
+DEMO_TASKS: dict[str, tuple[str, list[str]]] = {
+    "animals: cat vs dog": ("animal-mnist", ["cat", "dog"]),
+    "animals: horse vs zebra": ("animal-mnist", ["horse", "zebra"]),
+    "animals: cow vs sheep": ("animal-mnist", ["cow", "sheep"]),
+    "animals: bird vs bear": ("animal-mnist", ["bird", "bear"]),
+    "fashion: T-shirt vs shirt": ("fashion-mnist", ["T-shirt/top", "Shirt"]),
+    "fashion: sneaker vs boot": ("fashion-mnist", ["Sneaker", "Ankle boot"]),
+    "fashion: trouser vs dress": ("fashion-mnist", ["Trouser", "Dress"]),
+    "fashion: bag vs sandal": ("fashion-mnist", ["Bag", "Sandal"]),
+    "digits: 0 vs 1": ("digits", ["0", "1"]),
+    "digits: 3 vs 8": ("digits", ["3", "8"]),
+    "digits: 4 vs 9": ("digits", ["4", "9"]),
+    "digits: 1 vs 7": ("digits", ["1", "7"]),
+}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "task"
+
+
+def _add_embed_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--probe", default="embedded", help="probe spec for load_probe (default: embedded)")
+    p.add_argument("--method", default="montecarlo", choices=["montecarlo", "exact", "variational"])
+    p.add_argument("--max-samples", type=int, default=10_000, help="examples used at most (class-balanced)")
+    p.add_argument("--n-samples", type=int, default=1, help="label draws per input (montecarlo)")
+    p.add_argument("--image-size", type=int, default=None, help="resize images to this side (default: probe's)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def _embedder(args: argparse.Namespace):
+    from ..task2vec import Task2Vec
+
+    return Task2Vec(
+        args.probe,
+        method=args.method,
+        max_samples=args.max_samples,
+        n_samples=args.n_samples,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+    )
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from ..tasks import load_task
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    task = load_task(
+        args.source,
+        input_column=args.input_column,
+        label_column=args.label_column,
+        split=args.split,
+        classes=classes,
+        name=args.name,
+        revision=args.revision,
+        config=args.config,
+    )
+    start = time.perf_counter()
+    emb = _embedder(args).embed(task)
+    out = Path(args.out) if args.out else Path(f"{_slug(task.name)}.safetensors")
+    emb.save(out)
+    print(
+        f"embedded {task.name!r}: {emb.meta['num_samples']} examples, {task.num_classes} classes, dim {emb.dim}, "
+        f"L1 norm {emb.norm:.4g}, {time.perf_counter() - start:.1f} s -> {out}"
+    )
+    return 0
+
+
+def cmd_distance(args: argparse.Namespace) -> int:
+    from ..distance import distance_matrix
+    from ..embedding import TaskEmbedding
+
+    if len(args.files) < 2:
+        raise SystemExit("distance needs at least two embedding files")
+    embs = [TaskEmbedding.load(f) for f in args.files]
+    m = distance_matrix(embs, kind=args.kind, alpha=args.alpha)
+    if len(embs) == 2:
+        print(f"{m[0, 1]:.6f}")
+        return 0
+    names = [e.name or Path(f).stem for e, f in zip(embs, args.files, strict=True)]
+    width = max(len(n) for n in names)
+    print(" " * width + "  " + "  ".join(f"{i:>8d}" for i in range(len(names))))
+    for i, n in enumerate(names):
+        print(f"{n:<{width}}  " + "  ".join(f"{v:8.4f}" for v in m[i]))
+    return 0
+
+
+def cmd_probes(args: argparse.Namespace) -> int:
+    from ..probes import PROBE_REGISTRY
+
+    for name, cfg in sorted(PROBE_REGISTRY.items()):
+        print(f"{name:24s} {cfg.architecture:24s} {cfg.description}")
+    print("...and any timm model name, hf-hub:/timm/ id, transformers checkpoint, or local checkpoint (--arch)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..data import load_offline
+    from ..distance import distance_matrix
+    from ..plots import distance_heatmap
+    from ..task2vec import Task2Vec
+    from ..tasks import load_task
+
+    start = time.perf_counter()
+    embedder = Task2Vec(
+        args.probe, max_samples=args.max_samples, image_size=args.image_size, seed=args.seed, device=args.device
+    )
+    print(
+        f"probe {embedder.probe.name} ({embedder.probe.dim} filters), {args.image_size}px, "
+        f"{args.max_samples} examples per task, montecarlo Fisher"
+    )
+    datasets_cache: dict[str, object] = {}
+    embeddings, names, groups = [], [], []
+    out_dir = Path(args.embeddings_dir) if args.embeddings_dir else None
+    for name, (dataset, classes) in DEMO_TASKS.items():
+        if dataset not in datasets_cache:
+            datasets_cache[dataset] = load_offline(dataset, "train")
+        task = load_task(datasets_cache[dataset], classes=classes, name=name)
+        t0 = time.perf_counter()
+        emb = embedder.embed(task)
+        print(f"  {name:28s} {emb.meta['num_samples']:>5s} ex  norm {emb.norm:9.4g}  {time.perf_counter() - t0:5.1f} s")
+        if out_dir is not None:
+            emb.save(out_dir / f"{_slug(name)}.safetensors")
+        embeddings.append(emb)
+        names.append(name)
+        groups.append(dataset)
+    dist = distance_matrix(embeddings, kind="symmetric")
+    print("\nnearest task (symmetric Task2Vec distance):")
+    same = 0
+    for i, name in enumerate(names):
+        d = dist[i].copy()
+        d[i] = np.inf
+        j = int(np.argmin(d))
+        same += groups[i] == groups[j]
+        print(f"  {name:28s} -> {names[j]:28s} {d[j]:.4f}")
+    print(f"\n{same}/{len(names)} tasks have their nearest neighbour in the same source dataset")
+    distance_heatmap(dist, names, args.out, groups=groups, title="Task2Vec symmetric distance (12 offline tasks)")
+    print(f"heatmap with dendrogram -> {args.out}")
+    print(f"demo finished in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="embed a task (Hub id, folder, file or offline:<name>) to a .safetensors file")
+    p.add_argument("source", help="Hub dataset id, local folder/file, or offline:fashion-mnist|animal-mnist|digits")
+    p.add_argument("--classes", help="comma-separated label names or ids to keep (a sub-task)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--config", default=None, help="dataset configuration name")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    p.add_argument("--input-column", default=None)
+    p.add_argument("--label-column", default=None)
+    p.add_argument("--name", default=None, help="task name (default: from the source)")
+    p.add_argument("--out", default=None, help="output file (default: <task>.safetensors)")
+    _add_embed_options(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("distance", help="distance between embedding files (a matrix for more than two)")
+    p.add_argument("files", nargs="+", help="embedding .safetensors files (for asymmetric: source first)")
+    p.add_argument("--kind", default="symmetric", choices=["symmetric", "asymmetric", "cosine"])
+    p.add_argument("--alpha", type=float, default=0.15, help="asymmetric distance weight")
+    p.set_defaults(func=cmd_distance)
+
+    p = sub.add_parser("probes", help="list the registered offline probes")
+    p.set_defaults(func=cmd_probes)
+
+    p = sub.add_parser("demo", help="embed 12 real offline tasks and draw their clustered distance heatmap")
+    p.add_argument("--out", default="demo_heatmap.png", help="PNG path for the heatmap")
+    p.add_argument("--embeddings-dir", default=None, help="also save the embeddings here")
+    p.add_argument("--probe", default="embedded")
+    p.add_argument("--max-samples", type=int, default=256)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_demo)
