@@ -214,12 +214,14 @@ def embed(
     name: str | None = None,
     revision: str | None = None,
     config: str | None = None,
+    streaming: bool = False,
     **options: Any,
 ) -> TaskEmbedding:
     """Embed a task in one call: ``hf_task2vec.embed("username/my-dataset")``.
 
     ``source`` is anything `load_task` accepts; ``options`` go to `Task2Vec` (``max_samples``,
-    ``n_samples``, ``image_size``, ``seed``, ``device``...).
+    ``n_samples``, ``image_size``, ``seed``, ``device``...). ``streaming=True`` streams the
+    dataset and reads only ``max_samples`` class-balanced examples of it (large Hub datasets).
     """
     task = (
         source
@@ -233,6 +235,8 @@ def embed(
             name=name,
             revision=revision,
             config=config,
+            streaming=streaming,
+            max_examples=options.get("max_samples", 10_000) if streaming else None,
         )
     )
     if isinstance(source, Task) and classes is not None:

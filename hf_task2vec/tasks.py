@@ -270,28 +270,68 @@ def _pick_split(dsd: Any, split: str, source: str) -> Any:
     return dsd[split]
 
 
-def _load_local(path: Path, split: str) -> Any:
+def _load_local(path: Path, split: str, streaming: bool = False) -> Any:
     import datasets
 
     if path.is_file():
         builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise TaskError(f"{str(path)!r}: unsupported file type; use one of {sorted(DATA_FILE_BUILDERS)}")
-        return datasets.load_dataset(builder, data_files={split: str(path)})
+        return datasets.load_dataset(builder, data_files={split: str(path)}, streaming=streaming)
     files = [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in DATA_FILE_BUILDERS]
     if files:
         builder = DATA_FILE_BUILDERS[files[0].suffix.lower()]
-        return datasets.load_dataset(builder, data_dir=str(path))
-    return datasets.load_dataset("imagefolder", data_dir=str(path))
+        return datasets.load_dataset(builder, data_dir=str(path), streaming=streaming)
+    return datasets.load_dataset("imagefolder", data_dir=str(path), streaming=streaming)
 
 
 def _resolve_hub_revision(source: str, revision: str | None) -> str:
-    """The commit sha a Hub dataset id resolves to (best effort; '' when unknown)."""
-    try:
-        from huggingface_hub import HfApi
+    """The commit sha a Hub dataset id (at ``revision``, default ``main``) resolves to.
 
+    A missing or inaccessible repo, an unknown revision or a rejected token raise a `TaskError`
+    that names the dataset and the fix. When the Hub cannot be asked (offline mode, no network),
+    the revision as given is returned (``''`` for the default branch) and the load itself goes on
+    from the local cache if it can.
+    """
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
         return HfApi().dataset_info(source, revision=revision).sha or (revision or "")
-    except Exception:  # offline or no permission: the load itself reports real problems
+    except GatedRepoError as exc:
+        raise TaskError(
+            f"Hub dataset {source!r} is gated: accept its conditions on its Hub page, then log in with that "
+            "account (`hf auth login` or HF_TOKEN)"
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        login = (
+            "you are not logged in: run `hf auth login` or set HF_TOKEN"
+            if get_token() is None
+            else "the token in use (HF_TOKEN or `hf auth login`) has no access to it"
+        )
+        raise TaskError(
+            f"Hub dataset {source!r} was not found: check the id (\"user/name\"); if it is private, {login}"
+        ) from exc
+    except RevisionNotFoundError as exc:
+        raise TaskError(
+            f"Hub dataset {source!r} has no revision {revision!r}: pass an existing branch, tag or commit"
+        ) from exc
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise TaskError(
+                f"the Hub refused access to dataset {source!r} (HTTP {status}): your token is invalid or lacks "
+                "read access; log in again with `hf auth login` or set HF_TOKEN"
+            ) from exc
+        logger.warning("could not resolve the revision of %r (%s); loading it anyway", source, exc)
+        return revision or ""
+    except Exception as exc:  # offline or no network: the load itself reports real problems
+        logger.info("could not resolve the revision of %r (%s: %s)", source, type(exc).__name__, exc)
         return revision or ""
 
 
@@ -337,6 +377,8 @@ def load_task(
     name: str | None = None,
     revision: str | None = None,
     config: str | None = None,
+    streaming: bool = False,
+    max_examples: int | None = None,
 ) -> Task:
     """Load a labeled dataset as a `Task`.
 
@@ -350,6 +392,12 @@ def load_task(
         name: the task name (default: derived from the source).
         revision: the Hub revision (branch, tag or commit) of a Hub dataset.
         config: the dataset configuration name for Hub datasets with several.
+        streaming: stream a Hub dataset or local files (``load_dataset(..., streaming=True)``)
+            instead of downloading them. A streamed source (also a `datasets.IterableDataset`
+            given directly) is read only until ``max_examples`` class-balanced examples are
+            found (`hf_task2vec.streaming.take_balanced`); they become an in-memory dataset.
+        max_examples: how many examples to keep from a stream (``None``: the whole stream).
+            Ignored for in-memory sources (`Task2Vec` samples those with ``max_samples``).
 
     Raises:
         TaskError: for a missing split/column, ambiguous columns, an empty task or a single class.
@@ -359,14 +407,15 @@ def load_task(
     if isinstance(source, Task):
         task = source
     else:
-        src_label, revision_used, ds = _open_source(source, split, revision, config)
-        if isinstance(ds, datasets.IterableDataset | datasets.IterableDatasetDict):
-            raise TaskError(
-                f"{src_label!r} is a streaming dataset; materialise the examples you want first "
-                "(e.g. Dataset.from_list(list(ds.take(n))))"
-            )
-        if isinstance(ds, datasets.DatasetDict):
+        src_label, revision_used, ds = _open_source(source, split, revision, config, streaming)
+        if isinstance(ds, datasets.DatasetDict | datasets.IterableDatasetDict):
             ds = _pick_split(ds, split, src_label)
+        if isinstance(ds, datasets.IterableDataset):
+            from .streaming import take_balanced
+
+            features = ds.features if ds.features is not None else ds._resolve_features().features
+            _, lab_stream = _detect_columns(features, input_column, label_column, src_label)
+            ds = take_balanced(ds, lab_stream, max_examples, classes=classes, source=src_label).dataset
         if len(ds) == 0:
             raise TaskError(f"{src_label!r} (split {split!r}) is empty: nothing to embed")
         inp, lab = _detect_columns(ds.features, input_column, label_column, src_label)
@@ -394,7 +443,9 @@ def load_task(
     return task
 
 
-def _open_source(source: Any, split: str, revision: str | None, config: str | None) -> tuple[str, str, Any]:
+def _open_source(
+    source: Any, split: str, revision: str | None, config: str | None, streaming: bool = False
+) -> tuple[str, str, Any]:
     import datasets
 
     if isinstance(source, datasets.Dataset | datasets.DatasetDict | datasets.IterableDataset):
@@ -411,12 +462,12 @@ def _open_source(source: Any, split: str, revision: str | None, config: str | No
         return text, "", load_offline(text.split(":", 1)[1], split=split)
     path = Path(text)
     if path.exists():
-        return str(path), "", _load_local(path, split)
+        return str(path), "", _load_local(path, split, streaming)
     if text.startswith(("/", "./", "../", "file://")):
         raise TaskError(f"local path {text!r} does not exist")
     resolved = _resolve_hub_revision(text, revision)
     try:
-        ds = datasets.load_dataset(text, config, split=split, revision=resolved or revision)
+        ds = datasets.load_dataset(text, config, split=split, revision=resolved or revision, streaming=streaming)
     except Exception as exc:
         raise TaskError(
             f"could not load Hub dataset {text!r} (split {split!r}): {type(exc).__name__}: {exc}. Check the id, "
