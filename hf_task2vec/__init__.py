@@ -20,6 +20,7 @@ from .errors import (  # noqa: E402
     TaskError,
 )
 from .fisher import fisher_diagonal  # noqa: E402
+from .hub import EmbeddingStore, HubError  # noqa: E402
 from .probes import FilterGroup, Probe, list_probes, load_probe  # noqa: E402
 from .task2vec import Task2Vec, domain_embedding, embed  # noqa: E402
 from .tasks import Task, load_task, split_tasks  # noqa: E402
@@ -48,4 +49,6 @@ __all__ = [
     "ProbeError",
     "EmbeddingFileError",
     "IncompatibleEmbeddingsError",
+    "EmbeddingStore",
+    "HubError",
 ]
