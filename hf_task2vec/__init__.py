@@ -22,6 +22,7 @@ from .errors import (  # noqa: E402
 from .fisher import fisher_diagonal  # noqa: E402
 from .hub import EmbeddingStore, HubError  # noqa: E402
 from .probes import FilterGroup, Probe, list_probes, load_probe  # noqa: E402
+from .selection import ExpertIndex, Model2Vec  # noqa: E402
 from .task2vec import Task2Vec, domain_embedding, embed  # noqa: E402
 from .tasks import Task, load_task, split_tasks  # noqa: E402
 
@@ -44,6 +45,8 @@ __all__ = [
     "taxonomic_distance",
     "domain_embedding",
     "fisher_diagonal",
+    "ExpertIndex",
+    "Model2Vec",
     "Task2VecError",
     "TaskError",
     "ProbeError",

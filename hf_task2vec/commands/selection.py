@@ -1,0 +1,201 @@
+"""Model-selection commands: ``select`` (rank the experts of an index for a new task) and
+``experts add|list|remove`` (build an expert index from Hub models)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def _open_index(spec: str, *, must_exist: bool = True):
+    """An index from a local folder (or its experts.safetensors), else a Hub dataset repo id."""
+    from ..selection import TENSORS_FILE, ExpertIndex
+
+    path = Path(spec)
+    if path.exists() and (path.is_file() or (path / TENSORS_FILE).is_file()):
+        return ExpertIndex.load(path)
+    if path.exists() and path.is_dir() and not must_exist and not any(path.iterdir()):
+        return ExpertIndex()
+    if not path.exists():
+        if not must_exist:
+            return ExpertIndex()
+        if spec.count("/") == 1 and not spec.startswith((".", "/")):
+            return ExpertIndex.from_hub(spec)
+    raise FileNotFoundError(
+        f"no expert index at {spec!r}: expected a folder with {TENSORS_FILE} (create one with "
+        "`hf-task2vec experts add MODEL_ID... --index PATH`) or a Hub dataset repo id"
+    )
+
+
+def _query_embedding(args: argparse.Namespace, index: Any):
+    from ..embedding import TaskEmbedding
+    from ..tasks import load_task
+
+    source = Path(args.source)
+    if source.suffix == ".safetensors" and source.is_file():
+        return TaskEmbedding.load(source)
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    task = load_task(
+        args.source,
+        input_column=args.input_column,
+        label_column=args.label_column,
+        split=args.split,
+        classes=classes,
+        revision=args.revision,
+        config=args.config,
+    )
+    overrides: dict[str, Any] = {"progress": not args.json}
+    if args.max_samples is not None:
+        overrides["max_samples"] = args.max_samples
+    if args.device is not None:
+        overrides["device"] = args.device
+    embedder = index.embedder(probe=args.probe, **overrides)
+    start = time.perf_counter()
+    emb = embedder.embed(task)
+    logger.info("embedded %s in %.1f s", task.name, time.perf_counter() - start)
+    return emb
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    index = _open_index(args.experts)
+    emb = _query_embedding(args, index)
+    matches = index.select(emb, k=args.k, metric=args.metric, alpha=args.alpha)
+    if args.json:
+        rows = [{"rank": m.rank, "model_id": m.model_id, "score": m.score, **m.info} for m in matches]
+        print(json.dumps({"task": emb.name, "metric": args.metric, "experts": rows}, indent=1))
+        return 0
+    print(f"task {emb.name!r}: {len(matches)} of {len(index)} experts by {args.metric} distance (lower is better)")
+    width = max(len(m.model_id) for m in matches)
+    for m in matches:
+        task = m.info.get("task", "")
+        err = m.info.get("error")
+        extra = f"  error {err:.3f}" if isinstance(err, int | float) else ""
+        print(f"{m.rank:3d}. {m.model_id:<{width}}  {m.score:9.5f}  {task}{extra}")
+    return 0
+
+
+def _parse_mapping(items: list[str] | None) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for item in items or []:
+        model, sep, dataset = item.partition("=")
+        if not sep or not model or not dataset:
+            raise SystemExit(f"--dataset expects MODEL_ID=DATASET, got {item!r}")
+        mapping[model] = dataset
+    return mapping
+
+
+def cmd_experts_add(args: argparse.Namespace) -> int:
+    index = _open_index(args.index, must_exist=False)
+    options: dict[str, Any] = {}
+    for key in ("method", "image_size", "max_samples", "seed", "device"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    added = index.add_hub_models(
+        args.model_ids,
+        probe=args.probe,
+        mapping=_parse_mapping(args.dataset),
+        split=args.split,
+        replace=args.replace,
+        **options,
+    )
+    index.save(args.index)
+    for mid in added:
+        info = index.info(mid)
+        print(f"added {mid}: dataset {info.get('dataset')} ({len(info.get('classes', []))} classes)")
+    print(f"{len(index)} experts in {args.index}")
+    return 0
+
+
+def cmd_experts_list(args: argparse.Namespace) -> int:
+    index = _open_index(args.index)
+    rows = index.rows()
+    if args.json:
+        print(json.dumps({"settings": index.settings, "experts": rows}, indent=1))
+        return 0
+    s = index.settings
+    print(
+        f"{len(index)} experts, probe {s.get('probe')} ({s.get('method')}, image size {s.get('image_size')}), "
+        f"Model2Vec: {'yes' if index.has_model2vec else 'no'}"
+    )
+    width = max((len(r["model_id"]) for r in rows), default=8)
+    for r in rows:
+        err = r.get("error")
+        extra = f"  error {err:.3f}" if isinstance(err, int | float) else ""
+        print(f"  {r['model_id']:<{width}}  {r.get('task', '')}  [{r.get('dataset', '')}]{extra}")
+    return 0
+
+
+def cmd_experts_remove(args: argparse.Namespace) -> int:
+    index = _open_index(args.index)
+    missing = [m for m in args.model_ids if m not in index]
+    if missing:
+        raise SystemExit(f"not in the index {args.index}: {', '.join(missing)}")
+    for mid in args.model_ids:
+        index.remove(mid)
+    if len(index) == 0:
+        raise SystemExit("refusing to save an empty index; delete the folder instead")
+    index.save(args.index)
+    print(f"removed {len(args.model_ids)}; {len(index)} experts left in {args.index}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "select",
+        help="rank the experts of an index for a task (embeds the task with the index's probe settings)",
+    )
+    p.add_argument("source", help="Hub dataset id, local folder/file, offline:<name>, or an embedding .safetensors")
+    p.add_argument("--experts", required=True, help="expert index folder (or a Hub dataset repo id)")
+    p.add_argument("-k", type=int, default=5, help="how many experts to show (default 5)")
+    p.add_argument("--metric", default="asymmetric", choices=["asymmetric", "symmetric", "model2vec"])
+    p.add_argument("--alpha", type=float, default=None, help="override the asymmetric weight")
+    p.add_argument("--classes", help="comma-separated label names or ids to keep (a sub-task)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--config", default=None)
+    p.add_argument("--revision", default=None)
+    p.add_argument("--input-column", default=None)
+    p.add_argument("--label-column", default=None)
+    p.add_argument("--probe", default=None, help="override the probe (default: the index's)")
+    p.add_argument("--max-samples", type=int, default=None, help="override the index's max_samples")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_select)
+
+    experts = sub.add_parser("experts", help="build and inspect an expert index (add Hub models, list, remove)")
+    esub = experts.add_subparsers(dest="experts_command", metavar="ACTION", required=True)
+
+    p = esub.add_parser("add", help="add Hub models: embeds the training dataset named in each model card")
+    p.add_argument("model_ids", nargs="+", metavar="MODEL_ID")
+    p.add_argument("--index", required=True, help="index folder (created if missing)")
+    p.add_argument(
+        "--dataset",
+        action="append",
+        metavar="MODEL_ID=DATASET",
+        help="training dataset of a model (overrides its card)",
+    )
+    p.add_argument("--split", default="train")
+    p.add_argument("--probe", default=None, help="probe for a new index (default: embedded)")
+    p.add_argument("--method", default=None, choices=["montecarlo", "exact", "variational"])
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--replace", action="store_true", help="re-embed experts already in the index")
+    p.set_defaults(func=cmd_experts_add)
+
+    p = esub.add_parser("list", help="list the experts of an index")
+    p.add_argument("--index", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_experts_list)
+
+    p = esub.add_parser("remove", help="remove experts from an index")
+    p.add_argument("model_ids", nargs="+", metavar="MODEL_ID")
+    p.add_argument("--index", required=True)
+    p.set_defaults(func=cmd_experts_remove)
