@@ -302,7 +302,7 @@ def _functional_pass(
 
     def log_prob(weights: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = functional_call(probe, ({**params, **weights}, buffers), (x[None],))
-        return F.log_softmax(out, dim=-1)[0, y]
+        return F.log_softmax(out, dim=-1)[0].gather(0, y[None])[0]
 
     per_sample = vmap(grad(log_prob), in_dims=(None, 0, 0))
     sums = torch.zeros(probe.dim, dtype=torch.float64)
@@ -325,9 +325,9 @@ def _functional_pass(
                 sl = slice(start, start + 8)
                 grads = per_sample({k: params[k] for k in names}, x[sl], y[sl])
                 for g, key in zip(probe.filters, names, strict=True):
-                    sq = grads[key].flatten(2).square().sum(-1)
+                    sq = grads[key].detach().flatten(2).square().sum(-1)
                     if w is not None:
-                        sq = sq * w[sl, None]
+                        sq = sq * w[sl, None].detach()
                     sums[g.start : g.stop] += sq.sum(0).double().cpu()
         n_inputs += n
         draws += n * (1 if method == "exact" else n_samples)

@@ -187,7 +187,9 @@ class Probe(nn.Module):
         n = getattr(self.backbone, "num_features", None)
         if isinstance(n, int) and n > 0:
             return n
-        raise ProbeError(f"cannot tell the feature width of probe {self.name!r}; pass a head")
+        # Without a declared width, the backbone's last filter layer sets it (conv/linear then
+        # activation and pooling); Task2Vec passes the width of the features it computed instead.
+        return self._filters[-1].size
 
     @property
     def device(self) -> torch.device:
@@ -207,9 +209,9 @@ class Probe(nn.Module):
             raise ProbeError(f"probe {self.name!r} has no head yet: call reset_head(num_classes) first")
         return self.head(self.features(x))
 
-    def reset_head(self, num_classes: int) -> nn.Linear:
+    def reset_head(self, num_classes: int, num_features: int | None = None) -> nn.Linear:
         """Replace the head by a fresh zero-initialised linear layer with ``num_classes`` outputs."""
-        head = nn.Linear(self.num_features, num_classes).to(device=self.device, dtype=self.dtype)
+        head = nn.Linear(num_features or self.num_features, num_classes).to(device=self.device, dtype=self.dtype)
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
         self.head = head

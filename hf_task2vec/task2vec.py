@@ -141,7 +141,7 @@ class Task2Vec:
             weight, bias, self.head_info = fit_linear_head(
                 feats, labels, task.num_classes, l2=self.head_l2, max_iter=self.head_epochs
             )
-            set_head(self.probe.reset_head(task.num_classes), weight, bias)
+            set_head(self.probe.reset_head(task.num_classes, feats.shape[1]), weight, bias)
             logger.info("%s: head train accuracy %.3f", task.name, self.head_info["train_accuracy"])
         elif self.probe.head is None or self.probe.head.out_features != task.num_classes:
             raise ValueError(

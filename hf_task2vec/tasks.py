@@ -421,7 +421,7 @@ def load_task(
         inp, lab = _detect_columns(ds.features, input_column, label_column, src_label)
         ds = _prepare_columns(ds, inp, lab, src_label)
         label_names = list(ds.features[lab].names)
-        labels = np.asarray(ds.data.column(lab).to_numpy() if ds._indices is None else ds[lab], dtype=np.int64)
+        labels = np.array(ds.data.column(lab).to_numpy() if ds._indices is None else ds[lab], dtype=np.int64)
         default_name = src_label.rstrip("/").split("/")[-1] or "task"
         task = Task(
             name=name or default_name,
