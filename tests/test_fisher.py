@@ -240,9 +240,7 @@ def test_label_permutation_within_montecarlo_noise():
     from hf_task2vec import distance
 
     def run(perm, seed):
-        return Task2Vec(_mlp_probe(), n_samples=4, seed=seed, progress=False, device="cpu").embed(
-            _blob_task(perm=perm)
-        )
+        return Task2Vec(_mlp_probe(), n_samples=4, seed=seed, progress=False, device="cpu").embed(_blob_task(perm=perm))
 
     a, b = run(None, 0), run(None, 1)
     permuted = run([1, 2, 0], 0)
