@@ -1,0 +1,1041 @@
+"""The expert finder without the UI: safe input handling and the search pipeline.
+
+The Gradio app (``app.py``) is a thin layer over this module, which is importable and tested on
+its own (``tests/test_space.py``). Everything a user uploads is hostile until proven otherwise:
+
+* an upload is size-checked before it is opened;
+* a zip is checked from its central directory before anything is extracted (entry count, declared
+  sizes, per-entry compression ratio, encrypted entries, absolute paths, ``..``, backslashes,
+  symlinks and other special files), and then extracted by streaming with a byte cap into a fresh
+  temporary folder, writing only image and table files (others are listed as ignored);
+* every image is opened with a pixel cap and fully decoded before it is used; unreadable images are
+  left out and named in the notes; a task needs at least two classes;
+* image paths in a table are resolved only inside the uploaded zip.
+
+Problems the user can fix raise `InputError`, whose message says what was wrong and what to do; the
+app shows it with ``gr.Error``.
+
+The search embeds the task with `hf_task2vec.Task2Vec` (same probe, estimator and image size as the
+expert index), ranks the experts with the index's ``select(embedding, k, metric)``, and draws a 2-D
+map (classical MDS or t-SNE of the symmetric Task2Vec distances) and a distance heatmap of the task
+among the experts' training tasks.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import html
+import io
+import logging
+import math
+import os
+import re
+import shutil
+import stat
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+logger = logging.getLogger("expert_finder")
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+TABLE_EXTENSIONS = frozenset({".csv", ".parquet"})
+UPLOAD_EXTENSIONS = frozenset({".zip"}) | TABLE_EXTENSIONS
+METADATA_NAMES = ("metadata.csv", "metadata.parquet")
+IMAGE_COLUMN_NAMES = ("image", "img", "file_name", "filename", "file", "path", "image_path", "filepath", "picture")
+LABEL_COLUMN_NAMES = ("label", "labels", "class", "target", "category", "y")
+PROJECTIONS = ("mds", "tsne")
+_IGNORED_SILENTLY = ("__MACOSX/", ".DS_Store", "Thumbs.db", "desktop.ini")
+_HUB_ID = re.compile(r"^(?!.*\.\.)(?!.*--)[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+_NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class InputError(ValueError):
+    """A problem with the user's input; the message names it and says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may use. Defaults suit a free CPU Space; override with environment
+    variables ``T2V_SPACE_<FIELD>`` (e.g. ``T2V_SPACE_MAX_IMAGES=2000``) via `Limits.from_env`."""
+
+    max_upload_bytes: int = 200 * 2**20
+    max_zip_entries: int = 20_000
+    max_images: int = 5_000
+    max_total_bytes: int = 1 * 2**30
+    max_entry_bytes: int = 64 * 2**20
+    max_ratio: float = 200.0
+    ratio_min_bytes: int = 2**20
+    max_image_pixels: int = 40_000_000
+    max_classes: int = 1_000
+    max_table_rows: int = 20_000
+    max_hub_rows: int = 5_000
+    max_samples: int = 5_000
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Limits:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, f in cls.__dataclass_fields__.items():
+            raw = env.get(f"T2V_SPACE_{name.upper()}")
+            if raw:
+                try:
+                    values[name] = type(f.default)(float(raw)) if f.default is not None else raw
+                except ValueError as exc:
+                    raise ValueError(f"environment variable T2V_SPACE_{name.upper()}={raw!r} is not a number") from exc
+        return cls(**values)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.0f} MB"
+
+
+# -- names ----------------------------------------------------------------------------------------
+def safe_task_name(text: str, default: str = "my-task") -> str:
+    """A file-system and Hub friendly task name from user text (an upload name or a repo id)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-._")[:64]
+    return stem or default
+
+
+def _zip_member_parts(name: str) -> tuple[str, ...]:
+    """The path parts of a zip member, or `InputError` if the name could escape the target folder."""
+    if "\x00" in name or "\\" in name:
+        raise InputError(f"the zip holds an entry with an unsafe name {name!r} (NUL or backslash); rebuild the zip")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise InputError(f"the zip holds an entry with an absolute path {name!r}; zip the folder with relative paths")
+    parts = tuple(p for p in PurePosixPath(name).parts if p not in ("", "."))
+    if ".." in parts:
+        raise InputError(
+            f"the zip holds an entry that points outside its folder ({name!r}, path traversal); this is refused. "
+            "Zip your class folders directly."
+        )
+    return parts
+
+
+def _is_hidden(parts: Sequence[str]) -> bool:
+    joined = "/".join(parts) + ("/" if parts else "")
+    return any(p.startswith(".") for p in parts) or any(joined.startswith(s) or s in parts for s in _IGNORED_SILENTLY)
+
+
+# -- uploads --------------------------------------------------------------------------------------
+def check_upload(path: str | os.PathLike[str] | None, limits: Limits) -> Path:
+    """Check that an uploaded file exists, has a supported type and is within the size limit."""
+    if path is None or str(path) == "":
+        raise InputError("no file was uploaded: upload a .zip of class folders, a .csv or a .parquet")
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"the uploaded file {p.name!r} is missing on the server; upload it again")
+    if p.suffix.lower() not in UPLOAD_EXTENSIONS:
+        raise InputError(
+            f"{p.name!r} is not a supported upload: use a .zip of class folders, or a .csv / .parquet table "
+            "of images and labels"
+        )
+    size = p.stat().st_size
+    if size > limits.max_upload_bytes:
+        raise InputError(
+            f"{p.name!r} is {_mb(size)}; this Space takes uploads up to {_mb(limits.max_upload_bytes)}. "
+            "Use fewer images (a few hundred per class is enough) or embed locally with `hf-task2vec embed`."
+        )
+    if size == 0:
+        raise InputError(f"{p.name!r} is empty")
+    return p
+
+
+@dataclass
+class ExtractedZip:
+    """What `safe_extract_zip` wrote: image files and table files, relative to ``root``."""
+
+    root: Path
+    images: list[PurePosixPath]
+    tables: list[PurePosixPath]
+    ignored: list[str] = field(default_factory=list)
+
+
+def _zip_entry_count(fh: Any) -> int:
+    """The entry count from the end-of-central-directory record, read before the (possibly huge)
+    central directory is parsed."""
+    endrec = zipfile._EndRecData(fh)  # stable private helper (since Python 2) that also handles zip64
+    if not endrec:
+        raise InputError("the uploaded file is not a zip archive (no end-of-archive record); upload a real .zip")
+    return int(endrec[zipfile._ECD_ENTRIES_TOTAL])
+
+
+def safe_extract_zip(path: str | os.PathLike[str], dest: str | os.PathLike[str], limits: Limits) -> ExtractedZip:
+    """Check a zip from its central directory, then extract its image and table files into ``dest``.
+
+    Refused with `InputError`: not a zip, too many entries, declared or actual sizes over the limits,
+    a compression ratio typical of zip bombs, encrypted entries, absolute or ``..`` paths, symlinks
+    and other non-regular files, duplicate names. Other files are skipped and listed in ``ignored``.
+    """
+    path, dest = Path(path), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    with open(path, "rb") as fh:
+        try:
+            count = _zip_entry_count(fh)
+        except OSError as exc:
+            raise InputError(f"{path.name!r} cannot be read as a zip ({exc})") from exc
+        if count > limits.max_zip_entries:
+            raise InputError(
+                f"{path.name!r} holds {count} entries; the limit is {limits.max_zip_entries}. Use fewer images."
+            )
+        try:
+            zf = zipfile.ZipFile(fh)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+            raise InputError(f"{path.name!r} is not a valid zip archive ({exc}); create it again") from exc
+        with zf:
+            return _extract_checked(zf, path.name, root, limits)
+
+
+def _extract_checked(zf: zipfile.ZipFile, label: str, root: Path, limits: Limits) -> ExtractedZip:
+    infos = zf.infolist()
+    if len(infos) > limits.max_zip_entries:
+        raise InputError(f"{label!r} holds {len(infos)} entries; the limit is {limits.max_zip_entries}")
+    wanted: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
+    ignored: list[str] = []
+    declared_total = 0
+    seen: set[tuple[str, ...]] = set()
+    for info in infos:
+        parts = _zip_member_parts(info.filename)
+        mode = info.external_attr >> 16
+        if info.is_dir():
+            continue
+        if mode and stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+            kind = "a symbolic link" if stat.S_ISLNK(mode) else "a special file"
+            raise InputError(f"the zip entry {info.filename!r} is {kind}; only regular files are accepted")
+        if info.flag_bits & 0x1:
+            raise InputError(f"the zip entry {info.filename!r} is encrypted; upload an unencrypted zip")
+        if not parts or _is_hidden(parts):
+            continue
+        suffix = PurePosixPath(parts[-1]).suffix.lower()
+        if suffix not in IMAGE_EXTENSIONS and suffix not in TABLE_EXTENSIONS:
+            ignored.append(info.filename)
+            continue
+        if parts in seen:
+            raise InputError(f"the zip holds {info.filename!r} twice; rebuild it")
+        seen.add(parts)
+        if info.file_size > limits.max_entry_bytes:
+            raise InputError(
+                f"the zip entry {info.filename!r} is {_mb(info.file_size)} uncompressed; the limit per file is "
+                f"{_mb(limits.max_entry_bytes)}"
+            )
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size >= limits.ratio_min_bytes and ratio > limits.max_ratio:
+            raise InputError(
+                f"the zip entry {info.filename!r} expands {ratio:.0f}x ({_mb(info.file_size)} from "
+                f"{info.compress_size} bytes): this looks like a zip bomb and is refused"
+            )
+        declared_total += info.file_size
+        wanted.append((info, parts))
+    if declared_total > limits.max_total_bytes:
+        raise InputError(
+            f"{label!r} would expand to {_mb(declared_total)}; the limit is {_mb(limits.max_total_bytes)}. "
+            "This looks like a zip bomb, or the dataset is too large for this Space."
+        )
+    n_images = sum(PurePosixPath(p[-1]).suffix.lower() in IMAGE_EXTENSIONS for _, p in wanted)
+    if n_images > limits.max_images:
+        raise InputError(
+            f"{label!r} holds {n_images} images; this Space takes at most {limits.max_images}. Keep a few hundred "
+            "per class (Task2Vec samples at most `max samples` of them anyway)."
+        )
+    images: list[PurePosixPath] = []
+    tables: list[PurePosixPath] = []
+    written = 0
+    for info, parts in wanted:
+        target = root.joinpath(*parts)
+        if not target.resolve().is_relative_to(root):  # belt and braces: the parts were checked above
+            raise InputError(f"the zip entry {info.filename!r} points outside the extraction folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written += _copy_capped(zf, info, target, limits.max_total_bytes - written)
+        rel = PurePosixPath(*parts)
+        (tables if rel.suffix.lower() in TABLE_EXTENSIONS else images).append(rel)
+    return ExtractedZip(root, images, tables, ignored)
+
+
+def _copy_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int) -> int:
+    """Stream one member to ``target`` (created exclusively, never through a link), stopping as soon
+    as it exceeds its declared size or the remaining byte budget."""
+    cap = min(info.file_size, budget)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    n = 0
+    try:
+        fd = os.open(target, flags, 0o600)
+    except FileExistsError as exc:
+        raise InputError(f"the zip holds {info.filename!r} twice; rebuild it") from exc
+    try:
+        with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+            while chunk := src.read(1 << 16):
+                n += len(chunk)
+                if n > cap:
+                    raise InputError(
+                        f"the zip entry {info.filename!r} expands beyond its declared size or the total limit: "
+                        "refused as a zip bomb"
+                    )
+                out.write(chunk)
+    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError, ValueError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"the zip entry {info.filename!r} is damaged ({exc}); create the zip again") from exc
+    return n
+
+
+# -- images -----------------------------------------------------------------------------------------
+def check_image(source: str | os.PathLike[str] | bytes, limits: Limits) -> str | None:
+    """``None`` if ``source`` (a path or encoded bytes) is a decodable image within the pixel limit,
+    else a short reason."""
+    try:
+        handle = io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")  # noqa: SIM115
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    try:
+        with handle, Image.open(handle) as img:
+            w, h = img.size
+            if w * h > limits.max_image_pixels:
+                return f"is {w}x{h} pixels; the limit is {limits.max_image_pixels:,} pixels per image"
+            if w < 1 or h < 1:
+                return "has no pixels"
+            img.load()
+    except Image.DecompressionBombError:
+        return f"is larger than {limits.max_image_pixels:,} pixels"
+    except Exception as exc:  # PIL raises many types for damaged files (OSError, SyntaxError, ValueError...)
+        return f"is not a readable image ({type(exc).__name__}: {str(exc)[:80]})"
+    return None
+
+
+# -- building the task ---------------------------------------------------------------------------------
+@dataclass
+class PreparedTask:
+    """A validated task and what was left out on the way."""
+
+    task: Any  # hf_task2vec.Task
+    notes: list[str]
+    source: str
+
+    @property
+    def summary(self) -> str:
+        t = self.task
+        counts = t.class_counts()
+        classes = ", ".join(f"{html.escape(n)} ({c})" for n, c in zip(t.label_names, counts, strict=True))
+        return f"**{html.escape(t.name)}**: {len(t)} images, {t.num_classes} classes: {classes}"
+
+
+def _task_from_records(
+    records: list[tuple[str | bytes, str]], *, name: str, source: str, notes: list[str], limits: Limits
+) -> PreparedTask:
+    """Validate (image, label) records and build a `hf_task2vec.Task` over an in-memory dataset."""
+    import datasets
+
+    from hf_task2vec import load_task
+
+    if not records:
+        raise InputError("no images found: give at least two classes with a few images each")
+    if len(records) > limits.max_images:
+        raise InputError(f"{len(records)} images; this Space takes at most {limits.max_images}")
+    good: list[tuple[str | bytes, str]] = []
+    bad: list[str] = []
+    for i, (img, label) in enumerate(tqdm(records, desc="checking images", unit="img", mininterval=0.5)):
+        reason = check_image(img, limits)
+        if reason is None:
+            good.append((img, label))
+        else:
+            where = Path(img).name if isinstance(img, str) else f"row {i}"
+            bad.append(f"{where} ({label}): {reason}")
+    if bad:
+        shown = "; ".join(html.escape(b) for b in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        notes.append(f"Left out {len(bad)} unreadable image(s): {shown}")
+    if not good:
+        raise InputError(f"none of the {len(records)} images could be read: {bad[0] if bad else ''}")
+    names = sorted({lab for _, lab in good})
+    if len(names) < 2:
+        only = names[0]
+        raise InputError(
+            f"the data has a single class ({only!r}{' after leaving out unreadable images' if bad else ''}): a task "
+            "needs at least two classes. Add a folder (or label) for another class."
+        )
+    if len(names) > limits.max_classes:
+        raise InputError(f"{len(names)} classes; this Space takes at most {limits.max_classes}")
+    missing = sorted({lab for _, lab in records} - set(names))
+    if missing:
+        notes.append(f"Class(es) with no readable image dropped: {html.escape(', '.join(missing[:10]))}")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    column = [img if isinstance(img, str) else {"bytes": bytes(img), "path": None} for img, _ in good]
+    ds = datasets.Dataset.from_dict(
+        {"image": column, "label": [names.index(lab) for _, lab in good]},
+        features=features,
+        info=datasets.DatasetInfo(dataset_name=source, features=features),
+    )
+    task = load_task(ds, input_column="image", label_column="label", name=name)
+    return PreparedTask(task=task, notes=notes, source=source)
+
+
+def _strip_common_prefix(paths: list[PurePosixPath], keep: int) -> tuple[list[tuple[str, ...]], tuple[str, ...]]:
+    """Drop leading folders shared by every path while each keeps at least ``keep`` parts."""
+    parts = [p.parts for p in paths]
+    prefix: tuple[str, ...] = ()
+    while parts and all(len(p) > keep for p in parts) and len({p[0] for p in parts}) == 1:
+        prefix += (parts[0][0],)
+        parts = [p[1:] for p in parts]
+    return parts, prefix
+
+
+def task_from_zip(
+    path: str | os.PathLike[str],
+    workdir: str | os.PathLike[str],
+    limits: Limits,
+    *,
+    name: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+) -> PreparedTask:
+    """A task from an uploaded zip: class folders (``<class>/<image>``, optionally under one top
+    folder), or a table (``metadata.csv`` / ``metadata.parquet`` or a single top-level .csv/.parquet)
+    naming image files inside the zip, as in the Hub's imagefolder layout."""
+    p = check_upload(path, limits)
+    if p.suffix.lower() != ".zip":
+        raise InputError(f"{p.name!r} is not a zip")
+    ex = safe_extract_zip(p, Path(workdir) / "extracted", limits)
+    notes: list[str] = []
+    if ex.ignored:
+        shown = ", ".join(html.escape(n) for n in ex.ignored[:5]) + (" ..." if len(ex.ignored) > 5 else "")
+        notes.append(f"Ignored {len(ex.ignored)} file(s) that are not images: {shown}")
+    task_name = safe_task_name(name or p.stem)
+    source = f"upload:{safe_task_name(p.name, 'upload.zip')}"
+    all_files = ex.images + ex.tables
+    rel_parts, prefix = _strip_common_prefix(all_files, keep=1)
+    top_tables = [
+        PurePosixPath(*r) for r, f in zip(rel_parts, all_files, strict=True) if f in ex.tables and len(r) == 1
+    ]
+    table = next((t for t in top_tables if t.name.lower() in METADATA_NAMES), None)
+    if table is None and len(top_tables) == 1:
+        table = top_tables[0]
+    if table is not None:
+        base = ex.root.joinpath(*prefix)
+        records = _records_from_table(
+            base / table, limits, base=base, image_column=image_column, label_column=label_column, label=table.name
+        )
+        notes.append(f"Read images and labels from the table {html.escape(table.name)!s} in the zip")
+        return _task_from_records(records, name=task_name, source=source, notes=notes, limits=limits)
+    if not ex.images:
+        raise InputError(
+            f"{p.name!r} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); zip one folder per class"
+        )
+    image_parts, prefix = _strip_common_prefix(ex.images, keep=2)
+    loose = [PurePosixPath(*prefix, *r) for r in image_parts if len(r) < 2]
+    if loose:
+        raise InputError(
+            f"{p.name!r} has images outside class folders (e.g. {str(loose[0])!r}): put each image in a folder "
+            "named after its class (<class>/<image>.png), or add a metadata.csv with file_name and label columns"
+        )
+    records = [(str(ex.root.joinpath(*prefix, *r)), r[0]) for r in image_parts]
+    return _task_from_records(records, name=task_name, source=source, notes=notes, limits=limits)
+
+
+def _pick_column(columns: Sequence[str], given: str | None, preferred: Sequence[str], kind: str, label: str) -> str:
+    if given:
+        if given not in columns:
+            raise InputError(f"{label!r} has no column {given!r}; its columns are {list(columns)}")
+        return given
+    found = [c for c in columns if str(c).lower() in preferred]
+    if len(found) == 1:
+        return found[0]
+    raise InputError(
+        f"cannot tell the {kind} column of {label!r} (columns {list(columns)}): name it in the "
+        f"'{kind} column' box (usual names: {', '.join(preferred[:4])})"
+    )
+
+
+def _read_table(path: Path, limits: Limits) -> Any:
+    import pandas as pd
+
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except Exception as exc:
+            raise InputError(f"{path.name!r} is not a readable parquet file ({exc})") from exc
+        if meta.num_rows > limits.max_table_rows:
+            raise InputError(f"{path.name!r} has {meta.num_rows} rows; the limit is {limits.max_table_rows}")
+        expanded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        if expanded > limits.max_total_bytes:
+            raise InputError(
+                f"{path.name!r} expands to {_mb(expanded)} in memory; the limit is {_mb(limits.max_total_bytes)}"
+            )
+        try:
+            return pd.read_parquet(path)
+        except Exception as exc:
+            raise InputError(f"{path.name!r} cannot be read as parquet ({exc})") from exc
+    try:
+        df = pd.read_csv(path, nrows=limits.max_table_rows + 1, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise InputError(f"{path.name!r} is not a readable CSV file ({exc})") from exc
+    if len(df) > limits.max_table_rows:
+        raise InputError(f"{path.name!r} has more than {limits.max_table_rows} rows; use fewer images")
+    return df
+
+
+def _image_value(value: Any, row: int, base: Path | None, label: str) -> str | bytes:
+    """Image bytes or a checked local path from one table cell."""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return bytes(value["bytes"])
+        value = value.get("path")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{label!r} row {row}: the image cell is empty or not a path/bytes ({type(value).__name__})")
+    value = value.strip()
+    if value.startswith("data:image/"):
+        try:
+            return base64.b64decode(value.split(",", 1)[1], validate=True)
+        except (IndexError, binascii.Error) as exc:
+            raise InputError(f"{label!r} row {row}: the data URI is not valid base64") from exc
+    if base is None:
+        raise InputError(
+            f"{label!r} row {row} names an image file ({value[:60]!r}) but only the table was uploaded. Put the "
+            "table and the images in one zip (metadata.csv with file_name and label columns), or store the "
+            "images themselves in the table (parquet bytes, or data:image/...;base64 URIs in a CSV)"
+        )
+    if value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value) or "://" in value:
+        raise InputError(f"{label!r} row {row}: image path {value[:60]!r} must be relative to the table's folder")
+    parts = PurePosixPath(value.replace("\\", "/")).parts
+    if ".." in parts:
+        raise InputError(f"{label!r} row {row}: image path {value[:60]!r} points outside the zip (path traversal)")
+    target = base.joinpath(*parts).resolve()
+    if not target.is_relative_to(base.resolve()):
+        raise InputError(f"{label!r} row {row}: image path {value[:60]!r} points outside the zip")
+    if not target.is_file():
+        raise InputError(f"{label!r} row {row}: image {value[:60]!r} is not in the zip")
+    return str(target)
+
+
+def _records_from_table(
+    path: Path,
+    limits: Limits,
+    *,
+    base: Path | None,
+    image_column: str | None,
+    label_column: str | None,
+    label: str,
+) -> list[tuple[str | bytes, str]]:
+    df = _read_table(path, limits)
+    if len(df) == 0:
+        raise InputError(f"{label!r} has no rows")
+    columns = [str(c) for c in df.columns]
+    img_col = _pick_column(columns, image_column, IMAGE_COLUMN_NAMES, "image", label)
+    lab_col = _pick_column(columns, label_column, LABEL_COLUMN_NAMES, "label", label)
+    if img_col == lab_col:
+        raise InputError(f"{label!r}: the image and label column are both {img_col!r}")
+    records: list[tuple[str | bytes, str]] = []
+    for row, (img, lab) in enumerate(zip(df[img_col].tolist(), df[lab_col].tolist(), strict=True)):
+        if lab is None or (isinstance(lab, float) and math.isnan(lab)) or str(lab).strip() == "":
+            raise InputError(f"{label!r} row {row}: the label is empty; give every image a label")
+        records.append((_image_value(img, row, base, label), str(lab).strip()))
+    return records
+
+
+def task_from_table(
+    path: str | os.PathLike[str],
+    limits: Limits,
+    *,
+    name: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+) -> PreparedTask:
+    """A task from an uploaded .csv / .parquet whose image column holds the images themselves
+    (parquet bytes or ``{"bytes": ...}`` structs as written by `datasets`, or data URIs in a CSV)."""
+    p = check_upload(path, limits)
+    if p.suffix.lower() not in TABLE_EXTENSIONS:
+        raise InputError(f"{p.name!r} is not a .csv or .parquet table")
+    records = _records_from_table(p, limits, base=None, image_column=image_column, label_column=label_column,
+                                  label=p.name)
+    return _task_from_records(
+        records, name=safe_task_name(name or p.stem), source=f"upload:{safe_task_name(p.name, 'upload')}",
+        notes=[], limits=limits
+    )
+
+
+def task_from_upload(path: str | os.PathLike[str], workdir: str | os.PathLike[str], limits: Limits, **kw: Any):
+    """Dispatch on the upload's type (`task_from_zip` or `task_from_table`)."""
+    p = check_upload(path, limits)
+    if p.suffix.lower() == ".zip":
+        return task_from_zip(p, workdir, limits, **kw)
+    return task_from_table(p, limits, **kw)
+
+
+def task_from_hub(
+    repo_id: str,
+    limits: Limits,
+    *,
+    split: str = "train",
+    config: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    token: str | None = None,
+    name: str | None = None,
+    max_samples: int = 256,
+) -> PreparedTask:
+    """A task from a Hub dataset, streamed: a class-balanced prefix of at most ``max_samples``
+    examples is read (`hf_task2vec.streaming.take_balanced`), scanning at most
+    ``limits.max_hub_rows`` rows, so a huge dataset costs the Space neither disk nor time. The
+    commit the id resolved to is recorded in the task."""
+    import datasets
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    from hf_task2vec import Task2VecError
+    from hf_task2vec.streaming import take_balanced
+
+    repo_id = (repo_id or "").strip()
+    if not _HUB_ID.match(repo_id):
+        raise InputError(f"{repo_id[:100]!r} is not a Hub dataset id; write it as user/name (e.g. ylecun/mnist)")
+    split = (split or "train").strip()
+    if not _NAME_PART.match(split):
+        raise InputError(f"{split[:40]!r} is not a split name (e.g. train, test)")
+    if config and not _NAME_PART.match(config):
+        raise InputError(f"{config[:40]!r} is not a configuration name")
+    try:
+        sha = HfApi().dataset_info(repo_id, token=token or None).sha
+    except GatedRepoError as exc:
+        raise InputError(f"{repo_id!r} is gated: accept its conditions on the Hub and log in") from exc
+    except RepositoryNotFoundError as exc:
+        raise InputError(
+            f"no dataset {repo_id!r} on the Hub (or it is private: log in or give a token with access)"
+        ) from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise InputError(f"could not reach the Hub for {repo_id!r}: {str(exc)[:200]}") from exc
+    try:
+        stream = datasets.load_dataset(
+            repo_id, config or None, split=split, streaming=True, revision=sha, token=token or None
+        )
+        features = stream.features if stream.features is not None else stream._resolve_features().features
+    except Exception as exc:
+        raise InputError(
+            f"could not open split {split!r} of {repo_id!r}: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
+    columns = list(features)
+    images = [c for c in columns if isinstance(features[c], datasets.Image)]
+    labels = [c for c in columns if isinstance(features[c], datasets.ClassLabel)]
+    img_col = _pick_column(columns, image_column or (images[0] if len(images) == 1 else None),
+                           IMAGE_COLUMN_NAMES, "image", repo_id)
+    lab_col = _pick_column(columns, label_column or (labels[0] if len(labels) == 1 else None),
+                           LABEL_COLUMN_NAMES, "label", repo_id)
+    try:
+        prefix = take_balanced(
+            stream.select_columns([img_col, lab_col]), lab_col, max_samples, max_scan=limits.max_hub_rows,
+            source=repo_id,
+        )
+    except Task2VecError as exc:
+        raise InputError(str(exc)) from exc
+    except Exception as exc:
+        raise InputError(f"could not read {repo_id!r} ({split}): {type(exc).__name__}: {str(exc)[:300]}") from exc
+    ds = prefix.dataset
+    lab_feature = ds.features[lab_col]
+    records: list[tuple[str | bytes, str]] = []
+    for i, row in enumerate(ds.cast_column(img_col, datasets.Image(decode=False))):
+        value = row[img_col]
+        if not (isinstance(value, dict) and value.get("bytes")):
+            raise InputError(f"{repo_id!r} row {i}: column {img_col!r} holds no image bytes; choose the image column")
+        lab = row[lab_col]
+        if isinstance(lab_feature, datasets.ClassLabel) and isinstance(lab, int) and lab >= 0:
+            lab = lab_feature.int2str(lab)
+        if lab is None or str(lab).strip() == "" or (isinstance(lab, int) and lab < 0):
+            raise InputError(f"{repo_id!r} row {i}: the label is missing")
+        records.append((bytes(value["bytes"]), str(lab)))
+    notes = [f"Streamed {prefix.rows_read} rows of {html.escape(repo_id)} ({html.escape(split)}) at {sha[:8]}"]
+    if not prefix.exhausted and prefix.rows_read >= limits.max_hub_rows:
+        notes.append(
+            f"Stopped after {limits.max_hub_rows} rows before every class had its share; shuffle the dataset "
+            "if it is sorted by class"
+        )
+    prepared = _task_from_records(
+        records, name=safe_task_name(name or repo_id.split("/")[-1]), source=repo_id, notes=notes, limits=limits
+    )
+    t = prepared.task
+    t.source, t.revision, t.split, t.config = repo_id, sha or "", split, config or ""
+    return prepared
+
+
+# -- the expert index ---------------------------------------------------------------------------------
+def index_settings(index: Any) -> dict[str, str]:
+    """How the index's experts were embedded: ``probe``, ``probe_revision``, ``method``, ``image_size``."""
+    if len(index) == 0:
+        raise InputError("the expert index is empty: add experts first")
+    return dict(index.settings)
+
+
+def load_expert_index(source: str | os.PathLike[str] | None = None, *, token: str | None = None) -> Any:
+    """Load the expert index (`hf_task2vec.selection.ExpertIndex`) from ``source`` (a folder or a Hub
+    dataset repo id), else ``$T2V_EXPERT_INDEX_REPO`` (a Hub dataset repo), else an ``expert_index``
+    folder next to this file (a Space can ship one), else the index built by the model-selection
+    benchmark, ``benchmarks/results/expert_index`` (the offline default)."""
+    from hf_task2vec.selection import ExpertIndex
+
+    if source is None:
+        source = os.environ.get("T2V_EXPERT_INDEX_REPO") or next(
+            (p for p in default_index_paths() if p.is_dir()), default_index_paths()[-1]
+        )
+    if _looks_remote(source):
+        return ExpertIndex.from_hub(os.fspath(source), token=token)
+    return ExpertIndex.load(source)
+
+
+def default_index_paths() -> list[Path]:
+    """Local places searched for an index: ``./expert_index`` beside the app, then the benchmark's."""
+    here = Path(__file__).resolve().parent
+    return [here / "expert_index", here.parents[1] / "benchmarks" / "results" / "expert_index"]
+
+
+def _looks_remote(source: str | os.PathLike[str]) -> bool:
+    s = os.fspath(source)
+    return not Path(s).exists() and "/" in s and bool(_HUB_ID.match(s)) and not s.startswith((".", "/"))
+
+
+# -- the search ---------------------------------------------------------------------------------------
+@dataclass
+class SearchResult:
+    """Everything the app shows after a search."""
+
+    embedding: Any  # hf_task2vec.TaskEmbedding
+    table: Any  # pandas.DataFrame
+    records: list[Any]  # hf_task2vec.selection.ExpertMatch
+    map_png: Path
+    heatmap_png: Path
+    embedding_path: Path
+    notes: list[str]
+    seconds: float
+
+
+_PROBES: dict[tuple[str, str], Any] = {}
+
+
+def get_probe(name: str, image_size: str = "") -> Any:
+    """A probe, loaded once per (name, image size) and kept for later requests."""
+    from hf_task2vec import list_probes, load_probe
+
+    base = name.removesuffix("-random-init")
+    if base not in list_probes():
+        raise InputError(f"unknown probe {name!r}; choose one of {list_probes()}")
+    key = (name, image_size)
+    if key not in _PROBES:
+        size = int(image_size) if image_size.isdigit() else None
+        _PROBES[key] = load_probe(base, pretrained=base == name, image_size=size)
+    return _PROBES[key]
+
+
+def hub_url(model_id: str) -> str:
+    """The Hub page of a model (honours ``HF_ENDPOINT``)."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    return f"{endpoint}/{model_id}"
+
+
+def expert_link(model_id: str, info: dict[str, Any] | None = None) -> str:
+    """A markdown link to the expert's Hub page; plain text for ids that are not Hub ids and for
+    local experts (info with ``weights_cache`` or ``source`` ``"local"``, as the benchmark writes)."""
+    text = re.sub(r"([\\`*_{}\[\]()#+!|<>])", r"\\\1", model_id)
+    info = info or {}
+    local = bool(info.get("weights_cache")) or info.get("source") == "local"
+    if "/" in model_id and _HUB_ID.match(model_id) and not local:
+        return f"[{text}]({hub_url(model_id)})"
+    return text + (" (local)" if local else "")
+
+
+def _trained_on(info: dict[str, Any]) -> str:
+    task = str(info.get("task") or info.get("dataset") or "")
+    classes = info.get("classes")
+    if isinstance(classes, list) and classes:
+        shown = ", ".join(str(c) for c in classes[:6]) + (", ..." if len(classes) > 6 else "")
+        task = f"{task} ({shown})" if task else shown
+    return task
+
+
+def search(
+    prepared: PreparedTask,
+    index: Any,
+    outdir: str | os.PathLike[str],
+    *,
+    probe: str | None = None,
+    method: str | None = None,
+    max_samples: int = 256,
+    k: int = 5,
+    metric: str = "asymmetric",
+    projection: str = "mds",
+    limits: Limits | None = None,
+    progress: bool = True,
+) -> SearchResult:
+    """Embed the task like the index's experts and rank the experts.
+
+    Args:
+        prepared: the task (`task_from_upload` / `task_from_hub`).
+        index: the expert index (`hf_task2vec.selection.ExpertIndex`).
+        outdir: where the embedding and the figures are written.
+        probe, method: default to the index's; a different choice is refused with the reason
+            (embeddings made differently cannot be compared).
+        max_samples: images used at most (class-balanced).
+        k: number of experts in the table.
+        metric: ``"asymmetric"`` (the paper's rule), ``"symmetric"`` or ``"model2vec"``.
+        projection: ``"mds"`` (classical MDS) or ``"tsne"`` for the 2-D map.
+    """
+    import pandas as pd
+
+    from hf_task2vec import IncompatibleEmbeddingsError, Task2VecError
+
+    limits = limits or Limits()
+    start = time.perf_counter()
+    settings = index_settings(index)
+    probe = probe or settings["probe"]
+    method = method or settings["method"]
+    wrong = [
+        f"{what} {mine!r} (the index uses {theirs!r})"
+        for what, mine, theirs in (("probe", probe, settings["probe"]), ("estimator", method, settings["method"]))
+        if mine != theirs
+    ]
+    if wrong:
+        raise InputError(
+            "the experts were embedded with another setting: " + "; ".join(wrong)
+            + ". Embeddings made differently cannot be compared: choose the index's probe and estimator."
+        )
+    if projection not in PROJECTIONS:
+        raise InputError(f"unknown map {projection!r}; choose one of {PROJECTIONS}")
+    if not 2 <= int(max_samples) <= limits.max_samples:
+        raise InputError(f"max samples must lie in 2..{limits.max_samples}, got {max_samples}")
+    embedder = index.embedder(
+        probe=get_probe(probe, settings.get("image_size", "")), max_samples=int(max_samples), progress=progress
+    )
+    try:
+        emb = embedder.embed(prepared.task)
+        records = list(index.select(emb, k=int(k), metric=metric))
+    except IncompatibleEmbeddingsError as exc:
+        raise InputError(str(exc)) from exc
+    except (Task2VecError, ValueError) as exc:
+        raise InputError(f"cannot rank the experts: {exc}") from exc
+    rows = [
+        {
+            "rank": r.rank,
+            "expert": expert_link(r.model_id, dict(r.info)),
+            "score": round(r.score, 4),
+            "trained on": _trained_on(dict(r.info)),
+        }
+        for r in records
+    ]
+    table = pd.DataFrame(rows, columns=["rank", "expert", "score", "trained on"])
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    emb_path = emb.save(out / f"{safe_task_name(prepared.task.name)}.safetensors")
+    map_png, heat_png = draw_figures(emb, index, [r.model_id for r in records], out, projection=projection)
+    return SearchResult(
+        embedding=emb,
+        table=table,
+        records=records,
+        map_png=map_png,
+        heatmap_png=heat_png,
+        embedding_path=emb_path,
+        notes=list(prepared.notes),
+        seconds=time.perf_counter() - start,
+    )
+
+
+# -- figures -----------------------------------------------------------------------------------------
+def classical_mds(d: np.ndarray, dims: int = 2) -> np.ndarray:
+    """Torgerson's classical MDS of a symmetric distance matrix: points whose Euclidean distances
+    best match ``d`` (exactly, when ``d`` is Euclidean)."""
+    d = np.asarray(d, np.float64)
+    n = d.shape[0]
+    j = np.eye(n) - np.full((n, n), 1.0 / n)
+    b = -0.5 * j @ (d**2) @ j
+    vals, vecs = np.linalg.eigh(b)
+    order = np.argsort(vals)[::-1][:dims]
+    coords = vecs[:, order] * np.sqrt(np.clip(vals[order], 0.0, None))
+    if coords.shape[1] < dims:
+        coords = np.pad(coords, ((0, 0), (0, dims - coords.shape[1])))
+    for c in range(dims):  # fix the sign so that the picture is deterministic
+        i = int(np.argmax(np.abs(coords[:, c])))
+        if coords[i, c] < 0:
+            coords[:, c] *= -1
+    return coords
+
+
+def _map_points(index: Any, top: Sequence[str], max_points: int) -> list[tuple[str, str]]:
+    """``(task label, a model id trained on it)`` for the experts' distinct training tasks: the top
+    experts' tasks first, then the others in index order, at most ``max_points``."""
+    task_of = {row["model_id"]: _trained_on(row) or row["model_id"] for row in index.rows()}
+    by_task: dict[str, str] = {}
+    for mid in [*top, *task_of]:
+        by_task.setdefault(task_of[mid], mid)
+        if len(by_task) >= max_points:
+            break
+    return list(by_task.items())
+
+
+def draw_figures(
+    embedding: Any,
+    index: Any,
+    top: Sequence[str],
+    outdir: Path,
+    *,
+    projection: str = "mds",
+    seed: int = 0,
+    max_points: int = 200,
+    max_heatmap: int = 20,
+) -> tuple[Path, Path]:
+    """The 2-D map of the task among the experts' training tasks and the symmetric-distance
+    heatmap of the task and its nearest experts' tasks; PNG files in ``outdir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from hf_task2vec.distance import pairwise_distances
+
+    points = _map_points(index, top, max_points)
+    top_tasks = {task for task, mid in points if mid in set(top)}
+    values = np.stack([embedding.values] + [index.embedding(mid).values for _, mid in points]).astype(np.float64)
+    labels = [f"{embedding.name} (yours)"] + [task for task, _ in points]
+    d = pairwise_distances(values, values, kind="symmetric")
+    d = 0.5 * (d + d.T)
+    np.fill_diagonal(d, 0.0)
+    if projection == "tsne" and len(labels) >= 4:
+        from sklearn.manifold import TSNE
+
+        xy = TSNE(
+            n_components=2, metric="precomputed", init="random", perplexity=max(1.0, min(30.0, (len(labels) - 1) / 3)),
+            random_state=seed,
+        ).fit_transform(d)
+        title = "t-SNE of symmetric Task2Vec distances"
+    else:
+        xy = classical_mds(d)
+        title = "Classical MDS of symmetric Task2Vec distances"
+    fig = Figure(figsize=(6, 5.4), dpi=110)
+    ax = fig.subplots()
+    is_top = np.array([False] + [task in top_tasks for task, _ in points])
+    ax.scatter(xy[1:, 0][~is_top[1:]], xy[1:, 1][~is_top[1:]], c="#9aa5b1", s=30, label="experts' tasks")
+    ax.scatter(xy[1:, 0][is_top[1:]], xy[1:, 1][is_top[1:]], c="#2b7bba", s=45, label="top experts' tasks")
+    ax.scatter(xy[0, 0], xy[0, 1], c="#d62728", marker="*", s=260, label="your task", zorder=5)
+    for i, name in enumerate(labels):
+        if i == 0 or is_top[i] or len(labels) <= 30:
+            ax.annotate(name[:32], xy[i], fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=3, frameon=False)
+    ax.margins(0.15)
+    fig.tight_layout()
+    map_png = outdir / "task_map.png"
+    fig.savefig(map_png)
+
+    n = min(len(labels), max_heatmap)
+    sub = d[:n, :n]
+    fig = Figure(figsize=(6, 5.4), dpi=110)
+    ax = fig.subplots()
+    im = ax.imshow(sub, cmap="viridis_r")
+    short = [s[:24] for s in labels[:n]]
+    ax.set_xticks(range(n), short, rotation=70, ha="right", fontsize=7)
+    ax.set_yticks(range(n), short, fontsize=7)
+    if n <= 12:
+        for i in range(n):
+            for j in range(n):
+                dark = sub[i, j] > 0.5 * sub.max()
+                ax.text(j, i, f"{sub[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w" if dark else "k")
+    fig.colorbar(im, ax=ax, label="symmetric Task2Vec distance")
+    ax.set_title("Distances: your task and the nearest experts' tasks", fontsize=10)
+    fig.tight_layout()
+    heat_png = outdir / "distance_heatmap.png"
+    fig.savefig(heat_png)
+    return map_png, heat_png
+
+
+# -- pushing -------------------------------------------------------------------------------------------
+def push_embedding(embedding: Any, repo_id: str, token: str | None) -> str:
+    """Push the embedding to a Hub dataset repo (created if missing) with
+    `hf_task2vec.hub.EmbeddingStore`; returns a short confirmation."""
+    repo_id = (repo_id or "").strip()
+    if not _HUB_ID.match(repo_id) or "/" not in repo_id:
+        raise InputError(f"{repo_id[:100]!r} is not a dataset repo id; write it as user/name")
+    if not token:
+        raise InputError("pushing needs you to log in (or paste a Hub token with write access)")
+    from hf_task2vec import Task2VecError
+    from hf_task2vec.hub import EmbeddingStore
+
+    try:
+        result = EmbeddingStore(repo_id, token=token).push(embedding)
+    except Task2VecError as exc:  # HubError: names the repo and the fix
+        raise InputError(str(exc)) from exc
+    except Exception as exc:
+        raise InputError(f"could not push to {repo_id!r}: {type(exc).__name__}: {str(exc)[:300]}") from exc
+    keys = ", ".join(result.keys)
+    if not result.changed:
+        return f"{repo_id} already holds this embedding ({keys}); nothing to push."
+    return f"Pushed {keys} to {repo_id}" + (f": {result.url}" if result.url else "")
+
+
+# -- per-request folders -------------------------------------------------------------------------------
+@contextlib.contextmanager
+def scratch_dir(prefix: str = "t2v-space-") -> Iterator[Path]:
+    """A fresh private temporary folder, removed when the block ends (even on errors)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def output_dir(root: str | os.PathLike[str] | None = None, max_age_s: float = 3600.0) -> Path:
+    """A fresh folder for one request's downloadable outputs; folders older than ``max_age_s``
+    under the same root are removed first, so outputs never pile up."""
+    base = Path(root or Path(tempfile.gettempdir()) / "t2v-space-outputs")
+    base.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in base.iterdir():
+        with contextlib.suppress(OSError):
+            if old.is_dir() and now - old.stat().st_mtime > max_age_s:
+                shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=base))
+
+
+def describe_index(index: Any) -> str:
+    """One line about the index for the page."""
+    try:
+        s = index_settings(index)
+    except InputError as exc:
+        return str(exc)
+    return (
+        f"{len(index)} experts · probe `{s['probe']}` · estimator `{s['method']}` · image size {s['image_size']}"
+    )
+
+
+__all__ = [
+    "ExtractedZip",
+    "InputError",
+    "Limits",
+    "PreparedTask",
+    "SearchResult",
+    "check_image",
+    "check_upload",
+    "classical_mds",
+    "default_index_paths",
+    "describe_index",
+    "draw_figures",
+    "expert_link",
+    "index_settings",
+    "load_expert_index",
+    "output_dir",
+    "push_embedding",
+    "safe_extract_zip",
+    "safe_task_name",
+    "scratch_dir",
+    "search",
+    "task_from_hub",
+    "task_from_table",
+    "task_from_upload",
+    "task_from_zip",
+]

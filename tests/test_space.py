@@ -1,0 +1,462 @@
+"""The expert-finder Space without a browser: its input handling and search pipeline
+(`spaces/expert-finder/finder.py`) on real offline images, a real expert index, every hostile
+input, and the Hub paths against the local fake Hub."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import json
+import os
+import stat
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+SPACE_DIR = Path(__file__).resolve().parents[1] / "spaces" / "expert-finder"
+if str(SPACE_DIR) not in sys.path:
+    sys.path.insert(0, str(SPACE_DIR))
+
+import finder  # noqa: E402
+from finder import InputError, Limits  # noqa: E402
+
+import hf_task2vec as t2v  # noqa: E402
+from hf_task2vec.data import load_offline_arrays  # noqa: E402
+from hf_task2vec.selection import ExpertIndex  # noqa: E402
+
+IMAGE_SIZE = 32
+MAX_SAMPLES = 64
+ANIMALS = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
+QUERY_CLASSES = ["cat", "dog", "horse"]
+# The experts: the embedded probe's tasks, cut from three real offline datasets (train splits).
+EXPERTS = {
+    "test-experts/lite0-animal-quadrupeds": ("animal-mnist", ["cat", "dog", "horse"]),
+    "test-experts/lite0-animal-wild": ("animal-mnist", ["bird", "giraffe", "elephant"]),
+    "test-experts/lite0-fashion-shoes": ("fashion-mnist", ["Sandal", "Sneaker", "Ankle boot"]),
+    "test-experts/lite0-digits": ("digits", ["0", "1", "2"]),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def build_expert_index() -> ExpertIndex:
+    """A small real expert index (once per test session): real sub-tasks of Animal-MNIST,
+    Fashion-MNIST and digits embedded with the real offline EfficientNet-Lite0 probe."""
+    embedder = t2v.Task2Vec("embedded", image_size=IMAGE_SIZE, max_samples=MAX_SAMPLES, progress=False)
+    index = ExpertIndex()
+    for model_id, (dataset, classes) in EXPERTS.items():
+        name = f"{dataset}-{'-'.join(c.lower().replace(' ', '') for c in classes)}"
+        task = t2v.load_task(f"offline:{dataset}", classes=classes, name=name)
+        index.add(model_id, embedder.embed(task), task=name)
+    return index
+
+
+@pytest.fixture(scope="module")
+def expert_index() -> ExpertIndex:
+    return build_expert_index()
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=4)
+def animal_images(classes: tuple[str, ...] = tuple(QUERY_CLASSES), per_class: int = 20) -> list[tuple[str, bytes]]:
+    """``(class, png bytes)`` of real Animal-MNIST test images, ``per_class`` of each class."""
+    images, labels = load_offline_arrays("animal-mnist", "test")
+    out = []
+    for c in classes:
+        idx = np.nonzero(labels == ANIMALS.index(c))[0][:per_class]
+        out += [(c, png_bytes(images[i])) for i in idx]
+    return out
+
+
+def write_zip(path: Path, entries: dict[str, bytes], *, compression: int = zipfile.ZIP_DEFLATED) -> Path:
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return path
+
+
+def class_folder_zip(path: Path, classes=tuple(QUERY_CLASSES), per_class: int = 20, top: str = "animals") -> Path:
+    entries = {f"{top}/{c}/{c}_{i:03d}.png": data for i, (c, data) in enumerate(animal_images(classes, per_class))}
+    return write_zip(path, entries)
+
+
+# -- the search on real images ------------------------------------------------------------------------
+def test_zip_of_real_images_ranks_experts(tmp_path, expert_index):
+    zpath = class_folder_zip(tmp_path / "my-animals.zip")
+    prepared = finder.task_from_upload(zpath, tmp_path / "work", Limits())
+    task = prepared.task
+    assert task.label_names == QUERY_CLASSES and len(task) == 60
+    assert np.bincount(task.labels).tolist() == [20, 20, 20]
+    assert task.name == "my-animals" and task.source == "upload:my-animals.zip"
+
+    result = finder.search(prepared, expert_index, tmp_path / "out", max_samples=MAX_SAMPLES, k=4, progress=False)
+    table = result.table
+    assert list(table.columns) == ["rank", "expert", "score", "trained on"]
+    assert table["rank"].tolist() == [1, 2, 3, 4]
+    # the scores are the paper's asymmetric distances, expert task -> new task (brute force here)
+    brute = {
+        mid: t2v.distance(expert_index.embedding(mid), result.embedding, kind="asymmetric", alpha=0.15)
+        for mid in EXPERTS
+    }
+    expected = sorted(EXPERTS, key=brute.get)
+    assert [r.model_id for r in result.records] == expected
+    np.testing.assert_allclose(table["score"], [round(brute[m], 4) for m in expected], atol=1e-4)
+    # the expert trained on the same three animals (other images) is the nearest
+    assert expected[0] == "test-experts/lite0-animal-quadrupeds"
+    assert table["expert"][0] == (
+        f"[test-experts/lite0-animal-quadrupeds]({finder.hub_url('test-experts/lite0-animal-quadrupeds')})"
+    )
+    assert table["trained on"][0].startswith("animal-mnist-cat-dog-horse (cat, dog, horse)")
+    # the embedding made like the experts', saved as a verified safetensors file
+    emb = t2v.TaskEmbedding.load(result.embedding_path)
+    np.testing.assert_array_equal(emb.values, result.embedding.values)
+    expert_index.embedding(expected[0]).check_compatible(emb)
+    assert emb.meta["task"] == "my-animals" and json.loads(emb.meta["label_names"]) == QUERY_CLASSES
+    assert emb.meta["num_samples"] == "60"  # all 60 images: fewer than max_samples
+    for png in (result.map_png, result.heatmap_png):
+        with Image.open(png) as im:
+            assert im.format == "PNG" and im.width > 400 and im.height > 300
+
+
+def test_classical_mds_recovers_euclidean_points():
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(7, 2))
+    d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    xy = finder.classical_mds(d)
+    np.testing.assert_allclose(np.linalg.norm(xy[:, None] - xy[None], axis=-1), d, atol=1e-9)
+
+
+def test_wrong_probe_or_estimator_is_refused(tmp_path, expert_index):
+    prepared = finder.task_from_upload(class_folder_zip(tmp_path / "a.zip", per_class=3), tmp_path / "w", Limits())
+    with pytest.raises(InputError, match="estimator 'exact' \\(the index uses 'montecarlo'\\)"):
+        finder.search(prepared, expert_index, tmp_path / "o", method="exact", progress=False)
+    with pytest.raises(InputError, match="probe 'embedded-mobilenetv2'"):
+        finder.search(prepared, expert_index, tmp_path / "o", probe="embedded-mobilenetv2", progress=False)
+    with pytest.raises(InputError, match="max samples"):
+        finder.search(prepared, expert_index, tmp_path / "o", max_samples=10**9, progress=False)
+
+
+# -- tables: CSV / parquet --------------------------------------------------------------------------
+def test_metadata_csv_in_zip_matches_the_files(tmp_path):
+    imgs = animal_images(("cat", "dog"), 6)
+    entries = {f"data/images/img_{i:02d}.png": data for i, (_, data) in enumerate(imgs)}
+    rows = ["file_name,label"] + [f"images/img_{i:02d}.png,{c}" for i, (c, _) in enumerate(imgs)]
+    entries["data/metadata.csv"] = "\n".join(rows).encode()
+    prepared = finder.task_from_upload(write_zip(tmp_path / "tbl.zip", entries), tmp_path / "w", Limits())
+    task = prepared.task
+    assert task.label_names == ["cat", "dog"]
+    assert [task.label_names[y] for y in task.labels] == [c for c, _ in imgs]
+    decoded = task.dataset[:]["image"]
+    for img, (_, data) in zip(decoded, imgs, strict=True):
+        np.testing.assert_array_equal(np.asarray(img), np.asarray(Image.open(io.BytesIO(data))))
+    assert any("metadata.csv" in n for n in prepared.notes)
+
+
+def test_parquet_with_image_bytes_and_csv_with_data_uris(tmp_path):
+    import pandas as pd
+
+    imgs = animal_images(("bird", "zebra"), 5)
+    labels = [c for c, _ in imgs]
+    pq = tmp_path / "birds-zebras.parquet"
+    pd.DataFrame({"image": [{"bytes": d, "path": None} for _, d in imgs], "label": labels}).to_parquet(pq)
+    task = finder.task_from_upload(pq, tmp_path / "w", Limits()).task
+    assert task.label_names == ["bird", "zebra"] and [task.label_names[y] for y in task.labels] == labels
+    np.testing.assert_array_equal(np.asarray(task.dataset[3]["image"]), np.asarray(Image.open(io.BytesIO(imgs[3][1]))))
+
+    csv = tmp_path / "uris.csv"
+    uris = ["data:image/png;base64," + base64.b64encode(d).decode() for _, d in imgs]
+    pd.DataFrame({"picture": uris, "class": labels}).to_csv(csv, index=False)
+    task = finder.task_from_upload(csv, tmp_path / "w2", Limits()).task
+    assert [task.label_names[y] for y in task.labels] == labels
+
+    pd.DataFrame({"img": uris, "animal": labels}).to_csv(csv, index=False)
+    with pytest.raises(InputError, match="cannot tell the label column"):
+        finder.task_from_upload(csv, tmp_path / "w3", Limits())
+    task = finder.task_from_upload(csv, tmp_path / "w3", Limits(), label_column="animal").task
+    assert task.num_classes == 2
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        ("/etc/passwd", "must be relative"),
+        ("../../secret.png", "path traversal"),
+        ("images/missing.png", "is not in the zip"),
+        ("http://example.com/x.png", "must be relative"),
+    ],
+)
+def test_table_paths_stay_inside_the_zip(tmp_path, cell, message):
+    imgs = animal_images(("cat", "dog"), 2)
+    entries = {f"images/{i}.png": d for i, (_, d) in enumerate(imgs)}
+    rows = ["file_name,label", f"{cell},cat"] + [f"images/{i}.png,{c}" for i, (c, _) in enumerate(imgs)]
+    entries["metadata.csv"] = "\n".join(rows).encode()
+    with pytest.raises(InputError, match=message):
+        finder.task_from_upload(write_zip(tmp_path / "t.zip", entries), tmp_path / "w", Limits())
+
+
+def test_csv_of_paths_without_images_is_explained(tmp_path):
+    csv = tmp_path / "paths.csv"
+    csv.write_text("image,label\na/1.png,cat\nb/2.png,dog\n")
+    with pytest.raises(InputError, match="only the table was uploaded"):
+        finder.task_from_upload(csv, tmp_path / "w", Limits())
+
+
+# -- hostile and broken zips ----------------------------------------------------------------------------
+def _raw_entry(zf: zipfile.ZipFile, name: str, data: bytes, *, mode: int | None = None) -> None:
+    info = zipfile.ZipInfo(name)
+    if mode is not None:
+        info.external_attr = mode << 16
+    zf.writestr(info, data)
+
+
+def _good_entries(n: int = 3) -> dict[str, bytes]:
+    return {f"{c}/{c}{i}.png": d for i, (c, d) in enumerate(animal_images(("cat", "dog"), n))}
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "message"),
+    [
+        ("../evil.png", None, "path traversal"),
+        ("cat/../../evil.png", None, "path traversal"),
+        ("/tmp/evil.png", None, "absolute path"),
+        ("C:/evil.png", None, "absolute path"),
+        ("cat\\..\\..\\evil.png", None, "backslash"),
+        ("cat/link.png", stat.S_IFLNK | 0o777, "symbolic link"),
+        ("cat/fifo.png", stat.S_IFIFO | 0o644, "special file"),
+    ],
+)
+def test_unsafe_zip_entries_are_refused_before_extraction(tmp_path, name, mode, message):
+    zpath = tmp_path / "evil.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for n, d in _good_entries().items():
+            zf.writestr(n, d)
+        _raw_entry(zf, name, b"../../../../etc/passwd" if mode else png_bytes(np.zeros((8, 8), np.uint8)), mode=mode)
+    work = tmp_path / "work" / "deep"
+    with pytest.raises(InputError, match=message):
+        finder.task_from_upload(zpath, work, Limits())
+    assert not (tmp_path / "evil.png").exists() and not (tmp_path / "work" / "evil.png").exists()
+    extracted = work / "extracted"
+    assert not extracted.exists() or not any(extracted.rglob("*.png")), "nothing is extracted from a refused zip"
+
+
+def test_zip_bomb_by_compression_ratio(tmp_path):
+    zpath = write_zip(tmp_path / "bomb.zip", {**_good_entries(), "cat/zeros.png": bytes(8 * 2**20)})
+    assert zpath.stat().st_size < 200_000
+    with pytest.raises(InputError, match="zip bomb"):
+        finder.task_from_upload(zpath, tmp_path / "w", Limits())
+    assert not (tmp_path / "w" / "extracted" / "cat" / "zeros.png").exists()
+
+
+def test_zip_bomb_by_declared_total_size(tmp_path):
+    rng = np.random.default_rng(0)
+    entries = {f"cat/noise{i}.png": rng.bytes(300_000) for i in range(4)}
+    zpath = write_zip(tmp_path / "big.zip", entries, compression=zipfile.ZIP_STORED)
+    with pytest.raises(InputError, match="would expand to"):
+        finder.task_from_upload(zpath, tmp_path / "w", Limits(max_total_bytes=1_000_000))
+    with pytest.raises(InputError, match="per file"):
+        finder.task_from_upload(zpath, tmp_path / "w2", Limits(max_entry_bytes=200_000))
+
+
+def test_zip_that_lies_about_its_sizes(tmp_path):
+    """A header declaring 1,000 bytes for a 2 MB entry: extraction stops at the declared size."""
+    zpath = write_zip(tmp_path / "liar.zip", {**_good_entries(), "dog/big.png": bytes(2 * 2**20)})
+    data = bytearray(zpath.read_bytes())
+    with zipfile.ZipFile(zpath) as zf:
+        info = zf.getinfo("dog/big.png")
+    real = (2 * 2**20).to_bytes(4, "little")
+    for pos in [i for i in range(len(data) - 3) if data[i : i + 4] == real]:  # local header + central directory
+        data[pos : pos + 4] = (1000).to_bytes(4, "little")
+    zpath.write_bytes(bytes(data))
+    with zipfile.ZipFile(zpath) as zf:
+        assert zf.getinfo("dog/big.png").file_size == 1000 and info.file_size == 2 * 2**20
+    with pytest.raises(InputError, match="dog/big.png"):
+        finder.task_from_upload(zpath, tmp_path / "w", Limits())
+    written = tmp_path / "w" / "extracted" / "dog" / "big.png"
+    assert not written.exists() or written.stat().st_size <= 1000
+
+
+def test_too_many_entries_and_too_large_uploads(tmp_path):
+    zpath = write_zip(tmp_path / "many.zip", {f"c{i % 2}/{i}.png": b"x" for i in range(30)})
+    with pytest.raises(InputError, match="holds 30 entries; the limit is 20"):
+        finder.task_from_upload(zpath, tmp_path / "w", Limits(max_zip_entries=20))
+    with pytest.raises(InputError, match="holds 30 images; this Space takes at most 25"):
+        finder.task_from_upload(zpath, tmp_path / "w2", Limits(max_images=25))
+    with pytest.raises(InputError, match="takes uploads up to"):
+        finder.task_from_upload(zpath, tmp_path / "w3", Limits(max_upload_bytes=100))
+
+
+def test_encrypted_duplicate_and_broken_zips(tmp_path):
+    zpath = write_zip(tmp_path / "enc.zip", {"cat/a.png": b"xxxx", "dog/b.png": b"yyyy"})
+    data = bytearray(zpath.read_bytes())  # set the "encrypted" flag bit in the central directory records
+    pos = data.find(b"PK\x01\x02")
+    while pos >= 0:
+        data[pos + 8] |= 0x1
+        pos = data.find(b"PK\x01\x02", pos + 4)
+    zpath.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="encrypted"):
+        finder.task_from_upload(zpath, tmp_path / "w", Limits())
+
+    dup = tmp_path / "dup.zip"
+    with zipfile.ZipFile(dup, "w") as zf, pytest.warns(UserWarning, match="Duplicate name"):
+        zf.writestr("cat/a.png", b"1")
+        zf.writestr("cat/a.png", b"2")
+    with pytest.raises(InputError, match="twice"):
+        finder.task_from_upload(dup, tmp_path / "w2", Limits())
+
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(np.random.default_rng(1).bytes(5000))
+    with pytest.raises(InputError, match="not a zip"):
+        finder.task_from_upload(junk, tmp_path / "w3", Limits())
+    truncated = tmp_path / "trunc.zip"
+    truncated.write_bytes(class_folder_zip(tmp_path / "full.zip", per_class=2).read_bytes()[:-40])
+    with pytest.raises(InputError, match="zip"):
+        finder.task_from_upload(truncated, tmp_path / "w4", Limits())
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(InputError, match="not a supported upload"):
+        finder.check_upload(tmp_path / "notes.txt", Limits())
+    with pytest.raises(InputError, match="no file was uploaded"):
+        finder.check_upload(None, Limits())
+
+
+def test_non_image_files_are_ignored_and_listed(tmp_path):
+    entries = {**_good_entries(), "README.txt": b"hello", "cat/run.sh": b"rm -rf /", "__MACOSX/._x": b"",
+               "dog/.DS_Store": b"", "inner.zip": b"PK"}
+    prepared = finder.task_from_upload(write_zip(tmp_path / "mixed.zip", entries), tmp_path / "w", Limits())
+    assert prepared.task.label_names == ["cat", "dog"] and len(prepared.task) == 6
+    note = next(n for n in prepared.notes if n.startswith("Ignored"))
+    assert "Ignored 3 file(s)" in note and "README.txt" in note and "run.sh" in note
+    assert not list((tmp_path / "w").rglob("*.sh")), "non-image files are never written to disk"
+
+    only_text = write_zip(tmp_path / "text.zip", {"cat/a.txt": b"a", "dog/b.csv.txt": b"b"})
+    with pytest.raises(InputError, match="holds no images"):
+        finder.task_from_upload(only_text, tmp_path / "w2", Limits())
+
+
+def test_layout_errors(tmp_path):
+    cats = {f"cats/{i}.png": d for i, (_, d) in enumerate(animal_images(("cat",), 4))}
+    single = write_zip(tmp_path / "one.zip", cats)
+    with pytest.raises(InputError, match="single class \\('cats'"):
+        finder.task_from_upload(single, tmp_path / "w", Limits())
+    loose = write_zip(tmp_path / "loose.zip", {**_good_entries(), "stray.png": animal_images(("cat",), 1)[0][1]})
+    with pytest.raises(InputError, match="outside class folders.*stray.png"):
+        finder.task_from_upload(loose, tmp_path / "w2", Limits())
+
+
+def test_corrupt_and_oversized_images(tmp_path):
+    good = _good_entries(3)
+    cat_png = next(iter(good.values()))
+    big = png_bytes(np.zeros((300, 300), np.uint8))
+    entries = {**good, "cat/truncated.png": cat_png[: len(cat_png) // 2], "dog/text.png": b"not an image at all",
+               "dog/huge.png": big}
+    prepared = finder.task_from_upload(
+        write_zip(tmp_path / "c.zip", entries), tmp_path / "w", Limits(max_image_pixels=50_000)
+    )
+    assert len(prepared.task) == 6 and np.bincount(prepared.task.labels).tolist() == [3, 3]
+    note = next(n for n in prepared.notes if n.startswith("Left out 3"))
+    assert "truncated.png" in note and "text.png" in note and "huge.png" in note and "300x300" in note
+
+    all_bad_dog = {k: v for k, v in good.items() if k.startswith("cat/")} | {"dog/x.png": b"garbage"}
+    with pytest.raises(InputError, match="single class.*after leaving out unreadable images"):
+        finder.task_from_upload(write_zip(tmp_path / "d.zip", all_bad_dog), tmp_path / "w2", Limits())
+    with pytest.raises(InputError, match="none of the 2 images could be read"):
+        finder.task_from_upload(write_zip(tmp_path / "e.zip", {"a/1.png": b"x", "b/2.png": b"y"}), tmp_path / "w3",
+                                Limits())
+
+
+def test_scratch_dir_is_removed_even_on_errors(tmp_path):
+    zpath = write_zip(tmp_path / "one.zip", {"cats/1.png": animal_images(("cat",), 1)[0][1]})
+    with pytest.raises(InputError), finder.scratch_dir() as work:
+        kept = work
+        finder.task_from_upload(zpath, work, Limits())
+    assert not kept.exists()
+
+
+def test_limits_from_environment():
+    limits = Limits.from_env({"T2V_SPACE_MAX_IMAGES": "123", "T2V_SPACE_MAX_RATIO": "9.5"})
+    assert limits.max_images == 123 and limits.max_ratio == 9.5 and limits.max_zip_entries == Limits().max_zip_entries
+    with pytest.raises(ValueError, match="T2V_SPACE_MAX_IMAGES"):
+        Limits.from_env({"T2V_SPACE_MAX_IMAGES": "lots"})
+
+
+# -- the expert index: local folder and Hub ---------------------------------------------------------------
+def test_index_loads_from_folder_and_from_hub_repo(tmp_path, expert_index, hub_server, monkeypatch):
+    expert_index.save(tmp_path / "idx")
+    loaded = finder.load_expert_index(tmp_path / "idx")
+    assert loaded.model_ids == expert_index.model_ids and loaded.settings == expert_index.settings
+    expert_index.push_to_hub("user/experts")
+    monkeypatch.setenv("T2V_EXPERT_INDEX_REPO", "user/experts")
+    from_hub = finder.load_expert_index()
+    assert from_hub.model_ids == expert_index.model_ids
+    q = expert_index.embedding(expert_index.model_ids[0])
+    assert [m.model_id for m in from_hub.select(q, k=4)] == [m.model_id for m in expert_index.select(q, k=4)]
+    assert finder.describe_index(from_hub).startswith("4 experts · probe `embedded` · estimator `montecarlo`")
+
+
+def test_push_embedding_to_a_hub_dataset_repo(expert_index, hub_server, monkeypatch):
+    from hf_task2vec.hub import EmbeddingStore
+
+    emb = expert_index.embedding("test-experts/lite0-digits")
+    with pytest.raises(InputError, match="log in"):
+        finder.push_embedding(emb, "user/my-embeddings", None)
+    with pytest.raises(InputError, match="not a dataset repo id"):
+        finder.push_embedding(emb, "../../etc", "x")
+    token = os.environ["HF_TOKEN"]
+    monkeypatch.delenv("HF_TOKEN")  # the token typed by the user is what is used
+    msg = finder.push_embedding(emb, "user/my-embeddings", token)
+    assert msg.startswith("Pushed embedded/") and "user/my-embeddings" in msg
+    pulled = EmbeddingStore("user/my-embeddings", token=token).pull(EmbeddingStore("user/my-embeddings",
+                                                                                   token=token).keys()[0])
+    np.testing.assert_array_equal(pulled.values, emb.values)
+    assert "nothing to push" in finder.push_embedding(emb, "user/my-embeddings", token)
+
+
+def test_hub_dataset_input(tmp_path, hub_server):
+    import pandas as pd
+    from huggingface_hub import HfApi
+
+    imgs = animal_images(("cow", "sheep"), 8)
+    df = pd.DataFrame({"image": [{"bytes": d, "path": None} for _, d in imgs], "label": [c for c, _ in imgs]})
+    df.to_parquet(tmp_path / "train.parquet")
+    api = HfApi()
+    api.create_repo("user/farm", repo_type="dataset")
+    commit = api.upload_file(
+        path_or_fileobj=str(tmp_path / "train.parquet"), path_in_repo="data/train-00000.parquet",
+        repo_id="user/farm", repo_type="dataset",
+    )
+    prepared = finder.task_from_hub("user/farm", Limits(), split="train", max_samples=10)
+    task = prepared.task
+    assert task.label_names == ["cow", "sheep"] and np.bincount(task.labels).tolist() == [5, 5]
+    assert task.source == "user/farm" and task.revision == commit.oid and task.split == "train"
+    with pytest.raises(InputError, match="no dataset 'user/nothing-here'"):
+        finder.task_from_hub("user/nothing-here", Limits())
+    for bad in ("../../etc/passwd", "user/a b", ""):
+        with pytest.raises(InputError, match="not a Hub dataset id"):
+            finder.task_from_hub(bad, Limits())
+    with pytest.raises(InputError, match="not a split name"):
+        finder.task_from_hub("user/farm", Limits(), split="../train")
+
+
+# -- the app object ---------------------------------------------------------------------------------
+def test_build_app_queues_requests_one_at_a_time(expert_index):
+    import app as space_app
+    import gradio as gr
+
+    demo = space_app.build_app(expert_index, limits=Limits(max_samples=512))
+    assert isinstance(demo, gr.Blocks)
+    assert demo._queue.default_concurrency_limit == 1 and demo._queue.max_size == 16
+    texts = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown)]
+    assert any("4 experts · probe `embedded`" in str(t) for t in texts)
+    missing = space_app.build_app(index_error="No expert index could be loaded (test).")
+    texts = [b.value for b in missing.blocks.values() if isinstance(b, gr.Markdown)]
+    assert any("No expert index could be loaded (test)." in str(t) for t in texts)
