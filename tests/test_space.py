@@ -280,10 +280,21 @@ def test_zip_that_lies_about_its_sizes(tmp_path):
     zpath.write_bytes(bytes(data))
     with zipfile.ZipFile(zpath) as zf:
         assert zf.getinfo("dog/big.png").file_size == 1000 and info.file_size == 2 * 2**20
-    with pytest.raises(InputError, match="dog/big.png"):
+    with pytest.raises(InputError, match="'dog/big.png' is damaged \\(Bad CRC-32"):
         finder.task_from_upload(zpath, tmp_path / "w", Limits())
-    written = tmp_path / "w" / "extracted" / "dog" / "big.png"
-    assert not written.exists() or written.stat().st_size <= 1000
+    assert not (tmp_path / "w" / "extracted" / "dog" / "big.png").exists()
+
+
+def test_streaming_byte_cap_stops_extraction(tmp_path):
+    """The byte budget is enforced while decompressing, whatever the headers say."""
+    zpath = write_zip(tmp_path / "z.zip", {"cat/a.png": bytes(50_000)})
+    target = tmp_path / "a.png"
+    with zipfile.ZipFile(zpath) as zf, pytest.raises(InputError, match="zip bomb"):
+        finder._copy_capped(zf, zf.getinfo("cat/a.png"), target, budget=10_000)
+    assert not target.exists()
+    with zipfile.ZipFile(zpath) as zf:
+        assert finder._copy_capped(zf, zf.getinfo("cat/a.png"), target, budget=50_000) == 50_000
+    assert target.read_bytes() == bytes(50_000)
 
 
 def test_too_many_entries_and_too_large_uploads(tmp_path):
@@ -408,11 +419,13 @@ def test_push_embedding_to_a_hub_dataset_repo(expert_index, hub_server, monkeypa
 
     emb = expert_index.embedding("test-experts/lite0-digits")
     with pytest.raises(InputError, match="log in"):
-        finder.push_embedding(emb, "user/my-embeddings", None)
+        finder.push_embedding(emb, "user/my-embeddings", False)  # an anonymous visitor of a Space
     with pytest.raises(InputError, match="not a dataset repo id"):
         finder.push_embedding(emb, "../../etc", "x")
     token = os.environ["HF_TOKEN"]
     monkeypatch.delenv("HF_TOKEN")  # the token typed by the user is what is used
+    with pytest.raises(InputError, match="user/my-embeddings"):
+        finder.push_embedding(emb, "user/my-embeddings", None)  # no credentials at all: the Hub refuses
     msg = finder.push_embedding(emb, "user/my-embeddings", token)
     assert msg.startswith("Pushed embedded/") and "user/my-embeddings" in msg
     pulled = EmbeddingStore("user/my-embeddings", token=token).pull(EmbeddingStore("user/my-embeddings",
@@ -440,6 +453,16 @@ def test_hub_dataset_input(tmp_path, hub_server):
     assert task.source == "user/farm" and task.revision == commit.oid and task.split == "train"
     with pytest.raises(InputError, match="no dataset 'user/nothing-here'"):
         finder.task_from_hub("user/nothing-here", Limits())
+    # a private dataset: readable with the visitor's token, never with no token (token=False), even
+    # when the server process itself holds a token (HF_TOKEN, e.g. a Space secret)
+    api.create_repo("user/private-farm", repo_type="dataset", private=True)
+    api.upload_file(path_or_fileobj=str(tmp_path / "train.parquet"), path_in_repo="data/train-00000.parquet",
+                    repo_id="user/private-farm", repo_type="dataset")
+    assert os.environ.get("HF_TOKEN")
+    with pytest.raises(InputError, match="no dataset 'user/private-farm'.*private"):
+        finder.task_from_hub("user/private-farm", Limits(), token=False)
+    task = finder.task_from_hub("user/private-farm", Limits(), token=os.environ["HF_TOKEN"], max_samples=4).task
+    assert np.bincount(task.labels).tolist() == [2, 2]
     for bad in ("../../etc/passwd", "user/a b", ""):
         with pytest.raises(InputError, match="not a Hub dataset id"):
             finder.task_from_hub(bad, Limits())

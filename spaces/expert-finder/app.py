@@ -46,12 +46,15 @@ def _text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def _token(text: str | None, oauth_token: Any) -> str | None:
+def _token(text: str | None, oauth_token: Any) -> str | bool | None:
+    """The visitor's token (typed, or from the Space login). Without one: on a Space ``False`` (send
+    no token: never the Space owner's ``HF_TOKEN`` secret on a visitor's behalf); when run locally
+    ``None`` (the machine's own credentials)."""
     if _text(text):
         return _text(text)
     if oauth_token is not None and getattr(oauth_token, "token", None):
         return oauth_token.token
-    return os.environ.get("HF_TOKEN") or None
+    return False if os.environ.get("SPACE_ID") else None
 
 
 def build_app(index: Any = None, *, limits: Limits | None = None, index_error: str | None = None) -> gr.Blocks:

@@ -282,9 +282,11 @@ def _copy_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budge
                         "refused as a zip bomb"
                     )
                 out.write(chunk)
+    except InputError:
+        target.unlink(missing_ok=True)
+        raise
     except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError, ValueError) as exc:
-        if isinstance(exc, InputError):
-            raise
+        target.unlink(missing_ok=True)
         raise InputError(f"the zip entry {info.filename!r} is damaged ({exc}); create the zip again") from exc
     return n
 
@@ -581,14 +583,17 @@ def task_from_hub(
     config: str | None = None,
     image_column: str | None = None,
     label_column: str | None = None,
-    token: str | None = None,
+    token: str | bool | None = None,
     name: str | None = None,
     max_samples: int = 256,
 ) -> PreparedTask:
     """A task from a Hub dataset, streamed: a class-balanced prefix of at most ``max_samples``
     examples is read (`hf_task2vec.streaming.take_balanced`), scanning at most
     ``limits.max_hub_rows`` rows, so a huge dataset costs the Space neither disk nor time. The
-    commit the id resolved to is recorded in the task."""
+    commit the id resolved to is recorded in the task.
+
+    ``token``: the user's token; ``None`` uses the machine's credentials (``HF_TOKEN`` / login),
+    ``False`` sends none (what a public Space must do for anonymous visitors)."""
     import datasets
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
@@ -605,7 +610,7 @@ def task_from_hub(
     if config and not _NAME_PART.match(config):
         raise InputError(f"{config[:40]!r} is not a configuration name")
     try:
-        sha = HfApi().dataset_info(repo_id, token=token or None).sha
+        sha = HfApi().dataset_info(repo_id, token=token).sha
     except GatedRepoError as exc:
         raise InputError(f"{repo_id!r} is gated: accept its conditions on the Hub and log in") from exc
     except RepositoryNotFoundError as exc:
@@ -616,7 +621,7 @@ def task_from_hub(
         raise InputError(f"could not reach the Hub for {repo_id!r}: {str(exc)[:200]}") from exc
     try:
         stream = datasets.load_dataset(
-            repo_id, config or None, split=split, streaming=True, revision=sha, token=token or None
+            repo_id, config or None, split=split, streaming=True, revision=sha, token=token
         )
         features = stream.features if stream.features is not None else stream._resolve_features().features
     except Exception as exc:
@@ -955,13 +960,16 @@ def draw_figures(
 
 
 # -- pushing -------------------------------------------------------------------------------------------
-def push_embedding(embedding: Any, repo_id: str, token: str | None) -> str:
+def push_embedding(embedding: Any, repo_id: str, token: str | bool | None) -> str:
     """Push the embedding to a Hub dataset repo (created if missing) with
-    `hf_task2vec.hub.EmbeddingStore`; returns a short confirmation."""
+    `hf_task2vec.hub.EmbeddingStore`; returns a short confirmation.
+
+    ``token``: the user's token; ``None`` uses the machine's credentials (``HF_TOKEN`` / login; for
+    a local run), ``False`` (an anonymous visitor of a public Space) is refused."""
     repo_id = (repo_id or "").strip()
     if not _HUB_ID.match(repo_id) or "/" not in repo_id:
         raise InputError(f"{repo_id[:100]!r} is not a dataset repo id; write it as user/name")
-    if not token:
+    if token is False or token == "":
         raise InputError("pushing needs you to log in (or paste a Hub token with write access)")
     from hf_task2vec import Task2VecError
     from hf_task2vec.hub import EmbeddingStore
