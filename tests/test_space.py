@@ -137,6 +137,20 @@ def test_classical_mds_recovers_euclidean_points():
     np.testing.assert_allclose(np.linalg.norm(xy[:, None] - xy[None], axis=-1), d, atol=1e-9)
 
 
+@pytest.mark.parametrize("projection", ["mds", "tsne"])
+def test_map_and_heatmap_figures(tmp_path, expert_index, projection):
+    query = expert_index.embedding("test-experts/lite0-digits")
+    query.meta["task"] = "query"
+    top = ["test-experts/lite0-digits", "test-experts/lite0-animal-wild"]
+    map_png, heat_png = finder.draw_figures(query, expert_index, top, tmp_path, projection=projection)
+    for png in (map_png, heat_png):
+        with Image.open(png) as im:
+            assert im.format == "PNG" and im.width > 400
+            assert np.asarray(im.convert("L")).std() > 10  # something is drawn
+    points = finder._map_points(expert_index, top, max_points=3)
+    assert [mid for _, mid in points] == [*top, "test-experts/lite0-animal-quadrupeds"]
+
+
 def test_wrong_probe_or_estimator_is_refused(tmp_path, expert_index):
     prepared = finder.task_from_upload(class_folder_zip(tmp_path / "a.zip", per_class=3), tmp_path / "w", Limits())
     with pytest.raises(InputError, match="estimator 'exact' \\(the index uses 'montecarlo'\\)"):
@@ -352,6 +366,16 @@ def test_non_image_files_are_ignored_and_listed(tmp_path):
     only_text = write_zip(tmp_path / "text.zip", {"cat/a.txt": b"a", "dog/b.csv.txt": b"b"})
     with pytest.raises(InputError, match="holds no images"):
         finder.task_from_upload(only_text, tmp_path / "w2", Limits())
+
+
+def test_split_folders_and_stray_tables(tmp_path):
+    imgs = animal_images(("cat", "dog"), 4)
+    entries = {f"ds/{'train' if i % 4 else 'test'}/{c}/{i}.png": d for i, (c, d) in enumerate(imgs)}
+    entries["ds/notes.csv"] = b"a,b\n1,2\n"
+    prepared = finder.task_from_upload(write_zip(tmp_path / "splits.zip", entries), tmp_path / "w", Limits())
+    assert prepared.task.label_names == ["cat", "dog"] and np.bincount(prepared.task.labels).tolist() == [3, 3]
+    assert "Found split folders ['test', 'train']: used 'train'" in prepared.notes
+    assert any(n.startswith("Ignored 1 file") and "notes.csv" in n for n in prepared.notes)
 
 
 def test_layout_errors(tmp_path):

@@ -55,6 +55,7 @@ METADATA_NAMES = ("metadata.csv", "metadata.parquet")
 IMAGE_COLUMN_NAMES = ("image", "img", "file_name", "filename", "file", "path", "image_path", "filepath", "picture")
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "target", "category", "y")
 PROJECTIONS = ("mds", "tsne")
+SPLIT_NAMES = frozenset({"train", "test", "validation", "valid", "val"})
 _IGNORED_SILENTLY = ("__MACOSX/", ".DS_Store", "Thumbs.db", "desktop.ini")
 _HUB_ID = re.compile(r"^(?!.*\.\.)(?!.*--)[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -400,38 +401,43 @@ def task_from_zip(
     label_column: str | None = None,
 ) -> PreparedTask:
     """A task from an uploaded zip: class folders (``<class>/<image>``, optionally under one top
-    folder), or a table (``metadata.csv`` / ``metadata.parquet`` or a single top-level .csv/.parquet)
-    naming image files inside the zip, as in the Hub's imagefolder layout."""
+    folder; with ``train/``/``test/`` split folders the train split is used), or a
+    ``metadata.csv`` / ``metadata.parquet`` table naming image files inside the zip (the Hub's
+    imagefolder layout)."""
     p = check_upload(path, limits)
     if p.suffix.lower() != ".zip":
         raise InputError(f"{p.name!r} is not a zip")
     ex = safe_extract_zip(p, Path(workdir) / "extracted", limits)
     notes: list[str] = []
-    if ex.ignored:
-        shown = ", ".join(html.escape(n) for n in ex.ignored[:5]) + (" ..." if len(ex.ignored) > 5 else "")
-        notes.append(f"Ignored {len(ex.ignored)} file(s) that are not images: {shown}")
     task_name = safe_task_name(name or p.stem)
     source = f"upload:{safe_task_name(p.name, 'upload.zip')}"
     all_files = ex.images + ex.tables
     rel_parts, prefix = _strip_common_prefix(all_files, keep=1)
-    top_tables = [
-        PurePosixPath(*r) for r, f in zip(rel_parts, all_files, strict=True) if f in ex.tables and len(r) == 1
-    ]
-    table = next((t for t in top_tables if t.name.lower() in METADATA_NAMES), None)
-    if table is None and len(top_tables) == 1:
-        table = top_tables[0]
+    top = {PurePosixPath(*r) for r in rel_parts if len(r) == 1}
+    table = next((t for t in sorted(top) if t.name.lower() in METADATA_NAMES), None)
+    unused = [str(t) for t in ex.tables if table is None or t != PurePosixPath(*prefix, table)]
+    ignored = ex.ignored + unused
+    if ignored:
+        shown = ", ".join(html.escape(n) for n in ignored[:5]) + (" ..." if len(ignored) > 5 else "")
+        notes.append(f"Ignored {len(ignored)} file(s) that are not images: {shown}")
     if table is not None:
         base = ex.root.joinpath(*prefix)
         records = _records_from_table(
             base / table, limits, base=base, image_column=image_column, label_column=label_column, label=table.name
         )
-        notes.append(f"Read images and labels from the table {html.escape(table.name)!s} in the zip")
+        notes.append(f"Read images and labels from {html.escape(table.name)} in the zip")
         return _task_from_records(records, name=task_name, source=source, notes=notes, limits=limits)
     if not ex.images:
         raise InputError(
             f"{p.name!r} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); zip one folder per class"
         )
     image_parts, prefix = _strip_common_prefix(ex.images, keep=2)
+    splits = {r[0] for r in image_parts}
+    if len(splits) > 1 and splits <= SPLIT_NAMES and all(len(r) >= 3 for r in image_parts):
+        use = "train" if "train" in splits else sorted(splits)[0]
+        notes.append(f"Found split folders {sorted(splits)}: used {use!r}")
+        prefix += (use,)
+        image_parts = [r[1:] for r in image_parts if r[0] == use]
     loose = [PurePosixPath(*prefix, *r) for r in image_parts if len(r) < 2]
     if loose:
         raise InputError(
