@@ -21,7 +21,9 @@ training step. Layers the hooks do not understand make the whole probe fall back
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -30,12 +32,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.grad import conv2d_weight
 
 from .probes import FilterGroup, Probe
 
 logger = logging.getLogger(__name__)
 
-Strategy = Literal["auto", "materialize", "ghost"]
+Strategy = Literal["auto", "materialize", "ghost", "unfold", "fold"]
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 # Budget for one temporary (per-sample gradients, unfolded inputs, Gram matrices) in bytes.
@@ -90,6 +93,11 @@ def _chunks(n: int, per_sample_bytes: int) -> Iterator[slice]:
         yield slice(i, min(n, i + step))
 
 
+def b4_spatial(b: torch.Tensor, module: nn.Module) -> tuple[int, int]:
+    """Spatial size of an output gradient seen as 2-D (Conv1d outputs get a height of 1)."""
+    return (1, b.shape[-1]) if isinstance(module, nn.Conv1d) else (b.shape[-2], b.shape[-1])
+
+
 def _unfold(a4: torch.Tensor, geo: dict) -> torch.Tensor:
     """im2col, skipped for 1x1 kernels (most of a mobile network), where it is a reshape."""
     if geo["kernel_size"] == (1, 1) and geo["padding"] in (0, (0, 0)) and geo["dilation"] == (1, 1):
@@ -100,38 +108,123 @@ def _unfold(a4: torch.Tensor, geo: dict) -> torch.Tensor:
     return F.unfold(a4, **geo)
 
 
-def conv_sq_norms(module: nn.Module, a: torch.Tensor, b: torch.Tensor, strategy: Strategy = "auto") -> torch.Tensor:
-    """Per-sample, per-filter squared norm of the weight gradient of a Conv1d/Conv2d: ``[N, O]``.
+def _conv_fold(module: nn.Module, a4: torch.Tensor, b: torch.Tensor, geo: dict, out: torch.Tensor) -> None:
+    """Per-sample weight gradients from the framework's own weight-gradient kernel: folding the
+    batch into the groups makes each sample's gradient a separate group (fast for depthwise)."""
+    out_ch, cg_k = module.weight.shape[0], module.weight[0].numel()
+    kh, kw = geo["kernel_size"]
+    itemsize = a4.element_size()
+    for sl in _chunks(a4.shape[0], (out_ch * cg_k + a4[0].numel()) * itemsize):
+        m = a4[sl].shape[0]
+        grads = conv2d_weight(
+            a4[sl].reshape(1, m * a4.shape[1], *a4.shape[2:]),
+            (m * out_ch, cg_k // (kh * kw), kh, kw),
+            b[sl].reshape(1, m * out_ch, *b4_spatial(b, module)),
+            stride=geo["stride"],
+            padding=geo["padding"],
+            dilation=geo["dilation"],
+            groups=m * module.groups,
+        )
+        out[sl] = grads.reshape(m, out_ch, -1).to(out.dtype).square().sum(-1)
 
-    Args:
-        a: the layer input ``[N, C, (H,) W]``; b: the gradient of the layer output.
-    """
-    a4, geo = _conv_geometry(module, a)
-    n = a4.shape[0]
-    groups = module.groups
-    out_ch = module.weight.shape[0]
-    og = out_ch // groups
-    cg_k = module.weight[0].numel()  # in_channels/groups * kernel area
+
+def _conv_unfold(
+    module: nn.Module, a4: torch.Tensor, b: torch.Tensor, geo: dict, out: torch.Tensor, ghost: bool
+) -> None:
+    """im2col, then per-sample gradients as batched matrix products (or their norms from Gram matrices)."""
+    n, groups, out_ch = a4.shape[0], module.groups, module.weight.shape[0]
+    og, cg_k = out_ch // groups, module.weight[0].numel()
     b3 = b.reshape(n, groups, og, -1)
     positions = b3.shape[-1]
-    cost_mat = og * cg_k * positions
-    cost_ghost = positions * positions * (cg_k + og)
-    use_ghost = strategy == "ghost" or (strategy == "auto" and cost_ghost < cost_mat)
-    itemsize = a.element_size()
-    per_sample = groups * cg_k * positions + (groups * positions * positions if use_ghost else groups * og * cg_k)
-    out = torch.empty(n, out_ch, dtype=a.dtype, device=a.device)
-    for sl in _chunks(n, per_sample * itemsize):
-        cols = _unfold(a4[sl], geo)  # [n, C*k, P]
-        cols = cols.reshape(cols.shape[0], groups, cg_k, positions)
+    per_sample = groups * cg_k * positions + (groups * positions * positions if ghost else groups * og * cg_k)
+    for sl in _chunks(n, per_sample * a4.element_size()):
+        cols = _unfold(a4[sl], geo).reshape(-1, groups, cg_k, positions)
         bb = b3[sl]
-        if use_ghost:
+        if ghost:
             gram_a = torch.einsum("ngkp,ngkq->ngpq", cols, cols)
             sq = (torch.einsum("ngop,ngpq->ngoq", bb, gram_a) * bb).sum(-1)
         elif cg_k == 1:
             sq = torch.einsum("ngop,ngp->ngo", bb, cols[:, :, 0]).square()
         else:
-            sq = torch.einsum("ngop,ngkp->ngok", bb, cols).square().sum(-1)
+            sq = torch.einsum("ngop,ngkp->ngok", bb, cols).to(out.dtype).square().sum(-1)
         out[sl] = sq.reshape(sq.shape[0], out_ch)
+
+
+# (layer signature) -> fastest kernel, measured once per process on the first batch ("cudnn.benchmark").
+_AUTOTUNED: dict[tuple, str] = {}
+
+
+def _conv_candidates(module: nn.Module, a4: torch.Tensor, b: torch.Tensor) -> list[str]:
+    og, cg_k = module.weight.shape[0] // module.groups, module.weight[0].numel()
+    positions = b[0, 0].numel()
+    cost_mat = og * cg_k * positions
+    cost_ghost = positions * positions * (cg_k + og)
+    candidates = ["unfold", "fold"]
+    if cost_ghost < 4 * cost_mat:  # never try ghost norms where they are hopeless
+        candidates.append("ghost")
+    return candidates
+
+
+def _run_conv_kernel(name: str, module: nn.Module, a4: torch.Tensor, b: torch.Tensor, geo: dict, out: torch.Tensor):
+    if name == "fold":
+        _conv_fold(module, a4, b, geo, out)
+    else:
+        _conv_unfold(module, a4, b, geo, out, ghost=name == "ghost")
+
+
+def _acc_dtype(a: torch.Tensor) -> torch.dtype:
+    """Squared norms are summed in float32 at least (bf16/fp16 activations under autocast)."""
+    return torch.promote_types(a.dtype, torch.float32)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def conv_sq_norms(module: nn.Module, a: torch.Tensor, b: torch.Tensor, strategy: Strategy = "auto") -> torch.Tensor:
+    """Per-sample, per-filter squared norm of the weight gradient of a Conv1d/Conv2d: ``[N, O]``.
+
+    Args:
+        a: the layer input ``[N, C, (H,) W]``; b: the gradient of the layer output.
+        strategy: ``"unfold"`` (im2col + batched products), ``"fold"`` (the weight-gradient kernel
+            with the batch folded into groups), ``"ghost"`` (Gram matrices over positions),
+            ``"materialize"`` (fold for grouped convs, unfold otherwise) or ``"auto"`` (the fastest
+            of them for this layer shape, timed once on the first batch and remembered).
+    """
+    a4, geo = _conv_geometry(module, a)
+    out = torch.empty(a4.shape[0], module.weight.shape[0], dtype=_acc_dtype(a), device=a.device)
+    if strategy == "materialize":
+        strategy = "fold" if module.groups > 1 else "unfold"
+    if strategy != "auto":
+        _run_conv_kernel(strategy, module, a4, b, geo, out)
+        return out
+    key = (
+        type(module),
+        tuple(a4.shape[1:]),
+        tuple(b.shape[1:]),
+        tuple(module.weight.shape),
+        module.groups,
+        geo["stride"],
+        geo["dilation"],
+        str(geo["padding"]),
+        a.dtype,
+        a.device.type,
+        a4.shape[0],
+    )
+    best = _AUTOTUNED.get(key)
+    if best is None:
+        timings = {}
+        for name in _conv_candidates(module, a4, b):
+            _sync(a.device)
+            start = time.perf_counter()
+            _run_conv_kernel(name, module, a4, b, geo, out)
+            _sync(a.device)
+            timings[name] = time.perf_counter() - start
+        best = _AUTOTUNED[key] = min(timings, key=timings.get)
+        logger.debug("per-sample kernel for %s %s: %s (%s)", type(module).__name__, key[1], best, timings)
+        return out  # every candidate computed the same values; the last run's are in `out`
+    _run_conv_kernel(best, module, a4, b, geo, out)
     return out
 
 
@@ -141,20 +234,21 @@ def linear_sq_norms(a: torch.Tensor, b: torch.Tensor, strategy: Strategy = "auto
     ``a`` is ``[N, ..., I]``, ``b`` is ``[N, ..., O]``; extra dimensions (tokens) are summed over.
     """
     if a.dim() == 2:
+        a, b = a.to(_acc_dtype(a)), b.to(_acc_dtype(b))
         return b.square() * a.square().sum(1, keepdim=True)
     n = a.shape[0]
     a3 = a.reshape(n, -1, a.shape[-1])
     b3 = b.reshape(n, -1, b.shape[-1])
     t, i, o = a3.shape[1], a3.shape[2], b3.shape[2]
     use_ghost = strategy == "ghost" or (strategy == "auto" and t * t * (i + o) < o * i * t)
-    out = torch.empty(n, o, dtype=a.dtype, device=a.device)
+    out = torch.empty(n, o, dtype=_acc_dtype(a), device=a.device)
     per_sample = (t * t if use_ghost else o * i) * a.element_size()
     for sl in _chunks(n, per_sample):
         if use_ghost:
             gram_a = torch.einsum("nti,nsi->nts", a3[sl], a3[sl])
             out[sl] = (torch.einsum("nto,nts->nso", b3[sl], gram_a) * b3[sl]).sum(1)
         else:
-            out[sl] = torch.einsum("nto,nti->noi", b3[sl], a3[sl]).square().sum(-1)
+            out[sl] = torch.einsum("nto,nti->noi", b3[sl], a3[sl]).to(out.dtype).square().sum(-1)
     return out
 
 
@@ -258,15 +352,25 @@ def _hooked_pass(
     n_samples: int,
     generator: torch.Generator,
     strategy: Strategy,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor, int, int]:
     device, dtype = probe.device, probe.dtype
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    if channels_last:
+        probe.to(memory_format=torch.channels_last)
     n_inputs = 0
     draws = 0
     with SquaredGradientHooks(probe, strategy) as hooks:
         for x, _ in batches:
-            x = x.to(device=device, dtype=dtype).requires_grad_(True)
+            x = x.to(device=device, dtype=dtype)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x.requires_grad_(True)
             hooks.new_forward()
-            log_p = F.log_softmax(probe(x), dim=-1)
+            with amp:
+                logits = probe(x)
+            log_p = F.log_softmax(logits.float(), dim=-1)
             probs = log_p.detach().exp()
             n = x.shape[0]
             if method == "exact":
@@ -343,6 +447,8 @@ def fisher_diagonal(
     seed: int = 0,
     strategy: Strategy | Literal["functional"] = "auto",
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    precision: Literal["fp32", "bf16"] = "fp32",
+    channels_last: bool = False,
 ) -> FisherResult:
     """Per-filter Fisher of ``probe`` (with its current head) over ``batches`` of ``(x, y)``.
 
@@ -360,7 +466,12 @@ def fisher_diagonal(
             ``"ghost"``, or ``"functional"`` (torch.func.vmap(grad), the reference path).
         reduce: sums a float64 tensor across processes (e.g. ``accelerator.reduce(t, "sum")``);
             each process passes its own disjoint shard of ``batches`` and all get the same result.
+        precision: ``"bf16"`` runs the forward/backward under bfloat16 autocast (GPU speed); squared
+            norms are still summed in float32 and the totals in float64.
+        channels_last: NHWC memory format for convolutions (often faster on GPU).
     """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     if method not in ("montecarlo", "exact"):
         raise ValueError(f"unknown Fisher method {method!r}; use 'montecarlo' or 'exact' (or Task2Vec for variational)")
     if n_samples < 1:
@@ -375,7 +486,9 @@ def fisher_diagonal(
         else:
             batches = list(batches) if not isinstance(batches, list) else batches
             try:
-                sums, n_inputs, draws = _hooked_pass(probe, batches, method, n_samples, generator, strategy)
+                sums, n_inputs, draws = _hooked_pass(
+                    probe, batches, method, n_samples, generator, strategy, precision, channels_last
+                )
             except UnsupportedLayerError as exc:
                 logger.warning("Fisher hooks cannot handle this probe (%s); using torch.func.vmap(grad)", exc)
                 generator.manual_seed(seed)
@@ -534,4 +647,3 @@ def analytic_two_layer_sigmoid_fisher(w1: torch.Tensor, w2: torch.Tensor, x: tor
     var_w2 = p @ w2.square() - mean_w2.square()  # Var_y w2[y, j]
     coef = var_w2 * (h * (1 - h)).square()  # [N, H]
     return (coef.T @ x.square()) / x.shape[0]
-
