@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 from . import data  # noqa: E402
 from .distance import distance, distance_matrix, taxonomic_distance  # noqa: E402
+from .distributed import DistributedTask2Vec, embed_distributed, run_batch  # noqa: E402
 from .embedding import LayerSlice, TaskEmbedding  # noqa: E402
 from .errors import (  # noqa: E402
     EmbeddingFileError,
@@ -54,4 +55,7 @@ __all__ = [
     "IncompatibleEmbeddingsError",
     "EmbeddingStore",
     "HubError",
+    "DistributedTask2Vec",
+    "embed_distributed",
+    "run_batch",
 ]
