@@ -42,15 +42,22 @@ def _as_arrays(embeddings: Sequence[TaskEmbedding]) -> tuple[np.ndarray, np.ndar
 
 
 def _sym_pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """d_sym along the last axis of two broadcastable tensors [..., D] -> [...]."""
+    """d_sym along the last axis of two broadcastable tensors [..., D] -> [...].
+
+    With ``w = 1 / (a + b)^2``: ``u.v = sum a b w``, ``|u|^2 = sum a^2 w``, ``|v|^2 = sum b^2 w``; a
+    coordinate where ``a = b = 0`` counts as ``u = v = 1/2``.
+    """
     s = a + b
-    zero = s == 0
-    s = torch.where(zero, torch.ones_like(s), s)
-    u = torch.where(zero, torch.full_like(s, 0.5), a / s)
-    v = torch.where(zero, torch.full_like(s, 0.5), b / s)
-    num = (u * v).sum(-1)
-    den = torch.sqrt((u * u).sum(-1) * (v * v).sum(-1))
-    return 1.0 - num / den.clamp_min(torch.finfo(den.dtype).tiny)
+    both_zero = s == 0
+    w = s.square_().reciprocal_()
+    w.masked_fill_(both_zero, 0.0)
+    uv = (a * b * w).sum(-1)
+    uu = (a.square() * w).sum(-1)
+    vv = (b.square() * w).sum(-1)
+    extra = both_zero.sum(-1).to(uv.dtype) * 0.25
+    uv, uu, vv = uv + extra, uu + extra, vv + extra
+    den = torch.sqrt(uu * vv)
+    return 1.0 - uv / den.clamp_min(torch.finfo(den.dtype).tiny)
 
 
 def _sym_block(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -64,8 +71,13 @@ def _cos_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 1.0 - na @ nb.T
 
 
-def _sym_matrix(a: np.ndarray, b: np.ndarray, block_bytes: int = 256 * 2**20) -> np.ndarray:
+def _sym_matrix(
+    a: np.ndarray, b: np.ndarray, block_bytes: int = 256 * 2**20, device: str | torch.device | None = None
+) -> np.ndarray:
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    if device is not None and torch.device(device).type != "cpu":
+        # float32 on accelerators (throughput); each block's temporaries stay under block_bytes
+        ta, tb = ta.to(device, torch.float32), tb.to(device, torch.float32)
     dim = max(a.shape[1], 1)
     # rows per block so that one [rows, cols, D] float64 temporary stays under block_bytes
     cols = min(b.shape[0], max(1, block_bytes // (8 * dim * 4)))
@@ -73,7 +85,7 @@ def _sym_matrix(a: np.ndarray, b: np.ndarray, block_bytes: int = 256 * 2**20) ->
     out = torch.empty(a.shape[0], b.shape[0], dtype=torch.float64)
     for i in range(0, a.shape[0], rows):
         for j in range(0, b.shape[0], cols):
-            out[i : i + rows, j : j + cols] = _sym_block(ta[i : i + rows], tb[j : j + cols])
+            out[i : i + rows, j : j + cols] = _sym_block(ta[i : i + rows], tb[j : j + cols]).to("cpu", torch.float64)
     return out.numpy()
 
 
@@ -110,11 +122,13 @@ def distance_matrix(
     targets: Sequence[TaskEmbedding] | None = None,
     kind: Kind = "symmetric",
     alpha: float = DEFAULT_ALPHA,
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """All pairwise distances, ``M[i, j] = distance(embeddings[i], targets[j])``.
 
     With ``targets=None`` the matrix is square over ``embeddings``. For ``asymmetric``, rows are
-    sources and columns targets. Returns a float64 numpy array.
+    sources and columns targets. Returns a float64 numpy array. ``device="cuda"`` computes the
+    blocks on a GPU in float32 (for many thousands of embeddings).
     """
     _check_kind(kind)
     embeddings = list(embeddings)
@@ -122,7 +136,7 @@ def distance_matrix(
     values, trivial = _as_arrays(embeddings + ([] if targets is None else targets_list))
     n = len(embeddings)
     src, tgt = values[:n], values[n:] if targets is not None else values
-    return pairwise_distances(src, tgt, kind=kind, alpha=alpha, source_trivial=trivial[:n])
+    return pairwise_distances(src, tgt, kind=kind, alpha=alpha, source_trivial=trivial[:n], device=device)
 
 
 def pairwise_distances(
@@ -131,6 +145,7 @@ def pairwise_distances(
     kind: Kind = "symmetric",
     alpha: float = DEFAULT_ALPHA,
     source_trivial: np.ndarray | None = None,
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """`distance_matrix` on raw ``[n, D]`` / ``[m, D]`` arrays (used by the expert index)."""
     _check_kind(kind)
@@ -140,7 +155,7 @@ def pairwise_distances(
         raise ValueError(f"embedding dimensions differ: {a.shape[1]} vs {b.shape[1]}")
     if kind == "cosine":
         return _cos_matrix(torch.from_numpy(a), torch.from_numpy(b)).numpy()
-    sym = _sym_matrix(a, b)
+    sym = _sym_matrix(a, b, device=device)
     if kind == "symmetric":
         return sym
     if source_trivial is None:
