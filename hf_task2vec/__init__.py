@@ -9,7 +9,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import data  # noqa: E402
 from .distance import distance, distance_matrix, taxonomic_distance  # noqa: E402
 from .distributed import DistributedTask2Vec, embed_distributed, run_batch  # noqa: E402
 from .embedding import LayerSlice, TaskEmbedding  # noqa: E402
@@ -59,3 +58,12 @@ __all__ = [
     "embed_distributed",
     "run_batch",
 ]
+
+
+def __getattr__(name: str):
+    # `hf_task2vec.data` imports `datasets` (slow, and absent on some GPU images): load it on first use.
+    if name == "data":
+        import importlib
+
+        return importlib.import_module(".data", __name__)
+    raise AttributeError(f"module 'hf_task2vec' has no attribute {name!r}")
