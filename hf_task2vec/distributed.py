@@ -293,6 +293,8 @@ class DistributedTask2Vec(Task2Vec):
             seed=rank_seed(self.seed, comm.rank),
             strategy=self.strategy,
             reduce=comm.reduce_sum,
+            precision=getattr(self, "precision", "fp32"),
+            channels_last=getattr(self, "channels_last", False),
         )
         result.options["seed_per_process"] = "seed on the main process, SeedSequence([seed, rank]) elsewhere"
         return result
@@ -360,6 +362,8 @@ _TASK2VEC_OPTIONS = (
     "variational_epochs",
     "beta",
     "strategy",
+    "precision",
+    "channels_last",
 )
 _TOP_KEYS = ("tasks", "probe", "method", "options", "store", "shard", "timeout_minutes")
 _TASK_KEYS = ("source", "name", "split", "classes", "groups", "input_column", "label_column", "revision", "config")
@@ -630,7 +634,12 @@ def _resume_status(store: EmbeddingStore, key: str, existing: set[str], want: Ma
         meta = store.pull(key).meta
     except Exception as exc:
         return f"error: the stored embedding {key} cannot be read ({_error_text(exc)}); delete it to recompute"
-    diffs = [f"{k}: stored {meta.get(k, '')!r} vs config {v!r}" for k, v in want.items() if meta.get(k, "") != v]
+    stored_defaults = {"precision": "fp32"}  # embeddings made before the option existed
+    diffs = [
+        f"{k}: stored {meta.get(k, stored_defaults.get(k, ''))!r} vs config {v!r}"
+        for k, v in want.items()
+        if meta.get(k, stored_defaults.get(k, "")) != v
+    ]
     if diffs:
         return (
             f"error: the store already holds {key} made with other settings ({'; '.join(diffs)}); "
@@ -701,6 +710,7 @@ def run_batch(
         "image_size": str(resolution or ""),
         "max_samples": str(cfg.options.get("max_samples", 10_000)),
         "seed": str(cfg.options.get("seed", 0)),
+        "precision": str(cfg.options.get("precision", "fp32")),
     }
 
     status: dict[str, str] = {}
