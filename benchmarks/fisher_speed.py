@@ -134,9 +134,9 @@ sys.path.insert(0, {root!r})
 import hf_task2vec as t2v
 from hf_task2vec.data import load_offline
 n, res = {n}, {res}
-ds = load_offline("fashion-mnist", "train")
-task = t2v.load_task(ds, name="fashion-mnist")
-emb = t2v.Task2Vec("embedded", max_samples=n, image_size=res, batch_size=32, progress=False)
+ds = load_offline({dataset!r}, {split!r})
+task = t2v.load_task(ds, name={dataset!r})
+emb = t2v.Task2Vec("embedded", max_samples=n, image_size=res, batch_size=32, progress=False, device={device!r})
 t = time.perf_counter()
 e = emb.embed(task)
 print(json.dumps({{"n": n, "seconds": time.perf_counter() - t,
@@ -147,13 +147,25 @@ print(json.dumps({{"n": n, "seconds": time.perf_counter() - t,
 def section_memory(args, device, results):
     rows = []
     for n in args.memory_sizes:
-        code = MEMORY_WORKER.format(root=str(ROOT), n=n, res=args.memory_resolution)
+        code = MEMORY_WORKER.format(
+            root=str(ROOT),
+            n=n,
+            res=args.memory_resolution,
+            dataset=args.memory_dataset,
+            split=args.memory_split,
+            device=str(device),
+        )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         row["images_per_s"] = n / row["seconds"]
         rows.append(row)
         print(row, flush=True)
-    results["memory"] = {"resolution": args.memory_resolution, "rows": rows}
+    results["memory"] = {
+        "resolution": args.memory_resolution,
+        "dataset": f"{args.memory_dataset} ({args.memory_split})",
+        "device": str(device),
+        "rows": rows,
+    }
 
 
 def section_distance(args, device, results):
@@ -165,6 +177,8 @@ def section_distance(args, device, results):
         a = rng.gamma(0.5, size=(n, 21_008)).astype(np.float32)
         t = time.perf_counter()
         pairwise_distances(a, a, device=device if device.type == "cuda" else None)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         sec = time.perf_counter() - t
         rows.append({"n": n, "dim": 21_008, "seconds": sec, "pairs_per_s": n * n / sec, "device": str(device)})
         print(rows[-1], flush=True)
@@ -244,7 +258,8 @@ def write_markdown(results: dict, path: Path) -> None:
     if "memory" in results:
         m = results["memory"]
         lines += [
-            f"## Peak memory and time vs number of images ({m['resolution']} px, embedded probe, Fashion-MNIST)",
+            f"## Peak memory and time vs number of images ({m['resolution']} px, embedded probe, {m['dataset']}, "
+            f"device {m['device']})",
             "",
             "| images | seconds | images/s | peak RSS (MB) |",
             "|---|---|---|---|",
@@ -293,7 +308,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--name", default="fisher_speed", help="results file stem")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (e.g. 2 to mimic 2 cores)")
+    parser.add_argument("--memory-dataset", default="fashion-mnist")
+    parser.add_argument("--memory-split", default="train")
+    parser.add_argument("--memory-sizes", dest="memory_sizes_arg", default=None, help="comma-separated image counts")
+    parser.add_argument("--distance-sizes", dest="distance_sizes_arg", default=None, help="comma-separated counts")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.probes = ["embedded"]
     args.resolutions = [64, 224]
     args.batch = 32
@@ -302,6 +324,10 @@ def main() -> None:
     args.memory_resolution = 224
     args.memory_sizes = [256, 512, 1024] if args.quick else [1000, 5000, 10000]
     args.distance_sizes = [100, 300] if args.quick else [100, 300, 1000]
+    if args.memory_sizes_arg:
+        args.memory_sizes = [int(v) for v in args.memory_sizes_arg.split(",")]
+    if args.distance_sizes_arg:
+        args.distance_sizes = [int(v) for v in args.distance_sizes_arg.split(",")]
     args.gpu_batch = 64
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -312,14 +338,15 @@ def main() -> None:
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     sections = {"speed": section_speed, "memory": section_memory, "distance": section_distance, "gpu": section_gpu}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     for name in args.sections.split(","):
         t = time.perf_counter()
         sections[name](args, device, results)
         print(f"[{name}] {time.perf_counter() - t:.0f} s", flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
-    write_markdown(results, out / f"{args.name}.md")
+        # written after every section, so a run cut short keeps what it measured
+        (out / f"{args.name}.json").write_text(json.dumps(results, indent=1))
+        write_markdown(results, out / f"{args.name}.md")
     print(f"wrote {out / args.name}.md")
 
 

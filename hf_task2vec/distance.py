@@ -76,8 +76,9 @@ def _sym_matrix(
 ) -> np.ndarray:
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     if device is not None and torch.device(device).type != "cpu":
-        # float32 on accelerators (throughput); each block's temporaries stay under block_bytes
+        # float32 on accelerators (throughput), in larger blocks
         ta, tb = ta.to(device, torch.float32), tb.to(device, torch.float32)
+        block_bytes = max(block_bytes, 4 * 2**30)
     dim = max(a.shape[1], 1)
     # rows per block so that one [rows, cols, D] float64 temporary stays under block_bytes
     cols = min(b.shape[0], max(1, block_bytes // (8 * dim * 4)))

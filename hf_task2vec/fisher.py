@@ -223,7 +223,6 @@ def conv_sq_norms(module: nn.Module, a: torch.Tensor, b: torch.Tensor, strategy:
             timings[name] = time.perf_counter() - start
         best = _AUTOTUNED[key] = min(timings, key=timings.get)
         logger.debug("per-sample kernel for %s %s: %s (%s)", type(module).__name__, key[1], best, timings)
-        return out  # every candidate computed the same values; the last run's are in `out`
     _run_conv_kernel(best, module, a4, b, geo, out)
     return out
 
@@ -303,7 +302,12 @@ class SquaredGradientHooks:
             a = inputs[0].detach()
 
             def grad_hook(b: torch.Tensor) -> None:
-                sq = layer_sq_norms(module, a, b.detach(), self.strategy)
+                b = b.detach()
+                if b.dtype != a.dtype:  # autocast: a float32 input may meet a bfloat16 gradient
+                    common = torch.promote_types(a.dtype, b.dtype)
+                    sq = layer_sq_norms(module, a.to(common), b.to(common), self.strategy)
+                else:
+                    sq = layer_sq_norms(module, a, b, self.strategy)
                 if self.sample_weights is not None:
                     sq = sq * self.sample_weights.to(sq.dtype)[:, None]
                 self.sums[group.start : group.stop] += sq.sum(0).to(self.sums.dtype)

@@ -121,11 +121,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     embedder = Task2Vec(
-        args.probe, max_samples=args.max_samples, image_size=args.image_size, seed=args.seed, device=args.device
+        args.probe,
+        method=args.method,
+        max_samples=args.max_samples,
+        image_size=args.image_size,
+        seed=args.seed,
+        device=args.device,
     )
     print(
         f"probe {embedder.probe.name} ({embedder.probe.dim} filters), {args.image_size}px, "
-        f"{args.max_samples} examples per task, montecarlo Fisher"
+        f"{args.max_samples} examples per task, {args.method} Fisher"
     )
     datasets_cache: dict[str, object] = {}
     embeddings, names, groups = [], [], []
@@ -186,6 +191,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embeddings-dir", default=None, help="also save the embeddings here")
     p.add_argument("--probe", default="embedded")
     p.add_argument("--max-samples", type=int, default=256)
+    p.add_argument("--method", default="exact", choices=["montecarlo", "exact", "variational"],
+                   help="Fisher estimator (exact: the expectation over labels, lowest variance for few classes)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
