@@ -190,7 +190,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo_heatmap.png", help="PNG path for the heatmap")
     p.add_argument("--embeddings-dir", default=None, help="also save the embeddings here")
     p.add_argument("--probe", default="embedded")
-    p.add_argument("--max-samples", type=int, default=256)
+    p.add_argument("--max-samples", type=int, default=200)
     p.add_argument("--method", default="exact", choices=["montecarlo", "exact", "variational"],
                    help="Fisher estimator (exact: the expectation over labels, lowest variance for few classes)")
     p.add_argument("--image-size", type=int, default=64)
