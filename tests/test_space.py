@@ -114,9 +114,7 @@ def test_zip_of_real_images_ranks_experts(tmp_path, expert_index):
     np.testing.assert_allclose(table["score"], [round(brute[m], 4) for m in expected], atol=1e-4)
     # the expert trained on the same three animals (other images) is the nearest
     assert expected[0] == "test-experts/lite0-animal-quadrupeds"
-    assert table["expert"][0] == (
-        f"[test-experts/lite0-animal-quadrupeds]({finder.hub_url('test-experts/lite0-animal-quadrupeds')})"
-    )
+    assert table["expert"][0] == "test-experts/lite0-animal-quadrupeds"  # not a Hub model: no link
     assert table["trained on"][0].startswith("animal-mnist-cat-dog-horse (cat, dog, horse)")
     # the embedding made like the experts', saved as a verified safetensors file
     emb = t2v.TaskEmbedding.load(result.embedding_path)
@@ -129,12 +127,28 @@ def test_zip_of_real_images_ranks_experts(tmp_path, expert_index):
             assert im.format == "PNG" and im.width > 400 and im.height > 300
 
 
+def test_expert_links(monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example")
+    assert finder.expert_link("org/vit_b", {"source": "hub"}) == "[org/vit\\_b](https://hub.example/org/vit_b)"
+    assert finder.expert_link("task2vec-bench/lite0", {"weights_cache": "x"}) == "task2vec-bench/lite0"
+    assert finder.expert_link("resnet18", {"url": "https://x.org/r18"}) == "[resnet18](https://x.org/r18)"
+    for bad in ("javascript:alert(1)", "https://x.org/a) [y](https://evil", "file:///etc/passwd"):
+        assert finder.expert_link("org/m", {"url": bad}) == "org/m"
+    assert finder.expert_link("../x", {"source": "hub"}) == "../x"
+
+
 def test_classical_mds_recovers_euclidean_points():
     rng = np.random.default_rng(0)
     pts = rng.normal(size=(7, 2))
     d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
-    xy = finder.classical_mds(d)
+    xy, kept = finder.classical_mds(d)
     np.testing.assert_allclose(np.linalg.norm(xy[:, None] - xy[None], axis=-1), d, atol=1e-9)
+    assert kept == pytest.approx(1.0)
+    pts3 = np.c_[pts, [0, 0, 0, 0, 0, 0, 5.0]]  # one point off the plane: 2-D keeps less
+    xy, kept = finder.classical_mds(np.linalg.norm(pts3[:, None] - pts3[None], axis=-1))
+    centred = pts3 - pts3.mean(0)
+    sv = np.linalg.svd(centred, compute_uv=False) ** 2
+    assert kept == pytest.approx(sv[:2].sum() / sv.sum())
 
 
 @pytest.mark.parametrize("projection", ["mds", "tsne"])

@@ -109,8 +109,6 @@ def test_upload_zip_search_and_see_ranked_experts(page, tmp_path):
     assert shown == {f"test-experts/lite0-{m}" for m in ("animal-quadrupeds", "animal-wild", "fashion-shoes", "digits")}
     scores = [float(r.split()[2]) for r in rows[1:]]
     assert scores == sorted(scores)
-    links = [a for a in table.locator("a", has_text="test-experts/lite0-animal-quadrupeds").all() if a.is_visible()]
-    assert links and links[0].get_attribute("href").endswith("/test-experts/lite0-animal-quadrupeds")
     status = page.locator("#status").inner_text()
     assert "three-animals" in status and "60 images, 3 classes" in status and "Best expert" in status
     download = page.locator('#embedding a[download="three-animals.safetensors"]')
@@ -137,6 +135,7 @@ def test_hostile_zip_gets_a_clear_error_in_the_page(page, tmp_path):
     assert text.startswith("Error") and "path traversal" in text and "../../../tmp/pwned.png" in text
     assert not Path("/tmp/pwned.png").exists()
     OUTPUT.mkdir(exist_ok=True)
-    page.screenshot(path=str(OUTPUT / "space-error.png"), full_page=True)
+    page.wait_for_timeout(600)  # the toast fades in
+    page.screenshot(path=str(OUTPUT / "space-error.png"), animations="disabled")
     # the server is fine afterwards: the page still answers
     assert page.locator("#find").is_enabled()

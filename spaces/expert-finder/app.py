@@ -2,8 +2,9 @@
 
 Run locally (offline, on 127.0.0.1): ``python spaces/expert-finder/app.py`` (or ``make space``).
 Environment: ``GRADIO_SERVER_PORT`` (default 7860), ``GRADIO_SERVER_NAME`` (default 127.0.0.1; a
-Space sets 0.0.0.0), ``T2V_EXPERT_INDEX_REPO`` (a Hub dataset repo holding the expert index; default:
-the local index of the model-selection benchmark), ``T2V_SPACE_QUEUE_SIZE`` (waiting requests,
+Space sets 0.0.0.0), ``T2V_EXPERT_INDEX_REPO`` (a Hub dataset repo holding the expert index, or a local
+index folder; default: ``./expert_index`` beside this file, else the local index of the
+model-selection benchmark), ``T2V_SPACE_QUEUE_SIZE`` (waiting requests,
 default 16) and ``T2V_SPACE_MAX_*`` limits (see `finder.Limits`).
 """
 
@@ -206,6 +207,8 @@ def build_app(index: Any = None, *, limits: Limits | None = None, index_error: s
                     datatype=["number", "markdown", "number", "str"],
                     label="Best experts (lowest distance first)",
                     interactive=False,
+                    wrap=True,
+                    column_widths=["8%", "44%", "10%", "38%"],
                     elem_id="experts",
                 )
                 with gr.Row():

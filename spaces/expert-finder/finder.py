@@ -687,7 +687,7 @@ def index_settings(index: Any) -> dict[str, str]:
 
 def load_expert_index(source: str | os.PathLike[str] | None = None, *, token: str | None = None) -> Any:
     """Load the expert index (`hf_task2vec.selection.ExpertIndex`) from ``source`` (a folder or a Hub
-    dataset repo id), else ``$T2V_EXPERT_INDEX_REPO`` (a Hub dataset repo), else an ``expert_index``
+    dataset repo id), else ``$T2V_EXPERT_INDEX_REPO`` (either of those), else an ``expert_index``
     folder next to this file (a Space can ship one), else the index built by the model-selection
     benchmark, ``benchmarks/results/expert_index`` (the offline default)."""
     from hf_task2vec.selection import ExpertIndex
@@ -751,14 +751,15 @@ def hub_url(model_id: str) -> str:
 
 
 def expert_link(model_id: str, info: dict[str, Any] | None = None) -> str:
-    """A markdown link to the expert's Hub page; plain text for ids that are not Hub ids and for
-    local experts (info with ``weights_cache`` or ``source`` ``"local"``, as the benchmark writes)."""
-    text = re.sub(r"([\\`*_{}\[\]()#+!|<>])", r"\\\1", model_id)
+    """The expert's id as markdown: a link to ``info["url"]`` when given (http/https), else to its
+    Hub page when the index says it comes from the Hub (``source: "hub"``, as
+    `ExpertIndex.add_hub_models` records), else plain text (local or benchmark experts)."""
     info = info or {}
-    local = bool(info.get("weights_cache")) or info.get("source") == "local"
-    if "/" in model_id and _HUB_ID.match(model_id) and not local:
-        return f"[{text}]({hub_url(model_id)})"
-    return text + (" (local)" if local else "")
+    text = re.sub(r"([\\`*_{}\[\]()#+!|<>])", r"\\\1", model_id)
+    url = info.get("url")
+    if not (isinstance(url, str) and re.match(r"^https?://[^\s()<>]+$", url)):
+        url = hub_url(model_id) if info.get("source") == "hub" and _HUB_ID.match(model_id) else None
+    return f"[{text}]({url})" if url else text
 
 
 def _trained_on(info: dict[str, Any]) -> str:
@@ -857,23 +858,26 @@ def search(
 
 
 # -- figures -----------------------------------------------------------------------------------------
-def classical_mds(d: np.ndarray, dims: int = 2) -> np.ndarray:
+def classical_mds(d: np.ndarray, dims: int = 2) -> tuple[np.ndarray, float]:
     """Torgerson's classical MDS of a symmetric distance matrix: points whose Euclidean distances
-    best match ``d`` (exactly, when ``d`` is Euclidean)."""
+    best match ``d`` (exactly, when ``d`` is Euclidean), and the share of the (positive) spectrum
+    the ``dims`` axes keep - how faithful the picture is."""
     d = np.asarray(d, np.float64)
     n = d.shape[0]
     j = np.eye(n) - np.full((n, n), 1.0 / n)
     b = -0.5 * j @ (d**2) @ j
     vals, vecs = np.linalg.eigh(b)
     order = np.argsort(vals)[::-1][:dims]
-    coords = vecs[:, order] * np.sqrt(np.clip(vals[order], 0.0, None))
+    kept = np.clip(vals[order], 0.0, None)
+    coords = vecs[:, order] * np.sqrt(kept)
     if coords.shape[1] < dims:
         coords = np.pad(coords, ((0, 0), (0, dims - coords.shape[1])))
     for c in range(dims):  # fix the sign so that the picture is deterministic
         i = int(np.argmax(np.abs(coords[:, c])))
         if coords[i, c] < 0:
             coords[:, c] *= -1
-    return coords
+    positive = float(np.clip(vals, 0.0, None).sum())
+    return coords, float(kept.sum()) / positive if positive > 0 else 1.0
 
 
 def _map_points(index: Any, top: Sequence[str], max_points: int) -> list[tuple[str, str]]:
@@ -924,8 +928,8 @@ def draw_figures(
         ).fit_transform(d)
         title = "t-SNE of symmetric Task2Vec distances"
     else:
-        xy = classical_mds(d)
-        title = "Classical MDS of symmetric Task2Vec distances"
+        xy, kept = classical_mds(d)
+        title = f"Classical MDS of symmetric Task2Vec distances\n(the 2-D picture keeps {kept:.0%} of the variance)"
     fig = Figure(figsize=(6, 5.4), dpi=110)
     ax = fig.subplots()
     is_top = np.array([False] + [task in top_tasks for task, _ in points])
