@@ -50,6 +50,7 @@ __all__ = [
     "LeaveOneOutResult",
     "Model2Vec",
     "SELECTION_METRICS",
+    "pairwise_symmetric_distance",
     "torch_asymmetric_distance",
     "torch_symmetric_distance",
 ]
@@ -98,9 +99,81 @@ def torch_asymmetric_distance(
         source_trivial: ``[n, D]`` or ``[1, D]``: the trivial embedding of each source.
         alpha: weight of the complexity term.
     """
-    sym = torch_symmetric_distance(sources[:, None, :], targets[None, :, :])
+    sym = pairwise_symmetric_distance(sources, targets)
     complexity = torch_symmetric_distance(sources, source_trivial.expand_as(sources))
     return sym - alpha * complexity[:, None]
+
+
+class _PairwiseSymWorkspace:
+    """``d_sym`` for every pair of rows of ``a [n, D]`` and fixed ``b [m, D]``, with a hand-written backward.
+
+    With ``u = a / (a + b)``, ``v = 1 - u``, ``A = <u, v>``, ``B = |u|^2``, ``C = |v|^2`` and
+    ``d = 1 - A / sqrt(B C)``: ``dd/du_k = alpha + beta u_k`` with ``alpha = -(1 + A/C) / sqrt(BC)``,
+    ``beta = (2 + A/B + A/C) / sqrt(BC)``, ``du_k/da_k = v_k / s_k`` and ``du_k/db_k = -u_k / s_k``
+    (``s = a + b``; where ``s = 0`` both normalised entries are the constant 1/2). Three ``[n, m, D]``
+    buffers are allocated once and reused: a Model2Vec step on 21k-filter embeddings then costs a
+    handful of passes over memory instead of autograd's dozens of freshly allocated temporaries.
+    """
+
+    def __init__(self, b: torch.Tensor, n: int) -> None:
+        self.b = b
+        shape = (n, b.shape[0], b.shape[1])
+        self.s = torch.empty(shape, dtype=b.dtype, device=b.device)
+        self.u = torch.empty_like(self.s)
+        self.x = torch.empty_like(self.s)
+        self.b_zero = (b == 0).any(0)
+        self.has_zero = False
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        s, u = self.s, self.u
+        torch.add(a[:, None, :], self.b[None, :, :], out=s)
+        torch.div(a[:, None, :].expand_as(s), s, out=u)
+        self.has_zero = bool((self.b_zero & (a == 0).any(0)).any())
+        if self.has_zero:
+            zero = s == 0
+            u.masked_fill_(zero, 0.5)
+            s.masked_fill_(zero, float("inf"))  # no gradient through the constant 1/2
+        s1 = u.sum(-1)
+        bb = torch.linalg.vector_norm(u, dim=-1).square()
+        aa = s1 - bb
+        cc = (u.shape[-1] - 2.0 * s1 + bb).clamp_min(0.0)
+        tiny = torch.finfo(u.dtype).tiny
+        self.den = torch.sqrt(bb * cc).clamp_min(tiny)
+        self.alpha = -(1.0 + aa / cc.clamp_min(tiny)) / self.den
+        self.beta = (2.0 + aa / bb.clamp_min(tiny) + aa / cc.clamp_min(tiny)) / self.den
+        return 1.0 - aa / self.den
+
+    def backward(self, grad: torch.Tensor, need_b: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Gradients w.r.t. ``a`` (and ``b``) given ``grad = dL/dd`` ``[n, m]`` (call after `forward`)."""
+        x = self.x
+        torch.addcmul((grad * self.alpha)[..., None].expand_as(x), self.u, (grad * self.beta)[..., None], out=x)
+        x.div_(self.s)  # dL/du * du/ds-part: dL/da = x * v, dL/db = -x * u
+        total = x.sum(1)
+        xu = x.mul_(self.u)
+        grad_a = total - xu.sum(1)
+        grad_b = -xu.sum(0) if need_b else None
+        return grad_a, grad_b
+
+
+class _PairwiseSymmetric(torch.autograd.Function):
+    """Autograd wrapper of `_PairwiseSymWorkspace` (buffers allocated per call)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ws = _PairwiseSymWorkspace(b.detach(), a.shape[0])
+        ctx.ws = ws
+        return ws.forward(a.detach())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad_a, grad_b = ctx.ws.backward(grad, need_b=ctx.needs_input_grad[1])
+        return (grad_a if ctx.needs_input_grad[0] else None), grad_b
+
+
+def pairwise_symmetric_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``d_sym(a_i, b_j)`` for all pairs of rows, ``[n, D] x [m, D] -> [n, m]``, differentiable
+    (a fused forward/backward; the same values as `torch_symmetric_distance` on broadcast inputs)."""
+    return _PairwiseSymmetric.apply(a, b)
 
 
 def _sym_rows(rows: np.ndarray, other: np.ndarray, chunk: int = _ROWS_PER_CHUNK) -> np.ndarray:
@@ -1080,12 +1153,21 @@ class Model2Vec:
             lr=self.lr,
         )
         self.loss_history_ = []
+        workspace = _PairwiseSymWorkspace(T, F.shape[0])
         for _ in tqdm(range(self.steps), desc="Model2Vec", disable=not self.progress, leave=False):
             opt.zero_grad()
-            loss = self._loss(F * torch.exp(c), T, T0, q, mask, log_gamma)
+            m = F * torch.exp(c)
+            with torch.no_grad():
+                sym = workspace.forward(m.detach()).requires_grad_(True)  # [J, T]
+            complexity = torch_symmetric_distance(m, T0.expand_as(m))  # [J], through autograd
+            loss = self._loss(sym - self.alpha * complexity[:, None], q, mask, log_gamma)
             loss.backward()
+            with torch.no_grad():  # the big pairwise term: hand-written backward, then dm/dc = m
+                grad_m, _ = workspace.backward(sym.grad)
+                c.grad += grad_m * m.detach()
             opt.step()
             self.loss_history_.append(float(loss.detach()))
+        del workspace
         self.expert_values_ = f
         self.expert_trivial_ = triv
         self.log_scale_ = c.detach().to(torch.float64).numpy()
@@ -1095,8 +1177,8 @@ class Model2Vec:
         )
         return self
 
-    def _loss(self, m, T, T0, q, mask, log_gamma) -> torch.Tensor:
-        d = torch_asymmetric_distance(m, T, T0, self.alpha).T  # [T, J]
+    def _loss(self, d_experts_tasks, q, mask, log_gamma) -> torch.Tensor:
+        d = d_experts_tasks.T  # [T, J]
         logits = (-torch.exp(log_gamma) * d).masked_fill(~mask, float("-inf"))
         logp = torch.log_softmax(logits, dim=1).masked_fill(~mask, 0.0)
         return -(q * logp).sum(1).mean()

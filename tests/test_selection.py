@@ -11,7 +11,13 @@ import torch
 from hf_task2vec import ExpertIndex, Model2Vec, TaskEmbedding, load_task
 from hf_task2vec.distance import distance, pairwise_distances
 from hf_task2vec.errors import EmbeddingFileError, IncompatibleEmbeddingsError, Task2VecError
-from hf_task2vec.selection import TABLE_FILE, TENSORS_FILE, torch_asymmetric_distance, torch_symmetric_distance
+from hf_task2vec.selection import (
+    TABLE_FILE,
+    TENSORS_FILE,
+    pairwise_symmetric_distance,
+    torch_asymmetric_distance,
+    torch_symmetric_distance,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -63,6 +69,19 @@ def test_torch_distances_agree_with_distance_module():
     assert torch.autograd.gradcheck(
         lambda a: torch_asymmetric_distance(a, y, torch.from_numpy(triv[:2, :6]), 0.15), (x,)
     )
+    # the fused pairwise distance (hand-written backward, used by Model2Vec) against autograd through the
+    # element-wise formula, with filters where both inputs are 0
+    a = torch.from_numpy(src[:3, :8]).requires_grad_(True)
+    b = torch.from_numpy(tgt[:, :8]).requires_grad_(True)
+    fused = pairwise_symmetric_distance(a, b)
+    plain = torch_symmetric_distance(a[:, None, :], b[None, :, :])
+    torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
+    w = torch.from_numpy(rng.normal(size=(3, 3)))
+    for g_fused, g_plain in zip(
+        torch.autograd.grad((fused * w).sum(), (a, b)), torch.autograd.grad((plain * w).sum(), (a, b)), strict=True
+    ):
+        torch.testing.assert_close(g_fused, g_plain, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(pairwise_symmetric_distance, (a, b))
 
 
 def test_index_distances_match_distance_module_and_a_loop():
