@@ -113,7 +113,7 @@ class Task2Vec:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(inputs, labels)`` batches over ``indices``, preprocessed for the probe."""
         transform = self.probe.transform() if task.is_image else None
-        labels = torch.as_tensor(task.labels)
+        labels = torch.tensor(task.labels)  # a copy: dataset label arrays may be read-only
         bar = tqdm(total=len(indices), desc=desc, unit="ex", disable=not self.progress or desc is None, leave=False)
         try:
             for start in range(0, len(indices), self.batch_size):
