@@ -65,7 +65,7 @@ class Task2Vec:
         fit_head: bool = True,
         head_epochs: int = 500,
         head_l2: float = 1e-3,
-        batch_size: int = 64,
+        batch_size: int = 32,
         seed: int = 0,
         device: str | torch.device | None = None,
         image_size: int | None = None,
