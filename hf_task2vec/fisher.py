@@ -374,7 +374,7 @@ def _hooked_pass(
             hooks.new_forward()
             with amp:
                 logits = probe(x)
-            log_p = F.log_softmax(logits.float(), dim=-1)
+            log_p = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
             probs = log_p.detach().exp()
             n = x.shape[0]
             if method == "exact":

@@ -188,7 +188,10 @@ def test_exact_matches_analytic_two_layer_sigmoid():
     task = Task.from_tensors(x, torch.arange(200) % 3)  # labels are unused by the Fisher
     emb = Task2Vec(probe, method="exact", fit_head=False, progress=False, device="cpu").embed(task)
     analytic = analytic_two_layer_sigmoid_fisher(w1, w2, x).mean(1).numpy()  # average over each row's weights
+    # the embedding is stored as float32; the Fisher itself is float64 end to end
     np.testing.assert_allclose(emb.values.astype(np.float64), analytic, rtol=1e-5)
+    raw = fisher_diagonal(probe, [(x, None)], method="exact").values
+    np.testing.assert_allclose(raw, analytic, rtol=1e-12)
 
 
 def test_analytic_formula_itself_against_autograd():
