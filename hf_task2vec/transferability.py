@@ -18,6 +18,13 @@ Implemented from the papers:
   "Newer is not always better: Rethinking transferability metrics, their peculiarities,
   stability and performance", ECML-PKDD 2022 (Ledoit-Wolf shrinkage of the feature
   covariance).
+* :func:`sfda` -- SFDA, Shao, Zhao, Ge, Zhang, Yang, Wang, Shan & Luo, "Not All Models Are
+  Equal: Predicting Model Transferability in a Self-challenging Fisher Space", ECCV 2022.
+* :func:`nleep` -- N-LEEP, Li, Jia, Zhu, Zhang, Ren, Cao & Yang, "Ranking Neural
+  Checkpoints", CVPR 2021 (LEEP with a Gaussian mixture on the PCA-reduced features in place
+  of the expert's source classifier).
+* :func:`knn_accuracy` -- leave-one-out k-nearest-neighbour accuracy on the expert's
+  features: the simplest feature-only baseline.
 
 :data:`TRANSFERABILITY_METRICS` maps metric names to the functions and
 :func:`score_expert` dispatches by name, taking whichever of ``features`` /
@@ -37,10 +44,14 @@ import numpy as np
 __all__ = [
     "TRANSFERABILITY_METRICS",
     "h_score",
+    "knn_accuracy",
     "leep",
     "logme",
     "nce",
+    "nleep",
     "score_expert",
+    "sfda",
+    "sfda_shrinkage",
 ]
 
 logger = logging.getLogger(__name__)
@@ -395,6 +406,223 @@ def _ledoit_wolf_shrinkage(centred: np.ndarray) -> float:
     return float(min(max(b2, 0.0), delta2) / delta2)
 
 
+# --------------------------------------------------------------------------- SFDA
+
+
+def _gaussian_posterior(
+    f: np.ndarray, y: np.ndarray, k: int, shrinkage: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior ``p(c | x_i)`` of the Gaussian classifier with the class means ``mu_c``, the
+    class priors ``pi_c`` and the shared covariance ``S = (1 - shrinkage) S_W + shrinkage I``.
+
+    ``logit_ic = x_i^T S^-1 mu_c - 1/2 mu_c^T S^-1 mu_c + log pi_c``. ``S^-1`` is applied in the
+    eigenbasis of ``S_W`` (its row space has dimension ``r <= N``; on the orthogonal complement
+    ``S = shrinkage I``), so nothing of size ``D x D`` is formed. Returns the posterior ``[N, K]``
+    and the class means ``[K, D]``.
+    """
+    n = f.shape[0]
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    means = np.zeros((k, f.shape[1]), dtype=np.float64)
+    np.add.at(means, y, f)
+    means /= counts[:, None]
+    within = f - means[y]  # S_W = within^T within / N
+    _, sv, vt = np.linalg.svd(within, full_matrices=False)
+    keep = sv > (sv[0] if sv.size else 0.0) * 1e-12
+    v = vt[keep].T  # [D, r]
+    eig = (1.0 - shrinkage) * sv[keep] ** 2 / n + shrinkage  # eigenvalues of S on span(v)
+    if shrinkage <= 0.0 and v.shape[1] < f.shape[1]:
+        raise ValueError(
+            "SFDA: the within-class scatter is singular (fewer samples than feature dimensions) and the "
+            "regularisation is 0; pass shrinkage > 0 (or None for the adaptive value)"
+        )
+    fv, mv = f @ v, means @ v
+    inv_shrink = 1.0 / shrinkage if shrinkage > 0.0 else 0.0
+    f_perp, m_perp = f - fv @ v.T, means - mv @ v.T
+    cross = (fv / eig) @ mv.T + inv_shrink * (f_perp @ m_perp.T)  # x^T S^-1 mu  [N, K]
+    quad = np.sum(mv**2 / eig, axis=1) + inv_shrink * np.sum(m_perp**2, axis=1)  # mu^T S^-1 mu  [K]
+    logits = cross - 0.5 * quad[None, :] + np.log(counts / n)[None, :]
+    return _softmax(logits), means
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def sfda_shrinkage(features: np.ndarray, labels: np.ndarray, *, a: float = 1.0) -> float:
+    """The adaptive regularisation strength of SFDA's regularised FDA,
+    ``lambda = exp(-a * sigma_max(S_B))`` with ``S_B = sum_c pi_c (mu_c - mu)(mu_c - mu)^T`` the
+    between-class scatter (floored at 1e-10): well separated classes get little regularisation."""
+    f = _as_features(features)
+    y, k = _target_labels(labels, f.shape[0])
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    means = np.zeros((k, f.shape[1]), dtype=np.float64)
+    np.add.at(means, y, f)
+    means /= counts[:, None]
+    b = np.sqrt(counts / f.shape[0])[:, None] * (means - f.mean(axis=0, keepdims=True))  # S_B = b^T b
+    sigma = float(np.linalg.svd(b, compute_uv=False)[0] ** 2)
+    return float(max(np.exp(-a * sigma), 1e-10))
+
+
+def sfda(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    shrinkage: float | None = None,
+    a: float = 1.0,
+) -> float:
+    """SFDA score (Shao et al., "Not All Models Are Equal: Predicting Model Transferability in
+    a Self-challenging Fisher Space", ECCV 2022). Higher = better; in ``(0, 1]``.
+
+    1. *Regularised FDA*: the features are projected onto the Fisher directions of the
+       between-class scatter ``S_B`` against the regularised within-class scatter
+       ``(1 - lambda) S_W + lambda I`` (``S_W = sum_c pi_c cov(x | c)``, ``lambda`` from
+       :func:`sfda_shrinkage` unless given), and each sample gets the class posterior of the
+       linear (shared-covariance Gaussian) classifier in that Fisher space. Projecting onto the
+       ``K - 1`` discriminant directions changes no posterior (the class means coincide on the
+       others), so it is computed directly with the regularised covariance.
+    2. *Self-challenging (ConfMix)*: hard examples are made harder. Each sample is mixed with the
+       mean of the samples of the *other* classes, ``x_i <- w_i x_i + (1 - w_i) mu_{not y_i}``, with
+       ``w_i`` the softened confidence of step 1 in its own class (a softmax over the step-1
+       posteriors, so ``w_i < 1``: confident, easy samples move little, confusable ones a lot).
+    3. The regularised FDA is fitted again on the mixed features (same ``lambda``) and the score is
+       the mean posterior of the true class, ``1/N sum_i p(y_i | x_i)`` (no logarithm).
+
+    Args:
+        features: ``[N, D]`` features of the target samples.
+        labels: ``[N]`` integer target labels (re-indexed to ``0..K-1``; K >= 2).
+        shrinkage: a fixed ``lambda`` in ``(0, 1]`` instead of the adaptive one.
+        a: the constant of the adaptive ``lambda = exp(-a sigma_max(S_B))``.
+    """
+    f = _as_features(features)
+    n = f.shape[0]
+    y, k = _target_labels(labels, n)
+    if shrinkage is None:
+        shrinkage = sfda_shrinkage(f, y, a=a)
+    elif not 0.0 < float(shrinkage) <= 1.0:
+        raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage!r}; pass None for the adaptive value")
+    shrinkage = float(shrinkage)
+    prob, _ = _gaussian_posterior(f, y, k, shrinkage)
+    w = _softmax(prob)[np.arange(n), y][:, None]  # softened confidence in the true class
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    sums = np.zeros((k, f.shape[1]), dtype=np.float64)
+    np.add.at(sums, y, f)
+    other_means = (sums.sum(axis=0, keepdims=True) - sums) / (n - counts)[:, None]  # mean of the other classes
+    mixed = w * f + (1.0 - w) * other_means[y]
+    prob2, _ = _gaussian_posterior(mixed, y, k, shrinkage)
+    logger.debug("SFDA: lambda %.3g, stage-1 mean true-class posterior %.4f", shrinkage, prob[np.arange(n), y].mean())
+    return float(np.mean(prob2[np.arange(n), y]))
+
+
+# --------------------------------------------------------------------------- N-LEEP
+
+
+def nleep(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_components: int | None = None,
+    variance: float = 0.8,
+    seed: int = 0,
+) -> float:
+    """N-LEEP score (Li et al., "Ranking Neural Checkpoints", CVPR 2021). Higher = better; <= 0.
+
+    LEEP with the expert's source classifier replaced by a Gaussian mixture model fitted on the
+    target features: the features are centred and reduced by PCA to the fewest components that
+    keep ``variance`` of the total variance (80% in the paper), a full-covariance GMM with
+    ``n_components`` components (default: the number of target classes, the usual choice) is
+    fitted by EM (scikit-learn, seeded), and its posterior ``p(v | x_i)`` plays the role of
+    ``theta(x_i)`` in :func:`leep`. Works for feature-only experts (no source head needed).
+
+    Args:
+        features: ``[N, D]`` features of the target samples.
+        labels: ``[N]`` integer target labels (re-indexed to ``0..K-1``; K >= 2).
+        n_components: number of mixture components (default K).
+        variance: fraction of the variance the PCA keeps, in ``(0, 1]``.
+        seed: random state of the EM initialisation.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    f = _as_features(features)
+    n = f.shape[0]
+    y, k = _target_labels(labels, n)
+    if not 0.0 < variance <= 1.0:
+        raise ValueError(f"variance must be in (0, 1], got {variance!r} (the paper keeps 0.8)")
+    v = k if n_components is None else int(n_components)
+    if not 1 <= v <= n:
+        raise ValueError(f"n_components must be between 1 and the number of samples ({n}), got {n_components!r}")
+    centred = f - f.mean(axis=0, keepdims=True)
+    u_mat, sv, _ = np.linalg.svd(centred, full_matrices=False)
+    if sv.size == 0 or sv[0] <= 0.0:
+        raise ValueError("features are constant over the samples: N-LEEP needs varying features")
+    ratio = np.cumsum(sv**2) / np.sum(sv**2)
+    dims = int(np.searchsorted(ratio, variance - 1e-12) + 1)
+    z = u_mat[:, :dims] * sv[:dims]  # PCA scores
+    gmm = GaussianMixture(n_components=v, covariance_type="full", random_state=seed, reg_covar=1e-6)
+    posterior = gmm.fit(z).predict_proba(z)
+    logger.debug("N-LEEP: %d PCA dims keep %.1f%% of the variance, %d components", dims, 100 * ratio[dims - 1], v)
+    return leep(posterior, y)
+
+
+# --------------------------------------------------------------------------- k-NN
+
+
+def knn_accuracy(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    k: int = 5,
+    metric: str = "cosine",
+) -> float:
+    """Leave-one-out k-nearest-neighbour accuracy on the expert's features. Higher = better; in [0, 1].
+
+    Each sample is classified by a majority vote of its ``k`` nearest *other* samples
+    (``metric`` "cosine" or "euclidean"; equal distances are ordered by sample index); a tied
+    vote goes to the tied class whose nearest member is closest. ``k`` is capped at ``N - 1``.
+
+    Args:
+        features: ``[N, D]`` features of the target samples.
+        labels: ``[N]`` integer target labels (re-indexed to ``0..K-1``; K >= 2).
+        k: number of neighbours.
+        metric: "cosine" (1 - cosine similarity) or "euclidean".
+    """
+    f = _as_features(features)
+    n = f.shape[0]
+    y, n_classes = _target_labels(labels, n)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"unknown k-NN metric {metric!r}; choose 'cosine' or 'euclidean'")
+    k = min(int(k), n - 1)
+    if metric == "cosine":
+        norms = np.linalg.norm(f, axis=1, keepdims=True)
+        g = f / np.where(norms > 0, norms, 1.0)
+    else:
+        g = f
+    sq = np.sum(g**2, axis=1)
+    correct = 0
+    for start in range(0, n, 1024):
+        rows = slice(start, min(start + 1024, n))
+        if metric == "cosine":
+            dist = 1.0 - g[rows] @ g.T
+        else:
+            dist = np.maximum(sq[rows, None] + sq[None, :] - 2.0 * g[rows] @ g.T, 0.0)
+        dist[np.arange(dist.shape[0]), np.arange(rows.start, rows.stop)] = np.inf  # leave one out
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]  # [B, k] nearest first
+        neigh = y[order]
+        votes = np.zeros((dist.shape[0], n_classes))
+        np.add.at(votes, (np.arange(dist.shape[0])[:, None], neigh), 1.0)
+        # tie-break: among the classes with the most votes, the one met first in distance order
+        first_rank = np.full((dist.shape[0], n_classes), k, dtype=np.float64)
+        for r in range(k - 1, -1, -1):
+            first_rank[np.arange(dist.shape[0]), neigh[:, r]] = r
+        best = votes.max(axis=1, keepdims=True)
+        pred = np.argmin(np.where(votes == best, first_rank, np.inf), axis=1)
+        correct += int(np.sum(pred == y[rows]))
+    return correct / n
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -409,11 +637,17 @@ TRANSFERABILITY_METRICS: dict[str, Callable[..., float]] = {
     "nce": nce,
     "h_score": h_score,
     "h_score_shrinkage": _h_score_shrinkage,
+    "sfda": sfda,
+    "nleep": nleep,
+    "knn": knn_accuracy,
 }
-"""Metric name -> function. ``logme``/``h_score*`` take ``(features, labels)``, ``leep``
-takes ``(source_probs, labels)`` and ``nce`` takes ``(source_labels, labels)``."""
+"""Metric name -> function. ``logme``/``h_score*``/``sfda``/``nleep``/``knn`` take
+``(features, labels)``, ``leep`` takes ``(source_probs, labels)`` and ``nce`` takes
+``(source_labels, labels)``."""
 
-_NEEDS_FEATURES = frozenset({"logme", "h_score", "h_score_shrinkage"})
+_ALIASES = {"n_leep": "nleep", "knn_accuracy": "knn", "k_nn": "knn", "hscore": "h_score"}
+
+_NEEDS_FEATURES = frozenset({"logme", "h_score", "h_score_shrinkage", "sfda", "nleep", "knn"})
 
 
 def score_expert(
@@ -425,7 +659,8 @@ def score_expert(
 ) -> float:
     """Score one expert on a target task with the metric called ``name``.
 
-    ``logme``, ``h_score`` and ``h_score_shrinkage`` need ``features`` ``[N, D]``;
+    ``logme``, ``h_score``, ``h_score_shrinkage``, ``sfda``, ``nleep`` and ``knn`` need
+    ``features`` ``[N, D]``;
     ``leep`` needs ``source_probs`` ``[N, Z]`` (softmax over the expert's source labels);
     ``nce`` needs ``source_probs`` too and uses its argmax as the hard source label.
 
@@ -434,6 +669,7 @@ def score_expert(
             (empty, NaN, mismatched lengths, a single target class, ...).
     """
     key = name.strip().lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
     if key not in TRANSFERABILITY_METRICS:
         raise ValueError(f"unknown transferability metric {name!r}; choose one of {sorted(TRANSFERABILITY_METRICS)}")
     fn = TRANSFERABILITY_METRICS[key]
@@ -445,7 +681,7 @@ def score_expert(
         if source_probs is None:
             raise ValueError(
                 f"metric {key!r} needs source_probs=[N, Z] (the expert's softmax over its own source "
-                "labels); feature-only experts can be scored with 'logme' or 'h_score'"
+                "labels); feature-only experts can be scored with 'logme', 'sfda', 'nleep', 'knn' or 'h_score'"
             )
         if key == "nce":
             score = fn(_as_probs(source_probs).argmax(axis=1), labels)

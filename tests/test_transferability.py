@@ -1,4 +1,4 @@
-"""Tests for hf_task2vec.transferability (LogME, LEEP, NCE, H-score).
+"""Tests for hf_task2vec.transferability (LogME, LEEP, NCE, H-score, SFDA, N-LEEP, k-NN).
 
 Reference values are computed independently here: by hand from each paper's definition,
 or by brute force (explicit inverses/determinants and a generic optimiser for LogME).
@@ -11,16 +11,21 @@ import math
 
 import numpy as np
 import pytest
+from scipy.linalg import eigh
 from scipy.optimize import minimize
 from scipy.stats import multivariate_normal
 
 from hf_task2vec.transferability import (
     TRANSFERABILITY_METRICS,
     h_score,
+    knn_accuracy,
     leep,
     logme,
     nce,
+    nleep,
     score_expert,
+    sfda,
+    sfda_shrinkage,
 )
 
 # --------------------------------------------------------------------------- helpers
@@ -290,11 +295,157 @@ def test_h_score_saturates_in_high_dimension_but_shrinkage_does_not() -> None:
     assert h_score(f_sep, y, shrinkage=True) > h_score(f_rand, y, shrinkage=True) + 0.3
 
 
+# --------------------------------------------------------------------------- SFDA
+
+
+def _softmax_rows(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_sfda_one_dimensional_by_hand() -> None:
+    # x = 0, 1 | 3, 6; class means 0.5 and 4.5, overall mean 2.5, priors 1/2
+    # S_W = (0.25 + 0.25 + 2.25 + 2.25) / 4 = 1.25;  S_B = (1/2)(-2)^2 + (1/2)(2)^2 = 4
+    x = [0.0, 1.0, 3.0, 6.0]
+    y = [0, 0, 1, 1]
+    f = np.array(x)[:, None]
+    assert sfda_shrinkage(f, np.array(y)) == pytest.approx(math.exp(-4.0), rel=1e-12)  # exp(-a sigma_max(S_B))
+    lam = 0.5
+
+    def posterior(xs: list[float]) -> list[list[float]]:
+        m = [(xs[0] + xs[1]) / 2, (xs[2] + xs[3]) / 2]
+        s_w = sum((xi - m[yi]) ** 2 for xi, yi in zip(xs, y, strict=True)) / 4
+        s = (1 - lam) * s_w + lam  # the regularised within-class variance
+        out = []
+        for xi in xs:  # linear discriminant: x mu_c / s - mu_c^2 / (2 s) + log pi_c
+            logit = [xi * mc / s - mc**2 / (2 * s) + math.log(0.5) for mc in m]
+            z = [math.exp(v - max(logit)) for v in logit]
+            out.append([v / sum(z) for v in z])
+        return out
+
+    p1 = posterior(x)
+    # ConfMix: w_i = softmax(p1_i)[y_i]; mix with the mean of the other class (4.5 for class 0, 0.5 for class 1)
+    other = [4.5, 0.5]
+    mixed = []
+    for xi, yi, p in zip(x, y, p1, strict=True):
+        w = math.exp(p[yi]) / (math.exp(p[0]) + math.exp(p[1]))
+        mixed.append(w * xi + (1 - w) * other[yi])
+    p2 = posterior(mixed)
+    expected = sum(p[yi] for p, yi in zip(p2, y, strict=True)) / 4
+    assert sfda(f, np.array(y), shrinkage=lam) == pytest.approx(expected, abs=1e-12)
+    assert 0.5 < expected < 1.0
+
+
+def _sfda_reference(f: np.ndarray, y: np.ndarray, lam: float) -> float:
+    """SFDA with the explicit Fisher projection: generalised eigenvectors of (S_B, S_W'), keep K - 1."""
+    n, d = f.shape
+    k = int(y.max()) + 1
+
+    def stage(x: np.ndarray) -> np.ndarray:
+        pi = np.array([np.mean(y == c) for c in range(k)])
+        mu = np.stack([x[y == c].mean(0) for c in range(k)])
+        s_w = sum(pi[c] * np.cov(x[y == c], rowvar=False, bias=True) for c in range(k))
+        s_b = sum(pi[c] * np.outer(mu[c] - x.mean(0), mu[c] - x.mean(0)) for c in range(k))
+        s_reg = (1 - lam) * s_w + lam * np.eye(d)
+        evals, evecs = eigh(s_b, s_reg)  # evecs^T s_reg evecs = I
+        u = evecs[:, np.argsort(evals)[::-1][: k - 1]]
+        z, zm = x @ u, mu @ u  # Fisher space, identity within-class covariance
+        logits = z @ zm.T - 0.5 * np.sum(zm**2, 1)[None] + np.log(pi)[None]
+        return _softmax_rows(logits)
+
+    p1 = stage(f)
+    w = _softmax_rows(p1)[np.arange(n), y][:, None]
+    other = np.stack([f[y != c].mean(0) for c in range(k)])
+    p2 = stage(w * f + (1 - w) * other[y])
+    return float(p2[np.arange(n), y].mean())
+
+
+@pytest.mark.parametrize(("n", "d", "k", "lam"), [(40, 6, 3, 0.3), (60, 4, 4, 0.05), (12, 20, 3, 0.2)])
+def test_sfda_matches_explicit_fisher_projection(n: int, d: int, k: int, lam: float) -> None:
+    # (12, 20): fewer samples than dimensions, the within-class scatter is singular
+    rng = np.random.default_rng(n + d)
+    y = np.arange(n) % k
+    f = rng.normal(size=(n, d)) + 1.2 * rng.normal(size=(k, d))[y]
+    assert sfda(f, y, shrinkage=lam) == pytest.approx(_sfda_reference(f, y, lam), abs=1e-9)
+    # adaptive lambda: exp(-sigma_max(S_B)) computed directly
+    pi = np.bincount(y) / n
+    mu = np.stack([f[y == c].mean(0) for c in range(k)])
+    s_b = sum(pi[c] * np.outer(mu[c] - f.mean(0), mu[c] - f.mean(0)) for c in range(k))
+    lam_auto = max(math.exp(-np.linalg.eigvalsh(s_b).max()), 1e-10)
+    assert sfda_shrinkage(f, y) == pytest.approx(lam_auto, rel=1e-9)
+    assert sfda(f, y) == pytest.approx(_sfda_reference(f, y, lam_auto), abs=1e-8)
+
+
+def test_sfda_separable_beats_random_and_rejects_bad_shrinkage() -> None:
+    rng = np.random.default_rng(11)
+    f_sep, y = _separable(rng, gap=1.0)
+    f_rand = rng.normal(size=f_sep.shape)
+    assert sfda(f_sep, y) > sfda(f_rand, y) + 0.2
+    with pytest.raises(ValueError, match="shrinkage"):
+        sfda(f_sep, y, shrinkage=0.0)
+
+
+# --------------------------------------------------------------------------- N-LEEP
+
+
+def test_nleep_equals_conditional_entropy_for_separated_clusters() -> None:
+    # three tight clusters on a line (the PCA keeps one dimension); the GMM posterior is one-hot on
+    # the clusters, so N-LEEP = LEEP(one-hot z) = sum P(y, z) log P(y | z) = -H(Y | Z)
+    rng = np.random.default_rng(12)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [20.0, 0.0]])
+    z = np.repeat([0, 1, 2], 10)
+    f = centres[z] + 0.05 * rng.normal(size=(30, 2))
+    y = np.array([0] * 7 + [1] * 3 + [1] * 10 + [0] * 5 + [1] * 5)
+    expected = (7 / 30) * math.log(0.7) + (3 / 30) * math.log(0.3) + (10 / 30) * math.log(0.5)
+    assert nleep(f, y, n_components=3) == pytest.approx(expected, abs=1e-6)
+    # default: as many components as target classes (2); still a valid LEEP value
+    assert nleep(f, y) <= 0.0
+    assert nleep(f, y, n_components=3) > nleep(rng.normal(size=(30, 2)), y, n_components=3)
+    with pytest.raises(ValueError, match="variance"):
+        nleep(f, y, variance=1.5)
+
+
+# --------------------------------------------------------------------------- k-NN
+
+
+def test_knn_accuracy_by_hand() -> None:
+    # x = 0, 1, 2, 10, 11, 12.5 with labels 0 0 1 1 1 0 (leave-one-out)
+    # k=1: 0->1 ok, 1->0 (tie with 2 at distance 1, lower index first) ok, 2->1 wrong, 10->11 ok, 11->10 ok,
+    #      12.5->11 wrong: 4/6
+    # k=2: tied votes go to the nearest: 0:{1,2}->0 ok, 1:{0,2}->0 ok, 2:{1,0}->0 wrong, 10:{11,12.5}->1 ok,
+    #      11:{10,12.5}->1 ok, 12.5:{11,10}->1 wrong: 4/6
+    # k=3: 0:{1,2,10}->1 wrong, 1:{0,2,10}->1 wrong, 2:{1,0,10}->0 wrong, 10:{11,12.5,2}->1 ok,
+    #      11:{10,12.5,2}->1 ok, 12.5:{11,10,2}->1 wrong: 2/6
+    f = np.array([0.0, 1.0, 2.0, 10.0, 11.0, 12.5])[:, None]
+    y = np.array([0, 0, 1, 1, 1, 0])
+    assert knn_accuracy(f, y, k=1, metric="euclidean") == pytest.approx(4 / 6)
+    assert knn_accuracy(f, y, k=2, metric="euclidean") == pytest.approx(4 / 6)
+    assert knn_accuracy(f, y, k=3, metric="euclidean") == pytest.approx(2 / 6)
+    # cosine: only directions count (scaling a row changes nothing); k is capped at N - 1
+    rng = np.random.default_rng(13)
+    g, labels = _separable(rng, n=60)
+    scaled = g * rng.uniform(0.1, 10.0, size=(60, 1))
+    assert knn_accuracy(scaled, labels) == knn_accuracy(g, labels)
+    assert knn_accuracy(g, labels) > 0.9 > knn_accuracy(rng.normal(size=g.shape), labels)
+    assert knn_accuracy(f, y, k=50, metric="euclidean") == knn_accuracy(f, y, k=5, metric="euclidean")
+    with pytest.raises(ValueError, match="k-NN metric"):
+        knn_accuracy(f, y, metric="manhattan")
+
+
 # --------------------------------------------------------------------------- registry
 
 
 def test_registry_and_score_expert_dispatch() -> None:
-    assert set(TRANSFERABILITY_METRICS) == {"logme", "leep", "nce", "h_score", "h_score_shrinkage"}
+    assert set(TRANSFERABILITY_METRICS) == {
+        "logme",
+        "leep",
+        "nce",
+        "h_score",
+        "h_score_shrinkage",
+        "sfda",
+        "nleep",
+        "knn",
+    }
     rng = np.random.default_rng(9)
     f, y = _separable(rng, n=60)
     logits = rng.normal(size=(60, 7))
@@ -304,6 +455,9 @@ def test_registry_and_score_expert_dispatch() -> None:
     assert score_expert("h_score_shrinkage", features=f, labels=y) == h_score(f, y, shrinkage=True)
     assert score_expert("LEEP", source_probs=probs, labels=y) == leep(probs, y)
     assert score_expert("nce", source_probs=probs, labels=y) == nce(probs.argmax(1), y)
+    assert score_expert("SFDA", features=f, labels=y) == sfda(f, y)
+    assert score_expert("n-leep", features=f, labels=y) == nleep(f, y)
+    assert score_expert("knn", features=f, labels=y) == knn_accuracy(f, y)
     for name, fn in TRANSFERABILITY_METRICS.items():
         assert callable(fn), name
 
@@ -311,7 +465,7 @@ def test_registry_and_score_expert_dispatch() -> None:
 # --------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("metric", ["logme", "h_score"])
+@pytest.mark.parametrize("metric", ["logme", "h_score", "sfda", "nleep", "knn"])
 def test_feature_metrics_reject_bad_input(metric: str) -> None:
     fn = TRANSFERABILITY_METRICS[metric]
     f = np.random.default_rng(0).normal(size=(10, 3))
