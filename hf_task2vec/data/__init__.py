@@ -19,6 +19,14 @@ The last two have no official test split: ``"train"``/``"test"`` are a determini
 (see :func:`stratified_split`) and ``"all"`` is every example in source order. Note that Animal-MNIST's source
 order is sorted by class: shuffle before taking a head.
 
+Real *text* datasets (``text`` + ClassLabel ``label`` columns; see ``hf_task2vec.data._text`` and
+:data:`TEXT_DATASETS`) load through the same :func:`load_offline`: ``"fortunes"`` (Debian fortune
+cookies by topic), ``"spamassassin"`` (ham vs spam, subject + body only), ``"spamassassin-lists"``
+(ham by mailing list) and ``"wordnet"`` (WordNet 3.0 glosses by lexicographer class, with the
+hypernym taxonomy in the ``synset``/``hypernyms`` columns)::
+
+    ds = load_offline("fortunes")                   # train split, 'text' and 'label'
+
 Built datasets are cached as Arrow files under ``$HF_TASK2VEC_CACHE/offline`` (default
 ``~/.cache/hf_task2vec/offline``), keyed by the source files' path, size and mtime, and memory-mapped on the
 next load. Source folders can be overridden with ``$HF_TASK2VEC_FASHION_MNIST_DIR`` and
@@ -39,7 +47,7 @@ from types import MappingProxyType
 import datasets
 import numpy as np
 
-from hf_task2vec.data import _sources
+from hf_task2vec.data import _sources, _text
 from hf_task2vec.data._build import (
     build_dataset,
     cache_root,
@@ -57,6 +65,7 @@ from hf_task2vec.data._sources import (
     OfflineDatasetNotFoundError,
     parse_idx,
 )
+from hf_task2vec.data._text import TEXT_DATASETS, TextDatasetConfig, wordnet_class_ancestors
 
 __all__ = [
     "ANIMAL_MNIST_ENV",
@@ -65,12 +74,15 @@ __all__ = [
     "OfflineDatasetConfig",
     "OfflineDatasetFormatError",
     "OfflineDatasetNotFoundError",
+    "TEXT_DATASETS",
+    "TextDatasetConfig",
     "available_offline",
     "encode_png_grey",
     "load_offline",
     "load_offline_arrays",
     "parse_idx",
     "stratified_split",
+    "wordnet_class_ancestors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -240,7 +252,8 @@ _SOURCES: dict[str, _Source] = {
 
 def _config(name: str, split: str) -> OfflineDatasetConfig:
     if name not in OFFLINE_DATASETS:
-        raise ValueError(f"Unknown offline dataset {name!r}; available names: {', '.join(OFFLINE_DATASETS)}")
+        known = [*OFFLINE_DATASETS, *TEXT_DATASETS]
+        raise ValueError(f"Unknown offline dataset {name!r}; available names: {', '.join(known)}")
     config = OFFLINE_DATASETS[name]
     if split not in config.num_examples:
         raise ValueError(
@@ -259,6 +272,13 @@ def available_offline() -> list[str]:
         try:
             for split in source.probe_splits:
                 source.locate(split)
+        except OfflineDatasetNotFoundError as exc:
+            logger.debug("Offline dataset %s unavailable: %s", name, exc)
+            continue
+        names.append(name)
+    for name, text_source in _text.TEXT_SOURCES.items():
+        try:
+            text_source.locate()
         except OfflineDatasetNotFoundError as exc:
             logger.debug("Offline dataset %s unavailable: %s", name, exc)
             continue
@@ -296,6 +316,8 @@ def load_offline(name: str, split: str = "train", *, cache: bool = True) -> data
             and ``.install_command`` give the command that installs it.
         OfflineDatasetFormatError: (a ``ValueError``) the source files are damaged.
     """
+    if name in TEXT_DATASETS:
+        return _load_text_offline(name, split, cache=cache)
     config = _config(name, split)
     source = _SOURCES[name]
     located = source.locate(split)  # raises before any cache lookup: a cache never hides a missing source
@@ -341,6 +363,49 @@ def load_offline(name: str, split: str = "train", *, cache: bool = True) -> data
         located.description,
         time.perf_counter() - started,
     )
+    if cache and save_atomically(ds, cache_path):
+        reloaded = load_cached(cache_path)
+        if reloaded is not None:
+            return reloaded
+    return ds
+
+
+def _load_text_offline(name: str, split: str, *, cache: bool) -> datasets.Dataset:
+    """`load_offline` for the text datasets: ``text`` + ``label`` (+ provenance columns)."""
+    config = TEXT_DATASETS[name]
+    if split not in config.splits:
+        raise ValueError(
+            f"Unknown split {split!r} for offline dataset {name!r}; valid splits: {', '.join(config.splits)}"
+        )
+    source = _text.TEXT_SOURCES[name]
+    located = source.locate()
+    key_material = json.dumps([_CACHE_FORMAT, "text", name, split, TEST_FRACTION, located.fingerprint], default=str)
+    key = hashlib.sha256(key_material.encode()).hexdigest()[:16]
+    cache_path = cache_root() / name / f"{split}-{key}"
+    if cache:
+        cached = load_cached(cache_path)
+        if cached is not None:
+            return cached
+    started = time.perf_counter()
+    records = source.read()
+    if split == "all":
+        indices = np.arange(len(records.texts))
+    else:
+        train, test = stratified_split(records.labels, TEST_FRACTION, seed=_split_seed(name))
+        indices = train if split == "train" else test
+    info = datasets.DatasetInfo(
+        description=f"{config.description} Split {split!r}, {indices.size} examples, read offline from "
+        f"{located.description} by hf_task2vec.data.load_offline.",
+        citation=config.citation,
+        homepage=config.homepage,
+        license=config.license,
+        features=_text.text_label_features(records.label_names, config.extra_features),
+        dataset_name=name,
+        config_name=split,
+    )
+    ds = _text.build_text_dataset(records, indices, info=info, split=split)
+    logger.info("Built %s/%s (%d texts) from %s in %.2fs", name, split, len(ds), located.description,
+                time.perf_counter() - started)
     if cache and save_atomically(ds, cache_path):
         reloaded = load_cached(cache_path)
         if reloaded is not None:
