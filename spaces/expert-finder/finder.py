@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import html
 import io
 import logging
@@ -59,6 +60,8 @@ SPLIT_NAMES = frozenset({"train", "test", "validation", "valid", "val"})
 _IGNORED_SILENTLY = ("__MACOSX/", ".DS_Store", "Thumbs.db", "desktop.ini")
 _HUB_ID = re.compile(r"^(?!.*\.\.)(?!.*--)[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 _NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_NAME_BYTES = 255  # one file or folder name (NAME_MAX of Linux file systems)
+MAX_PATH_BYTES = 1024  # a whole zip entry path (well under PATH_MAX with the extraction folder)
 
 
 class InputError(ValueError):
@@ -120,7 +123,33 @@ def _zip_member_parts(name: str) -> tuple[str, ...]:
             f"the zip holds an entry that points outside its folder ({name!r}, path traversal); this is refused. "
             "Zip your class folders directly."
         )
+    long_part = next((p for p in parts if len(p.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES), None)
+    if long_part is not None:
+        raise InputError(
+            f"the zip entry {_short(name)} has a file or folder name of {len(long_part)} characters; names may have "
+            f"at most {MAX_NAME_BYTES} bytes. Rename it (short class folder and file names) and zip again."
+        )
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise InputError(
+            f"the zip entry {_short(name)} has a path of {len(name)} characters; the limit is {MAX_PATH_BYTES}. "
+            "Use shorter folder names and zip again."
+        )
     return parts
+
+
+def _short(name: str, n: int = 60) -> str:
+    """A quoted, shortened name for messages (a 300-character name would swamp the message)."""
+    return repr(name if len(name) <= n else name[: n - 3] + "...")
+
+
+def _public(exc: BaseException, *roots: str | os.PathLike[str]) -> str:
+    """An exception's text for the user: the server's paths (a temporary folder, the extraction
+    folder) are replaced by the bare file name, and the text is shortened."""
+    text = str(exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
+    for root in (*roots, tempfile.gettempdir()):
+        text = text.replace(os.fspath(root).rstrip("/") + "/", "")
+    text = re.sub(r"(?<![\w.])/(?:[^\s'\"/:]+/)+([^\s'\"/:]+)", r"\1", text)  # any other absolute path
+    return text[:200]
 
 
 def _is_hidden(parts: Sequence[str]) -> bool:
@@ -162,12 +191,12 @@ class ExtractedZip:
     ignored: list[str] = field(default_factory=list)
 
 
-def _zip_entry_count(fh: Any) -> int:
+def _zip_entry_count(fh: Any, label: str = "the uploaded file") -> int:
     """The entry count from the end-of-central-directory record, read before the (possibly huge)
     central directory is parsed."""
     endrec = zipfile._EndRecData(fh)  # stable private helper (since Python 2) that also handles zip64
     if not endrec:
-        raise InputError("the uploaded file is not a zip archive (no end-of-archive record); upload a real .zip")
+        raise InputError(f"{label} is not a zip archive (no end-of-archive record); upload a real .zip")
     return int(endrec[zipfile._ECD_ENTRIES_TOTAL])
 
 
@@ -183,9 +212,9 @@ def safe_extract_zip(path: str | os.PathLike[str], dest: str | os.PathLike[str],
     root = dest.resolve()
     with open(path, "rb") as fh:
         try:
-            count = _zip_entry_count(fh)
+            count = _zip_entry_count(fh, repr(path.name))
         except OSError as exc:
-            raise InputError(f"{path.name!r} cannot be read as a zip ({exc})") from exc
+            raise InputError(f"{path.name!r} cannot be read as a zip ({_public(exc, path.parent)})") from exc
         if count > limits.max_zip_entries:
             raise InputError(
                 f"{path.name!r} holds {count} entries; the limit is {limits.max_zip_entries}. Use fewer images."
@@ -193,7 +222,9 @@ def safe_extract_zip(path: str | os.PathLike[str], dest: str | os.PathLike[str],
         try:
             zf = zipfile.ZipFile(fh)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
-            raise InputError(f"{path.name!r} is not a valid zip archive ({exc}); create it again") from exc
+            raise InputError(
+                f"{path.name!r} is not a valid zip archive ({_public(exc, path.parent)}); create it again"
+            ) from exc
         with zf:
             return _extract_checked(zf, path.name, root, limits)
 
@@ -205,6 +236,7 @@ def _extract_checked(zf: zipfile.ZipFile, label: str, root: Path, limits: Limits
     wanted: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
     ignored: list[str] = []
     declared_total = 0
+    compressed_total = 0
     seen: set[tuple[str, ...]] = set()
     for info in infos:
         parts = _zip_member_parts(info.filename)
@@ -237,11 +269,21 @@ def _extract_checked(zf: zipfile.ZipFile, label: str, root: Path, limits: Limits
                 f"{info.compress_size} bytes): this looks like a zip bomb and is refused"
             )
         declared_total += info.file_size
+        compressed_total += info.compress_size
         wanted.append((info, parts))
-    if declared_total > limits.max_total_bytes:
+        # The ratio of the running total too: many entries just under `ratio_min_bytes` add up.
+        total_ratio = declared_total / max(compressed_total, 1)
+        if declared_total >= limits.ratio_min_bytes and total_ratio > limits.max_ratio:
+            raise InputError(
+                f"{label!r} expands {total_ratio:.0f}x ({_mb(declared_total)} from {_mb(compressed_total)} over its "
+                f"first {len(wanted)} files; the limit is {limits.max_ratio:.0f}x): this looks like a zip bomb and is "
+                "refused. Zip ordinary image files (PNG/JPEG)."
+            )
+    cap = _total_cap(root, limits)
+    if declared_total > cap:
         raise InputError(
-            f"{label!r} would expand to {_mb(declared_total)}; the limit is {_mb(limits.max_total_bytes)}. "
-            "This looks like a zip bomb, or the dataset is too large for this Space."
+            f"{label!r} would expand to {_mb(declared_total)}; the limit is {_mb(cap)}. "
+            "This looks like a zip bomb, or the dataset is too large for this Space: use fewer images."
         )
     n_images = sum(PurePosixPath(p[-1]).suffix.lower() in IMAGE_EXTENSIONS for _, p in wanted)
     if n_images > limits.max_images:
@@ -256,11 +298,27 @@ def _extract_checked(zf: zipfile.ZipFile, label: str, root: Path, limits: Limits
         target = root.joinpath(*parts)
         if not target.resolve().is_relative_to(root):  # belt and braces: the parts were checked above
             raise InputError(f"the zip entry {info.filename!r} points outside the extraction folder")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        written += _copy_capped(zf, info, target, limits.max_total_bytes - written)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(
+                f"the folder of zip entry {_short(info.filename)} cannot be created ({_public(exc, root)}); "
+                "rename it and zip again"
+            ) from exc
+        written += _copy_capped(zf, info, target, cap - written)
         rel = PurePosixPath(*parts)
         (tables if rel.suffix.lower() in TABLE_EXTENSIONS else images).append(rel)
     return ExtractedZip(root, images, tables, ignored)
+
+
+def _total_cap(root: Path, limits: Limits) -> int:
+    """The most bytes one extraction may write: ``limits.max_total_bytes``, and never more than a
+    quarter of the free space where it extracts (other requests and the outputs need room too)."""
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        return limits.max_total_bytes
+    return max(0, min(limits.max_total_bytes, free // 4))
 
 
 def _copy_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int) -> int:
@@ -272,7 +330,12 @@ def _copy_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budge
     try:
         fd = os.open(target, flags, 0o600)
     except FileExistsError as exc:
-        raise InputError(f"the zip holds {info.filename!r} twice; rebuild it") from exc
+        raise InputError(f"the zip holds {_short(info.filename)} twice; rebuild it") from exc
+    except OSError as exc:  # ENAMETOOLONG, EILSEQ (a name this file system refuses), ENOSPC...
+        raise InputError(
+            f"the zip entry {_short(info.filename)} cannot be written ({_public(exc, target.parent)}); "
+            "rename it with a short plain name and zip again"
+        ) from exc
     try:
         with os.fdopen(fd, "wb") as out, zf.open(info) as src:
             while chunk := src.read(1 << 16):
@@ -288,7 +351,12 @@ def _copy_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budge
         raise
     except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError, ValueError) as exc:
         target.unlink(missing_ok=True)
-        raise InputError(f"the zip entry {info.filename!r} is damaged ({exc}); create the zip again") from exc
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise InputError("the server ran out of disk space while unpacking the zip; try again later with "
+                             "fewer images") from exc
+        raise InputError(
+            f"the zip entry {_short(info.filename)} is damaged ({_public(exc, target.parent)}); create the zip again"
+        ) from exc
     return n
 
 
@@ -311,7 +379,8 @@ def check_image(source: str | os.PathLike[str] | bytes, limits: Limits) -> str |
     except Image.DecompressionBombError:
         return f"is larger than {limits.max_image_pixels:,} pixels"
     except Exception as exc:  # PIL raises many types for damaged files (OSError, SyntaxError, ValueError...)
-        return f"is not a readable image ({type(exc).__name__}: {str(exc)[:80]})"
+        where = [os.path.dirname(os.fspath(source))] if not isinstance(source, bytes | bytearray) else []
+        return f"is not a readable image ({type(exc).__name__}: {_public(exc, *where)[:80]})"
     return None
 
 
@@ -471,7 +540,10 @@ def _read_table(path: Path, limits: Limits) -> Any:
         try:
             meta = pq.ParquetFile(path).metadata
         except Exception as exc:
-            raise InputError(f"{path.name!r} is not a readable parquet file ({exc})") from exc
+            raise InputError(
+                f"{path.name!r} is not a readable parquet file ({_public(exc, path.parent)}); write it again "
+                "(e.g. DataFrame.to_parquet or Dataset.to_parquet)"
+            ) from exc
         if meta.num_rows > limits.max_table_rows:
             raise InputError(f"{path.name!r} has {meta.num_rows} rows; the limit is {limits.max_table_rows}")
         expanded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
@@ -482,11 +554,37 @@ def _read_table(path: Path, limits: Limits) -> Any:
         try:
             return pd.read_parquet(path)
         except Exception as exc:
-            raise InputError(f"{path.name!r} cannot be read as parquet ({exc})") from exc
+            raise InputError(f"{path.name!r} cannot be read as parquet ({_public(exc, path.parent)})") from exc
+    import warnings
+
+    quoting = (
+        "a value holds an unquoted comma (a data:image/...;base64,... URI has one): put such values in double "
+        'quotes ("data:image/png;base64,...") or upload a parquet file'
+    )
     try:
-        df = pd.read_csv(path, nrows=limits.max_table_rows + 1, dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise InputError(f"{path.name!r} is not a readable CSV file ({exc})") from exc
+        with warnings.catch_warnings():
+            # index_col=False: a row with one extra field must not silently turn the first column into the index
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(path, nrows=limits.max_table_rows + 1, dtype=str, keep_default_na=False, index_col=False)
+    except pd.errors.ParserWarning as exc:
+        raise InputError(f"{path.name!r}: its rows have more fields than its header has columns: {quoting}") from exc
+    except pd.errors.ParserError as exc:
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+        where = (
+            f"line {found.group(2)} has {found.group(3)} fields but the header has {found.group(1)} columns"
+            if found
+            else _public(exc, path.parent)
+        )
+        raise InputError(f"{path.name!r} is not a well-formed CSV file ({where}): {quoting}") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise InputError(
+            f"{path.name!r} is empty: a CSV needs a header (e.g. image,label) and one row per image"
+        ) from exc
+    except (UnicodeDecodeError, ValueError, OSError) as exc:
+        raise InputError(
+            f"{path.name!r} is not a readable CSV file ({_public(exc, path.parent)}); save it as UTF-8 text with a "
+            "header row"
+        ) from exc
     if len(df) > limits.max_table_rows:
         raise InputError(f"{path.name!r} has more than {limits.max_table_rows} rows; use fewer images")
     return df
