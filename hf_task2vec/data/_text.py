@@ -64,6 +64,8 @@ SPAMASSASSIN_INSTALL = (
     "to the unpacked package/ folder)"
 )
 
+#: Bump when what the readers produce changes: cached text datasets built before are then ignored.
+TEXT_CACHE_FORMAT = 2
 #: Fortune topics with fewer entries than this are dropped.
 FORTUNES_MIN_ENTRIES = 50
 #: Subject + body are cut to this many characters (a probe reads at most a few hundred tokens).
@@ -227,12 +229,22 @@ def locate_fortunes() -> LocatedSource:
     return LocatedSource(f"fortune files under {folder}", tuple(files), _stat(files))
 
 
-_OVERSTRIKE = re.compile(r".\x08")
+_OVERSTRIKE = re.compile(r"[^\x08\n]\x08")
+
+
+def remove_overstrike(text: str) -> str:
+    """Drop terminal overstrike sequences (``_\bx`` underline, ``'\be`` accents, ``____\b\b\b\bword``)."""
+    while "\x08" in text:
+        new = _OVERSTRIKE.sub("", text)
+        if new == text:
+            return text.replace("\x08", "")
+        text = new
+    return text
 
 
 def parse_fortunes(raw: str) -> list[str]:
     """Split one fortune file into entries (a line holding only ``%`` ends an entry)."""
-    raw = _OVERSTRIKE.sub("", raw)
+    raw = remove_overstrike(raw)
     entries, current = [], []
     for line in raw.splitlines():
         if line.strip() == "%":
@@ -477,31 +489,33 @@ def read_wordnet() -> TextRecords:
     )
 
 
-def wordnet_class_ancestors(dataset: datasets.Dataset, *, max_depth: int = 30) -> dict[str, collections.Counter]:
+def wordnet_class_ancestors(dataset: datasets.Dataset) -> dict[str, collections.Counter]:
     """For each lexicographer class of a ``wordnet`` dataset: how many of its synsets have each
     ancestor synset (transitive ``@``/``@i`` hypernyms, the synset itself included).
 
     Two classes are taxonomically close when their synsets share many ancestors below the root; the
     counts feed a taxonomic distance such as ``1 - |A & B| / |A | B|`` over the ancestor sets that
     cover at least a given share of each class. Verb and adjective classes have shallow or no
-    hypernym trees.
+    hypernym trees. (WordNet files genera and families under ``noun.animal``/``noun.plant`` too; they
+    descend from ``taxonomic group``, not from ``animal``.)
     """
-    parents = dict(zip(dataset["synset"], dataset["hypernyms"], strict=True))
+    cols = dataset.select_columns(["synset", "hypernyms", "label"]).to_dict()
+    parents = dict(zip(cols["synset"], cols["hypernyms"], strict=True))
     names = dataset.features["label"].names
     out: dict[str, collections.Counter] = {n: collections.Counter() for n in names}
     memo: dict[str, frozenset[str]] = {}
 
-    def ancestors(s: str, depth: int = 0) -> frozenset[str]:
+    def ancestors(s: str, visiting: frozenset[str] = frozenset()) -> frozenset[str]:
         if s in memo:
             return memo[s]
         acc = {s}
-        if depth < max_depth:
-            for p in parents.get(s, ()):
-                acc |= ancestors(p, depth + 1)
+        for p in parents.get(s, ()):
+            if p not in visiting:  # the hypernym graph is a DAG; guard anyway
+                acc |= ancestors(p, visiting | {s})
         memo[s] = frozenset(acc)
         return memo[s]
 
-    for sid, lab in zip(dataset["synset"], dataset["label"], strict=True):
+    for sid, lab in zip(cols["synset"], cols["label"], strict=True):
         out[names[lab]].update(ancestors(sid))
     return out
 

