@@ -7,24 +7,26 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .distance import distance, distance_matrix, taxonomic_distance  # noqa: E402
-from .distributed import DistributedTask2Vec, embed_distributed, run_batch  # noqa: E402
-from .embedding import LayerSlice, TaskEmbedding  # noqa: E402
-from .errors import (  # noqa: E402
+from ._version import __version__
+from .batch import run_batch
+from .distance import distance, distance_matrix, taxonomic_distance
+from .distributed import DistributedTask2Vec, embed_distributed
+from .embedding import LayerSlice, TaskEmbedding
+from .errors import (
     EmbeddingFileError,
+    HubError,
     IncompatibleEmbeddingsError,
     ProbeError,
     Task2VecError,
     TaskError,
 )
-from .fisher import fisher_diagonal  # noqa: E402
-from .hub import EmbeddingStore, HubError  # noqa: E402
-from .probes import FilterGroup, Probe, list_probes, load_probe  # noqa: E402
-from .selection import ExpertIndex, Model2Vec  # noqa: E402
-from .task2vec import Task2Vec, domain_embedding, embed  # noqa: E402
-from .tasks import Task, load_task, split_tasks  # noqa: E402
+from .fisher import fisher_diagonal
+from .hub import EmbeddingStore
+from .model2vec import Model2Vec
+from .probes import FilterGroup, Probe, list_probes, load_probe
+from .selection import ExpertIndex
+from .task2vec import Task2Vec, domain_embedding, embed
+from .tasks import Task, TaskSpec, load_task, split_tasks
 
 __all__ = [
     "__version__",
@@ -34,6 +36,7 @@ __all__ = [
     "TaskEmbedding",
     "LayerSlice",
     "Task",
+    "TaskSpec",
     "load_task",
     "split_tasks",
     "Probe",

@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from ._version import __version__
 from .errors import Task2VecError
 
 COMMAND_MODULES: tuple[str, ...] = (

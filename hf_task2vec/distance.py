@@ -8,6 +8,11 @@
 * taxonomic: ``D_tax`` - the minimum over class pairs of a distance between classes.
 
 `distance_matrix` is vectorised in blocks (no python loop over pairs).
+
+This module is the one home of the d_sym kernels: `_sym_pairs` (float64, broadcasting; the
+reference), `sym_rows` (float32 row against row or query, preallocated buffers: expert search),
+`torch_symmetric_distance` (differentiable) and `pairwise_symmetric_distance` /
+`PairwiseSymWorkspace` (every pair, fused forward and hand-written backward: Model2Vec).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .embedding import TaskEmbedding
 Kind = Literal["symmetric", "asymmetric", "cosine"]
 KINDS: tuple[str, ...] = ("symmetric", "asymmetric", "cosine")
 DEFAULT_ALPHA = 0.15
+ROWS_PER_CHUNK = 32  # rows processed at once by `sym_rows` (two float32 buffers of ~2.7 MB at D=21k)
 
 
 def _check_kind(kind: str) -> None:
@@ -95,12 +101,6 @@ def rowwise_symmetric(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ta = torch.from_numpy(np.atleast_2d(np.asarray(a, np.float64)))
     tb = torch.from_numpy(np.atleast_2d(np.asarray(b, np.float64)))
     return _sym_pairs(ta, tb).numpy()
-
-
-def symmetric_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """The paper's symmetric Task2Vec distance between two raw Fisher vectors."""
-    a64, b64 = np.asarray(a, np.float64)[None], np.asarray(b, np.float64)[None]
-    return float(_sym_matrix(a64, b64)[0, 0])
 
 
 def distance(a: TaskEmbedding, b: TaskEmbedding, kind: Kind = "symmetric", alpha: float = DEFAULT_ALPHA) -> float:
@@ -176,3 +176,125 @@ def taxonomic_distance(
     if not a or not b:
         raise ValueError("both tasks need at least one class for the taxonomic distance")
     return float(min(class_distance(i, j) for i in a for j in b))
+
+
+# -- float32 and differentiable kernels (expert search, Model2Vec) ------------------------------
+def torch_symmetric_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``d_sym`` along the last axis of two broadcastable tensors ``[..., D] -> [...]``, differentiable.
+
+    The same formula as `hf_task2vec.distance`: ``u = a / (a + b)``, ``v = b / (a + b)``
+    (both 1/2 where ``a + b = 0``) and ``d = 1 - <u, v> / (|u| |v|)``; since ``v = 1 - u``, only
+    ``u`` is materialised.
+    """
+    s = a + b
+    zero = s == 0
+    u = torch.where(zero, torch.full_like(s, 0.5), a / torch.where(zero, torch.ones_like(s), s))
+    v = 1.0 - u
+    num = (u * v).sum(-1)
+    den = torch.sqrt((u * u).sum(-1) * (v * v).sum(-1))
+    return 1.0 - num / den.clamp_min(torch.finfo(den.dtype).tiny)
+
+
+class PairwiseSymWorkspace:
+    """``d_sym`` for every pair of rows of ``a [n, D]`` and fixed ``b [m, D]``, with a hand-written backward.
+
+    With ``u = a / (a + b)``, ``v = 1 - u``, ``A = <u, v>``, ``B = |u|^2``, ``C = |v|^2`` and
+    ``d = 1 - A / sqrt(B C)``: ``dd/du_k = alpha + beta u_k`` with ``alpha = -(1 + A/C) / sqrt(BC)``,
+    ``beta = (2 + A/B + A/C) / sqrt(BC)``, ``du_k/da_k = v_k / s_k`` and ``du_k/db_k = -u_k / s_k``
+    (``s = a + b``; where ``s = 0`` both normalised entries are the constant 1/2). Three ``[n, m, D]``
+    buffers are allocated once and reused: a Model2Vec step on 21k-filter embeddings then costs a
+    handful of passes over memory instead of autograd's dozens of freshly allocated temporaries.
+    """
+
+    def __init__(self, b: torch.Tensor, n: int) -> None:
+        self.b = b
+        shape = (n, b.shape[0], b.shape[1])
+        self.s = torch.empty(shape, dtype=b.dtype, device=b.device)
+        self.u = torch.empty_like(self.s)
+        self.x = torch.empty_like(self.s)
+        self.b_zero = (b == 0).any(0)
+        self.has_zero = False
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        s, u = self.s, self.u
+        torch.add(a[:, None, :], self.b[None, :, :], out=s)
+        torch.div(a[:, None, :].expand_as(s), s, out=u)
+        self.has_zero = bool((self.b_zero & (a == 0).any(0)).any())
+        if self.has_zero:
+            zero = s == 0
+            u.masked_fill_(zero, 0.5)
+            s.masked_fill_(zero, float("inf"))  # no gradient through the constant 1/2
+        s1 = u.sum(-1)
+        bb = torch.linalg.vector_norm(u, dim=-1).square()
+        aa = s1 - bb
+        cc = (u.shape[-1] - 2.0 * s1 + bb).clamp_min(0.0)
+        tiny = torch.finfo(u.dtype).tiny
+        self.den = torch.sqrt(bb * cc).clamp_min(tiny)
+        self.alpha = -(1.0 + aa / cc.clamp_min(tiny)) / self.den
+        self.beta = (2.0 + aa / bb.clamp_min(tiny) + aa / cc.clamp_min(tiny)) / self.den
+        return 1.0 - aa / self.den
+
+    def backward(self, grad: torch.Tensor, need_b: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Gradients w.r.t. ``a`` (and ``b``) given ``grad = dL/dd`` ``[n, m]`` (call after `forward`)."""
+        x = self.x
+        torch.addcmul((grad * self.alpha)[..., None].expand_as(x), self.u, (grad * self.beta)[..., None], out=x)
+        x.div_(self.s)  # dL/du * du/ds-part: dL/da = x * v, dL/db = -x * u
+        total = x.sum(1)
+        xu = x.mul_(self.u)
+        grad_a = total - xu.sum(1)
+        grad_b = -xu.sum(0) if need_b else None
+        return grad_a, grad_b
+
+
+class _PairwiseSymmetric(torch.autograd.Function):
+    """Autograd wrapper of `PairwiseSymWorkspace` (buffers allocated per call)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ws = PairwiseSymWorkspace(b.detach(), a.shape[0])
+        ctx.ws = ws
+        return ws.forward(a.detach())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad_a, grad_b = ctx.ws.backward(grad, need_b=ctx.needs_input_grad[1])
+        return (grad_a if ctx.needs_input_grad[0] else None), grad_b
+
+
+def pairwise_symmetric_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``d_sym(a_i, b_j)`` for all pairs of rows, ``[n, D] x [m, D] -> [n, m]``, differentiable
+    (a fused forward/backward; the same values as `torch_symmetric_distance` on broadcast inputs)."""
+    return _PairwiseSymmetric.apply(a, b)
+
+
+def sym_rows(rows: np.ndarray, other: np.ndarray, chunk: int = ROWS_PER_CHUNK) -> np.ndarray:
+    """``d_sym(rows[i], other[i])`` for every row of ``rows [N, D]``; ``other`` is ``[N, D]`` or one
+    shared ``[1, D]`` row (a query). Float32 with preallocated buffers, chunk by chunk, three dot
+    products per row: ~1 ns per element, so 10,000 experts x 21,008 filters take a fraction of a second.
+    Agrees with the float64 `hf_task2vec.distance` to ~1e-6."""
+    A = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+    B = torch.from_numpy(np.ascontiguousarray(other, dtype=np.float32))
+    n, dim = A.shape
+    shared = B.shape[0] == 1
+    fix_zeros = bool((B == 0).any()) and bool((A == 0).any())
+    out = np.empty(n, dtype=np.float64)
+    rows_per = max(1, min(chunk, n))
+    u_buf, v_buf = torch.empty(rows_per, dim), torch.empty(rows_per, dim)
+    with torch.no_grad():
+        for start in range(0, n, rows_per):
+            a = A[start : start + rows_per]
+            b = B if shared else B[start : start + rows_per]
+            m = a.shape[0]
+            u, v = u_buf[:m], v_buf[:m]
+            torch.add(a, b, out=v)  # v holds s = a + b
+            torch.div(a, v, out=u)  # u = a / s
+            torch.div(b.expand_as(a), v, out=v)  # v = b / s
+            if fix_zeros:  # 0 / 0 where a = b = 0: both normalised entries are 1/2
+                torch.nan_to_num_(u, nan=0.5)
+                torch.nan_to_num_(v, nan=0.5)
+            uv = torch.linalg.vecdot(u, v).double()
+            uu = torch.linalg.vecdot(u, u).double()
+            vv = torch.linalg.vecdot(v, v).double()
+            den = torch.sqrt(uu * vv).clamp_min(torch.finfo(torch.float64).tiny)
+            out[start : start + m] = (1.0 - uv / den).numpy()
+    return out

@@ -1,30 +1,21 @@
-"""Accelerate: the Fisher across processes and GPUs, and batch embedding of many tasks.
+"""Accelerate: the Fisher of one task across processes and GPUs.
 
 The same code runs in one process, in N CPU processes (gloo) or on N GPUs across machines, under
-``accelerate launch`` (or ``torchrun``):
+``accelerate launch`` (or ``torchrun``). `DistributedTask2Vec` / `embed_distributed` embed **one**
+task with its examples sharded over the processes. Every process draws the same class-balanced
+sample; process ``r`` of ``W`` takes the examples at positions ``r, r + W, r + 2W, ...`` of it. The
+pooled features of all shards are gathered (in the original order) so that every process fits the
+same linear head on the full sample; the head is then broadcast from the main process so that it is
+bit-identical everywhere. Each process accumulates the per-filter Fisher sums of its shard and the
+sums are added across processes (``fisher_diagonal(reduce=...)``). For ``method="exact"`` the result
+equals the one-process result up to the order of floating-point sums. For ``method="montecarlo"``
+each process draws the labels of its own examples (the main process with ``seed``, process ``r``
+with a seed derived from ``(seed, r)``): an equally valid Monte Carlo estimate, but not the same
+draws as one process. The ``variational`` estimator is an optimisation over the whole sample: it
+runs on the main process (exactly as `Task2Vec` would) and its result is broadcast; only the
+feature pass is sharded.
 
-* `DistributedTask2Vec` / `embed_distributed` embed **one** task with its examples sharded over
-  the processes. Every process draws the same class-balanced sample; process ``r`` of ``W`` takes
-  the examples at positions ``r, r + W, r + 2W, ...`` of it. The pooled features of all shards are
-  gathered (in the original order) so that every process fits the same linear head on the full
-  sample; the head is then broadcast from the main process so that it is bit-identical everywhere.
-  Each process accumulates the per-filter Fisher sums of its shard and the sums are added across
-  processes (``fisher_diagonal(reduce=...)``). For ``method="exact"`` the result equals the
-  one-process result up to the order of floating-point sums. For ``method="montecarlo"`` each
-  process draws the labels of its own examples (the main process with ``seed``, process ``r``
-  with a seed derived from ``(seed, r)``): an equally valid Monte Carlo estimate, but not the same
-  draws as one process. The ``variational`` estimator is an optimisation over the whole sample:
-  it runs on the main process (exactly as `Task2Vec` would) and its result is broadcast; only the
-  feature pass is sharded.
-* `run_batch` (``hf-task2vec batch CONFIG``) embeds a list of tasks from a YAML config into an
-  `EmbeddingStore` (a local folder or a Hub dataset repo: ``embeddings/<probe>/<task>.safetensors``,
-  ``index.parquet``, ``README.md``). Tasks are spread round-robin over the processes
-  (``shard: tasks``), or each task's examples are sharded over all processes (``shard: samples``);
-  ``auto`` does full rounds of whole tasks and shards the examples of the few tasks left over.
-  Only the main process writes: the embeddings of each round are pushed together at the end of
-  that round (atomically: one commit on the Hub, temporary files and renames in a folder); a rerun
-  skips what the store already holds; a failing task is reported at the end and does not stop the
-  others.
+Batch runs over many tasks (``hf-task2vec batch CONFIG``) are `hf_task2vec.batch`.
 
 Launch on the CPU with two real processes (``--cpu`` alone starts only one)::
 
@@ -39,46 +30,23 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import time
-from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .embedding import TaskEmbedding
 from .errors import Task2VecError
 from .fisher import FisherResult, fisher_diagonal
-from .hub import EmbeddingStore, sanitize_name
-from .probes import Probe, load_probe
-from .task2vec import METHODS, Method, Task2Vec
-from .tasks import Task, load_task
+from .probes import Probe
+from .task2vec import Method, Task2Vec, _task_and_options
+from .tasks import Task, TaskSpec
 
 logger = logging.getLogger(__name__)
 
-ShardMode = Literal["tasks", "samples", "auto"]
-SHARD_MODES: tuple[str, ...] = ("tasks", "samples", "auto")
-
-__all__ = [
-    "DistributedTask2Vec",
-    "embed_distributed",
-    "shard_indices",
-    "TaskSpec",
-    "BatchConfig",
-    "BatchConfigError",
-    "BatchReport",
-    "load_batch_config",
-    "run_batch",
-]
-
-
-class BatchConfigError(Task2VecError, ValueError):
-    """A batch config (YAML) that cannot be used; the message names the entry and the fix."""
+__all__ = ["DistributedTask2Vec", "embed_distributed", "shard_indices", "rank_seed"]
 
 
 # -- the process group -------------------------------------------------------------------------
@@ -250,27 +218,27 @@ class DistributedTask2Vec(Task2Vec):
             out[r :: comm.world] = part
         return out
 
-    def _sync_head(self) -> None:
-        """Make the head bit-identical on every process (the main process's copy wins)."""
-        head = self.probe.head
+    def _sync_head(self, probe: Probe) -> None:
+        """Make the head of this call's probe bit-identical on every process (the main process's wins)."""
+        head = probe.head
         if head is None or self.comm.world == 1:
             return
         with torch.no_grad():
             for p in (head.weight, head.bias):
                 p.copy_(self.comm.broadcast_(p.detach()))
 
-    def _fisher(self, task: Task, indices: np.ndarray) -> FisherResult:
+    def _fisher(self, probe: Probe, task: Task, indices: np.ndarray) -> FisherResult:
         comm = self.comm
-        self._sync_head()
+        self._sync_head(probe)
         if comm.world == 1:
-            return super()._fisher(task, indices)
+            return super()._fisher(probe, task, indices)
         if self.method == "variational":
             # An optimisation over the whole sample: run it on the main process, broadcast the result.
-            dim = self.probe.dim
+            dim = probe.dim
             packed = torch.zeros(2 * dim + 2, dtype=torch.float64)
             options: dict[str, str] = {}
             if comm.is_main:
-                res = super()._fisher(task, indices)
+                res = super()._fisher(probe, task, indices)
                 trivial = res.trivial if res.trivial is not None else np.full(dim, np.nan)
                 packed = torch.from_numpy(np.concatenate([res.values, trivial, [res.num_inputs, res.num_draws]]))
                 options = res.options
@@ -286,15 +254,15 @@ class DistributedTask2Vec(Task2Vec):
             )
         mine = shard_indices(indices, comm.rank, comm.world)
         result = fisher_diagonal(
-            self.probe,
+            probe,
             self.batches(task, mine, desc=f"fisher {task.name}"),
             method=self.method,  # type: ignore[arg-type]
             n_samples=self.n_samples,
             seed=rank_seed(self.seed, comm.rank),
             strategy=self.strategy,
             reduce=comm.reduce_sum,
-            precision=getattr(self, "precision", "fp32"),
-            channels_last=getattr(self, "channels_last", False),
+            precision=self.precision,
+            channels_last=self.channels_last,
         )
         result.options["seed_per_process"] = "seed on the main process, SeedSequence([seed, rank]) elsewhere"
         return result
@@ -313,18 +281,12 @@ class DistributedTask2Vec(Task2Vec):
 
 
 def embed_distributed(
-    source: Task | Any,
+    source: Task | TaskSpec | Any,
     probe: Probe | str | nn.Module = "embedded",
     method: Method = "montecarlo",
     *,
     accelerator: Any = None,
-    input_column: str | None = None,
-    label_column: str | None = None,
-    split: str = "train",
-    classes: list[str | int] | None = None,
-    name: str | None = None,
-    revision: str | None = None,
-    config: str | None = None,
+    spec: TaskSpec | None = None,
     **options: Any,
 ) -> TaskEmbedding:
     """`hf_task2vec.embed` with the task's examples sharded over the processes of an Accelerate
@@ -332,492 +294,9 @@ def embed_distributed(
 
         # accelerate launch --multi_gpu --num_processes 2 script.py
         emb = embed_distributed("offline:animal-mnist", classes=["cat", "dog"], max_samples=2000)
+
+    Options are split as by `hf_task2vec.embed`: `TaskSpec` fields describe the task, the others go
+    to `DistributedTask2Vec`.
     """
-    if isinstance(source, Task):
-        task = source.subtask(classes, name=name) if classes is not None else source
-    else:
-        task = load_task(
-            source,
-            input_column=input_column,
-            label_column=label_column,
-            split=split,
-            classes=classes,
-            name=name,
-            revision=revision,
-            config=config,
-        )
+    task, options = _task_and_options(source, spec, options)
     return DistributedTask2Vec(probe, method=method, accelerator=accelerator, **options).embed(task)
-
-
-# -- batch config ------------------------------------------------------------------------------
-_TASK2VEC_OPTIONS = (
-    "n_samples",
-    "max_samples",
-    "fit_head",
-    "head_epochs",
-    "head_l2",
-    "batch_size",
-    "seed",
-    "image_size",
-    "variational_epochs",
-    "beta",
-    "strategy",
-    "precision",
-    "channels_last",
-)
-_TOP_KEYS = ("tasks", "probe", "method", "options", "store", "shard", "timeout_minutes")
-_TASK_KEYS = ("source", "name", "split", "classes", "groups", "input_column", "label_column", "revision", "config")
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One task of a batch: where its data is and the name it is stored under."""
-
-    name: str
-    source: str
-    split: str = "train"
-    classes: tuple[str | int, ...] | None = None
-    input_column: str | None = None
-    label_column: str | None = None
-    revision: str | None = None
-    config: str | None = None
-
-    def load(self) -> Task:
-        return load_task(
-            self.source,
-            input_column=self.input_column,
-            label_column=self.label_column,
-            split=self.split,
-            classes=list(self.classes) if self.classes is not None else None,
-            name=self.name,
-            revision=self.revision,
-            config=self.config,
-        )
-
-
-@dataclass
-class BatchConfig:
-    """What `run_batch` embeds and where (see `load_batch_config` for the YAML form)."""
-
-    tasks: list[TaskSpec]
-    probe: str = "embedded"
-    method: Method = "montecarlo"
-    options: dict[str, Any] = field(default_factory=dict)
-    store: str | None = None
-    shard: ShardMode = "auto"
-    timeout_minutes: float = 180.0
-
-
-def _default_task_name(source: str, split: str, classes: Sequence[Any] | None) -> str:
-    base = source.split(":", 1)[1] if source.startswith("offline:") else source
-    base = base.rstrip("/").split("/")[-1] or "task"
-    if split != "train":
-        base += f"-{split}"
-    if classes is not None:
-        base += "[" + ",".join(str(c) for c in classes) + "]"
-    return base
-
-
-def _as_classes(value: Any, where: str) -> tuple[str | int, ...]:
-    if not isinstance(value, list | tuple) or not value:
-        raise BatchConfigError(f"{where}: classes must be a non-empty list of class names or ids, got {value!r}")
-    for c in value:
-        if not isinstance(c, str | int) or isinstance(c, bool):
-            raise BatchConfigError(f"{where}: class {c!r} must be a name (string) or an id (integer)")
-    return tuple(value)
-
-
-def _parse_task_entry(entry: Any, i: int) -> list[TaskSpec]:
-    where = f"tasks[{i}]"
-    if isinstance(entry, str):
-        entry = {"source": entry}
-    if not isinstance(entry, Mapping):
-        raise BatchConfigError(f"{where} must be a source string or a mapping with 'source', got {entry!r}")
-    unknown = sorted(set(entry) - set(_TASK_KEYS))
-    if unknown:
-        raise BatchConfigError(f"{where} has unknown keys {unknown}; a task entry may have {list(_TASK_KEYS)}")
-    source = entry.get("source")
-    if not isinstance(source, str) or not source:
-        raise BatchConfigError(f"{where} needs 'source': a Hub dataset id, a local folder or 'offline:<name>'")
-    split = str(entry.get("split", "train"))
-    common = {
-        "source": source,
-        "split": split,
-        "input_column": entry.get("input_column"),
-        "label_column": entry.get("label_column"),
-        "revision": entry.get("revision"),
-        "config": entry.get("config"),
-    }
-    if "groups" in entry:
-        if "classes" in entry or "name" in entry:
-            raise BatchConfigError(f"{where}: use either 'groups' (one task per group) or 'classes'/'name', not both")
-        groups = entry["groups"]
-        if not isinstance(groups, Mapping) or not groups:
-            raise BatchConfigError(f"{where}: groups must be a mapping {{task name: [classes]}}, got {groups!r}")
-        return [
-            TaskSpec(name=str(name), classes=_as_classes(cls, f"{where}.groups.{name}"), **common)
-            for name, cls in groups.items()
-        ]
-    classes = _as_classes(entry["classes"], where) if entry.get("classes") is not None else None
-    name = str(entry.get("name") or _default_task_name(source, split, classes))
-    return [TaskSpec(name=name, classes=classes, **common)]
-
-
-def load_batch_config(config: str | os.PathLike[str] | Mapping[str, Any] | BatchConfig) -> BatchConfig:
-    """Read a batch config: a YAML file path, an already parsed mapping, or a `BatchConfig`.
-
-    YAML form (relative paths are relative to the current directory)::
-
-        store: ./task2vec-store          # the output store: a local folder or a Hub dataset repo user/name
-        probe: embedded                  # anything load_probe accepts
-        method: montecarlo               # montecarlo | exact | variational
-        shard: auto                      # tasks | samples | auto
-        options: {max_samples: 1000, image_size: 64, seed: 0}   # Task2Vec options
-        tasks:
-          - offline:digits                                       # a source string
-          - {source: offline:animal-mnist, classes: [cat, dog], name: cat-dog}
-          - source: offline:fashion-mnist                        # one task per label group
-            split: test
-            groups: {tops: [T-shirt/top, Pullover, Shirt], shoes: [Sandal, Sneaker, Ankle boot]}
-          - {source: user/my-dataset, revision: main, split: validation}
-    """
-    if isinstance(config, BatchConfig):
-        return config
-    where = "batch config"
-    if not isinstance(config, Mapping):
-        import yaml
-
-        path = Path(config)
-        where = repr(str(path))
-        if not path.is_file():
-            raise BatchConfigError(f"batch config {where} does not exist")
-        try:
-            config = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise BatchConfigError(f"batch config {where} is not valid YAML: {exc}") from exc
-        if not isinstance(config, Mapping):
-            raise BatchConfigError(f"batch config {where} must be a YAML mapping with a 'tasks' list")
-    unknown = sorted(set(config) - set(_TOP_KEYS))
-    if unknown:
-        raise BatchConfigError(f"{where} has unknown keys {unknown}; the keys are {list(_TOP_KEYS)}")
-    raw_tasks = config.get("tasks")
-    if not isinstance(raw_tasks, list) or not raw_tasks:
-        raise BatchConfigError(f"{where} needs a non-empty 'tasks' list")
-    tasks = [spec for i, entry in enumerate(raw_tasks) for spec in _parse_task_entry(entry, i)]
-    seen: dict[str, str] = {}
-    for spec in tasks:
-        key = sanitize_name(spec.name)
-        if key in seen:
-            raise BatchConfigError(
-                f"{where}: tasks {seen[key]!r} and {spec.name!r} would be stored under the same name {key!r}; "
-                "give them distinct 'name's"
-            )
-        seen[key] = spec.name
-    method = config.get("method", "montecarlo")
-    if method not in METHODS:
-        raise BatchConfigError(f"{where}: unknown method {method!r}; use one of {list(METHODS)}")
-    shard = config.get("shard", "auto")
-    if shard not in SHARD_MODES:
-        raise BatchConfigError(f"{where}: unknown shard {shard!r}; use one of {list(SHARD_MODES)}")
-    options = dict(config.get("options") or {})
-    bad = sorted(set(options) - set(_TASK2VEC_OPTIONS))
-    if bad:
-        raise BatchConfigError(f"{where}: unknown options {bad}; options may be {list(_TASK2VEC_OPTIONS)}")
-    probe = config.get("probe", "embedded")
-    if not isinstance(probe, str):
-        raise BatchConfigError(f"{where}: probe must be a string (a load_probe spec), got {probe!r}")
-    store = config.get("store")
-    return BatchConfig(
-        tasks=tasks,
-        probe=probe,
-        method=method,
-        options=options,
-        store=str(store) if store is not None else None,
-        shard=shard,
-        timeout_minutes=float(config.get("timeout_minutes", 180.0)),
-    )
-
-
-# -- the output store (hub.EmbeddingStore: a Hub dataset repo or a local folder) -----------------
-def open_store(target: str | os.PathLike[str] | EmbeddingStore) -> EmbeddingStore:
-    """An `EmbeddingStore` for ``target``: a store, an existing folder, a path starting with ``/``,
-    ``./``, ``../``, ``~`` or ``file://``, or a Hub dataset repo id ``user/name``."""
-    if isinstance(target, EmbeddingStore):
-        return target
-    if isinstance(target, str) and Path(target).expanduser().is_dir():
-        return EmbeddingStore(Path(target))
-    return EmbeddingStore(target)
-
-
-def remove_stale_files(store: EmbeddingStore) -> list[Path]:
-    """Delete what a local-store writer killed mid-write leaves behind: its temporary files
-    (``.<name>.<random>.tmp``, never renamed into place) and backup links (``.<name>.<tag>.bak``,
-    copies of files that are still, or already again, in place)."""
-    if not store.is_local or store.path is None or not store.path.is_dir():
-        return []
-    stale = [
-        p
-        for pattern in (".*.tmp", ".*.bak")
-        for p in store.path.rglob(pattern)
-        if p.is_file() and p.name.startswith(".") and len(p.name.split(".")) >= 4
-    ]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
-
-
-# -- batch run ---------------------------------------------------------------------------------
-@dataclass
-class BatchReport:
-    """What `run_batch` did. ``failed`` maps a task name to its error."""
-
-    store: str
-    num_processes: int
-    distributed_type: str
-    embedded: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    plan: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    process_index: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def summary(self) -> str:
-        return (
-            f"batch: {len(self.embedded) + len(self.skipped) + len(self.failed)} tasks, {self.num_processes} "
-            f"process{'es' if self.num_processes != 1 else ''} ({self.distributed_type}): {len(self.embedded)} "
-            f"embedded, {len(self.skipped)} already in the store, {len(self.failed)} failed "
-            f"-> {self.store} ({self.seconds:.1f} s)"
-        )
-
-
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-class _TaskLoader:
-    """Loads task specs, reusing the base dataset of consecutive label-group sub-tasks."""
-
-    def __init__(self, size: int = 2):
-        self.cache: OrderedDict[tuple, Task] = OrderedDict()
-        self.size = size
-
-    def __call__(self, spec: TaskSpec) -> Task:
-        if spec.classes is None:
-            return spec.load()
-        key = (spec.source, spec.split, spec.input_column, spec.label_column, spec.revision, spec.config)
-        base = self.cache.get(key)
-        if base is None:
-            base = load_task(
-                spec.source,
-                input_column=spec.input_column,
-                label_column=spec.label_column,
-                split=spec.split,
-                revision=spec.revision,
-                config=spec.config,
-            )
-            self.cache[key] = base
-            while len(self.cache) > self.size:
-                self.cache.popitem(last=False)
-        self.cache.move_to_end(key)
-        return base.subtask(list(spec.classes), name=spec.name)
-
-
-def _resume_status(store: EmbeddingStore, key: str, existing: set[str], want: Mapping[str, str]) -> str:
-    """``"pending"``, ``"done"``, or an error when the store holds this task made differently."""
-    if key not in existing:
-        return "pending"
-    try:
-        meta = store.pull(key).meta
-    except Exception as exc:
-        return f"error: the stored embedding {key} cannot be read ({_error_text(exc)}); delete it to recompute"
-    stored_defaults = {"precision": "fp32"}  # embeddings made before the option existed
-    diffs = [
-        f"{k}: stored {meta.get(k, stored_defaults.get(k, ''))!r} vs config {v!r}"
-        for k, v in want.items()
-        if meta.get(k, stored_defaults.get(k, "")) != v
-    ]
-    if diffs:
-        return (
-            f"error: the store already holds {key} made with other settings ({'; '.join(diffs)}); "
-            "use another store or delete that embedding"
-        )
-    return "done"
-
-
-def _plan(n: int, world: int, shard: str) -> tuple[int, int]:
-    """How many of ``n`` pending tasks go round-robin (whole tasks) and how many get their samples
-    sharded: ``(n_round_robin, n_sharded)``."""
-    if world == 1 or shard == "tasks":
-        return n, 0
-    if shard == "samples":
-        return 0, n
-    full = (n // world) * world
-    return full, n - full
-
-
-def run_batch(
-    config: str | os.PathLike[str] | Mapping[str, Any] | BatchConfig,
-    *,
-    store: str | os.PathLike[str] | None = None,
-    accelerator: Any = None,
-    dry_run: bool = False,
-    progress: bool = True,
-    cpu: bool | None = None,
-) -> BatchReport:
-    """Embed every task of a batch config into a store (call on every process of a launch).
-
-    Args:
-        config: a YAML path, a mapping or a `BatchConfig` (see `load_batch_config`).
-        store: the output store (overrides the config's ``store``): an `EmbeddingStore`, a local
-            folder (an existing one, or a path starting with ``/``, ``./``, ``~``, ``file://``) or
-            a Hub dataset repo id ``user/name``.
-        accelerator: an ``Accelerator``/``PartialState``; default: one created here (``cpu=True``
-            without CUDA, process-group timeout ``timeout_minutes`` from the config).
-        dry_run: only report what would be embedded (``plan``) and what the store already holds.
-        progress: one tqdm bar (tasks) on the main process.
-        cpu: force the CPU (default: CUDA when available).
-
-    Returns:
-        a `BatchReport` (the same on every process). Tasks that fail are in ``report.failed``; the
-        others are embedded regardless.
-    """
-    started = time.perf_counter()
-    cfg = load_batch_config(config)
-    target = store if store is not None else cfg.store
-    if target is None:
-        raise BatchConfigError("no output store: set 'store:' in the batch config or pass --out STORE")
-    comm = (
-        accelerator
-        if isinstance(accelerator, _Comm)
-        else _Comm(accelerator, cpu=cpu, timeout_minutes=cfg.timeout_minutes)
-    )
-    store_ = open_store(target)
-    image_size = cfg.options.get("image_size")
-    try:
-        probe = load_probe(cfg.probe, image_size=image_size)
-    except Exception as exc:
-        raise BatchConfigError(f"batch config probe {cfg.probe!r} cannot be loaded: {_error_text(exc)}") from exc
-    resolution = probe.input_resolution
-    keys = {spec.name: f"{sanitize_name(probe.name)}/{sanitize_name(spec.name)}" for spec in cfg.tasks}
-    # settings that must agree for an embedding already in the store to count as done
-    want = {
-        "method": cfg.method,
-        "probe_revision": probe.revision,
-        "image_size": str(resolution or ""),
-        "max_samples": str(cfg.options.get("max_samples", 10_000)),
-        "seed": str(cfg.options.get("seed", 0)),
-        "precision": str(cfg.options.get("precision", "fp32")),
-    }
-
-    status: dict[str, str] = {}
-    if comm.is_main:
-        if not dry_run:
-            for p in remove_stale_files(store_):
-                logger.warning("removed %s, left by an interrupted write", p)
-        existing = set(store_.keys())
-        status = {spec.name: _resume_status(store_, keys[spec.name], existing, want) for spec in cfg.tasks}
-    status = comm.broadcast_object(status)
-
-    report = BatchReport(store=store_.name, num_processes=comm.world, distributed_type=comm.distributed_type)
-    pending: list[TaskSpec] = []
-    for spec in cfg.tasks:
-        st = status[spec.name]
-        if st == "done":
-            report.skipped.append(spec.name)
-        elif st.startswith("error: "):
-            report.failed[spec.name] = st[len("error: ") :]
-        else:
-            pending.append(spec)
-    n_rr, n_sh = _plan(len(pending), comm.world, cfg.shard)
-    report.plan = [(s.name, f"process {i % comm.world}") for i, s in enumerate(pending[:n_rr])] + [
-        (s.name, f"all {comm.world} processes") for s in pending[n_rr:]
-    ]
-    if dry_run:
-        report.seconds = time.perf_counter() - started
-        report.process_index = comm.rank
-        return report
-
-    options = dict(cfg.options)
-    options.pop("image_size", None)
-    bar = tqdm(total=len(pending), desc="task2vec batch", unit="task", disable=not (progress and comm.is_main))
-    loader = _TaskLoader()
-
-    def collect(results: list[tuple[str, bytes | None, str | None] | None]) -> None:
-        """Main process: write this round's embeddings, record failures."""
-        if not comm.is_main:
-            return
-        done: list[tuple[str, TaskEmbedding]] = []  # (task name, embedding)
-        for item in results:
-            if item is None:
-                continue
-            name, data, err = item
-            if err is not None:
-                report.failed[name] = err
-                continue
-            try:
-                done.append((name, TaskEmbedding.from_bytes(data, source=name)))  # type: ignore[arg-type]
-                report.embedded.append(name)
-            except Exception as exc:
-                report.failed[name] = _error_text(exc)
-        if done:
-            try:
-                store_.push([emb for _, emb in done], message=f"hf-task2vec batch: {', '.join(n for n, _ in done)}")
-            except Exception as exc:
-                for name, _ in done:
-                    report.embedded.remove(name)
-                    report.failed[name] = f"cannot write to the store {store_.name}: {_error_text(exc)}"
-        bar.update(sum(1 for r in results if r is not None))
-        bar.set_postfix(failed=len(report.failed), refresh=False)
-
-    try:
-        # Whole tasks, round-robin: in round k process r embeds pending[k * W + r].
-        embedder = Task2Vec(probe, method=cfg.method, device=comm.device, progress=False, **options)
-        for start in range(0, n_rr, comm.world):
-            item: tuple[str, bytes | None, str | None] | None = None
-            if start + comm.rank < n_rr:
-                spec = pending[start + comm.rank]
-                try:
-                    emb = embedder.embed(loader(spec))
-                    emb.meta["fisher_processes"] = "1"
-                    item = (spec.name, emb.to_bytes(), None)
-                except Exception as exc:
-                    logger.warning("task %s failed on process %d: %s", spec.name, comm.rank, exc, exc_info=True)
-                    item = (spec.name, None, _error_text(exc))
-            collect(comm.gather_objects(item))
-        # The tasks left over: every process takes a shard of each one's examples.
-        sharded = DistributedTask2Vec(probe, accelerator=comm, method=cfg.method, progress=False, **options)
-        for spec in pending[n_rr:]:
-            task: Task | None = None
-            err: str | None = None
-            try:
-                task = loader(spec)
-            except Exception as exc:
-                err = _error_text(exc)
-            errors = [e for e in comm.gather_objects(err) if e is not None]
-            if errors or task is None:  # every process agrees to skip it (no collective is left waiting)
-                collect([(spec.name, None, errors[0] if errors else "task could not be loaded")])
-                continue
-            # A failure inside the sharded computation cannot be skipped safely (the other processes
-            # would wait in a collective): it propagates and ends the launch; a rerun resumes.
-            emb = sharded.embed(task)
-            collect([(spec.name, emb.to_bytes(), None) if comm.is_main else None])
-    finally:
-        bar.close()
-    report = comm.broadcast_object(report) if comm.world > 1 else report
-    report.seconds = time.perf_counter() - started
-    report.process_index = comm.rank
-    comm.barrier()
-    return report
-
-
-def format_plan(report: BatchReport) -> str:
-    """The dry-run table: each task and where it would run, or its store status."""
-    lines = [f"{'task':40s} status"]
-    lines += [f"{name:40s} pending ({where})" for name, where in report.plan]
-    lines += [f"{name:40s} already in the store" for name in report.skipped]
-    lines += [f"{name:40s} error: {err}" for name, err in report.failed.items()]
-    return "\n".join(lines)

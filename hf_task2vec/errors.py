@@ -1,6 +1,15 @@
-"""Exceptions raised by hf_task2vec. Every message names the input at fault and the fix."""
+"""Exceptions raised by hf_task2vec: one hierarchy. Every message names the input at fault and the fix.
+
+Errors of the ``huggingface_hub`` client are translated into `HubError` (or `HubDatasetError`) in one
+place, `hf_task2vec.gateway`; ``reason`` says what kind of failure it was, so that callers (the CLI,
+the Space) can choose their own wording without parsing messages.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
+
+HubReason = Literal["not_found", "revision", "gated", "auth", "forbidden", "unavailable", "offline", "error"]
 
 
 class Task2VecError(Exception):
@@ -21,3 +30,33 @@ class EmbeddingFileError(Task2VecError, ValueError):
 
 class IncompatibleEmbeddingsError(Task2VecError, ValueError):
     """Two embeddings were made with different probes or estimators and cannot be compared."""
+
+
+class HubError(Task2VecError):
+    """A Hub or store operation failed. The message names the repo (or folder) and the fix.
+
+    Attributes:
+        reason: ``"not_found"`` (repo or file missing, or private without access), ``"revision"``,
+            ``"gated"``, ``"auth"`` (401), ``"forbidden"`` (403), ``"unavailable"`` (unreachable or
+            failing after the retries), ``"offline"`` (``HF_HUB_OFFLINE`` and not cached) or ``"error"``.
+        status: the HTTP status, when there was one.
+    """
+
+    def __init__(self, message: str = "", *, reason: HubReason = "error", status: int | None = None) -> None:
+        super().__init__(message)
+        self.reason: HubReason = reason
+        self.status = status
+
+
+class HubDatasetError(HubError, TaskError):
+    """A Hub dataset cannot be read as a task (missing, private, gated, unknown revision)."""
+
+
+class EmbeddingNotFoundError(HubError, KeyError):
+    """No embedding with that key in the store."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message, reason="not_found")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

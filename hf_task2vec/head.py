@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,31 +78,3 @@ def set_head(head: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
     with torch.no_grad():
         head.weight.copy_(weight.to(head.weight))
         head.bias.copy_(bias.to(head.bias))
-
-
-def balanced_sample(labels: np.ndarray, max_samples: int | None, seed: int) -> np.ndarray:
-    """Indices of at most ``max_samples`` examples, class-balanced (water-filling: classes with
-    fewer examples than their share give the rest to the others). When the task is not larger
-    than ``max_samples`` every example is taken exactly once, in order."""
-    n = labels.size
-    if max_samples is None or n <= max_samples:
-        return np.arange(n)
-    if max_samples < 1:
-        raise ValueError(f"max_samples must be positive, got {max_samples}")
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = np.zeros_like(counts)
-    remaining = max_samples
-    open_ = np.ones(classes.size, dtype=bool)
-    while remaining > 0 and open_.any():
-        share = max(1, remaining // int(open_.sum()))
-        for i in np.nonzero(open_)[0]:
-            take = min(share, counts[i] - quota[i], remaining)
-            quota[i] += take
-            remaining -= take
-            if quota[i] == counts[i]:
-                open_[i] = False
-            if remaining == 0:
-                break
-    chosen = [rng.choice(np.nonzero(labels == c)[0], q, replace=False) for c, q in zip(classes, quota, strict=True)]
-    return np.sort(np.concatenate(chosen))

@@ -7,10 +7,9 @@ is chosen - one probe embedding instead of trying every expert.
 
 * `ExpertIndex`: the experts (Hub / timm ids, transformers checkpoints, local files), each with the
   embedding of its training task, free-form info (task name, classes, dataset, measured error...)
-  and an optional learned Model2Vec offset; vectorised search; safetensors + JSON on disk; push /
-  pull as a Hub dataset repo; experts from Hub model cards (`ExpertIndex.add_hub_models`).
-* `Model2Vec`: the paper's learned co-embedding ``m_j = F_j + b_j`` of the experts, fitted from a
-  task x expert error matrix, and its leave-one-task-out evaluation.
+  and an optional learned Model2Vec offset (`hf_task2vec.model2vec`); vectorised search;
+  safetensors + JSON on disk; push / pull as a Hub dataset repo; experts from Hub model cards
+  (`ExpertIndex.add_hub_models`). Every Hub call goes through `hf_task2vec.gateway`.
 
 Distances follow `hf_task2vec.distance` (DESIGN.md): for selection the expert's task is the
 *source* and the new task the *target*,
@@ -22,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -31,12 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from .distance import DEFAULT_ALPHA
+from .distance import DEFAULT_ALPHA, sym_rows
 from .embedding import COMPATIBILITY_KEYS, LayerSlice, TaskEmbedding, atomic_write_bytes
 from .errors import EmbeddingFileError, IncompatibleEmbeddingsError, Task2VecError
+from .model2vec import Model2Vec
 
 if TYPE_CHECKING:  # pragma: no cover
     from .probes import Probe
@@ -44,16 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "ExpertIndex",
-    "ExpertMatch",
-    "LeaveOneOutResult",
-    "Model2Vec",
-    "SELECTION_METRICS",
-    "pairwise_symmetric_distance",
-    "torch_asymmetric_distance",
-    "torch_symmetric_distance",
-]
+__all__ = ["ExpertIndex", "ExpertMatch", "SELECTION_METRICS"]
 
 Metric = Literal["asymmetric", "symmetric", "model2vec"]
 SELECTION_METRICS: tuple[str, ...] = ("asymmetric", "symmetric", "model2vec")
@@ -62,161 +51,17 @@ INDEX_FORMAT = "hf_task2vec.expert_index"
 INDEX_FORMAT_VERSION = "1"
 TENSORS_FILE = "experts.safetensors"
 TABLE_FILE = "experts.json"
-_ROWS_PER_CHUNK = 32  # rows of the expert matrix processed at once (two float32 buffers of ~2.7 MB at D=21k)
-
-
-# -- differentiable distances -----------------------------------------------------------------------
-def torch_symmetric_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``d_sym`` along the last axis of two broadcastable tensors ``[..., D] -> [...]``, differentiable.
-
-    The same formula as `hf_task2vec.distance`: ``u = a / (a + b)``, ``v = b / (a + b)``
-    (both 1/2 where ``a + b = 0``) and ``d = 1 - <u, v> / (|u| |v|)``; since ``v = 1 - u``, only
-    ``u`` is materialised.
-    """
-    s = a + b
-    zero = s == 0
-    u = torch.where(zero, torch.full_like(s, 0.5), a / torch.where(zero, torch.ones_like(s), s))
-    v = 1.0 - u
-    num = (u * v).sum(-1)
-    den = torch.sqrt((u * u).sum(-1) * (v * v).sum(-1))
-    return 1.0 - num / den.clamp_min(torch.finfo(den.dtype).tiny)
-
-
-def torch_asymmetric_distance(
-    sources: torch.Tensor,
-    targets: torch.Tensor,
-    source_trivial: torch.Tensor,
-    alpha: float = DEFAULT_ALPHA,
-) -> torch.Tensor:
-    """``d_asym(source_i -> target_j) = d_sym(s_i, t_j) - alpha * d_sym(s_i, trivial_i)``, ``[n, m]``.
-
-    Differentiable in ``sources`` (what Model2Vec learns); equal to
-    ``hf_task2vec.distance.pairwise_distances(..., kind="asymmetric")``.
-
-    Args:
-        sources: ``[n, D]`` (e.g. the experts' training-task embeddings).
-        targets: ``[m, D]`` (the new tasks).
-        source_trivial: ``[n, D]`` or ``[1, D]``: the trivial embedding of each source.
-        alpha: weight of the complexity term.
-    """
-    sym = pairwise_symmetric_distance(sources, targets)
-    complexity = torch_symmetric_distance(sources, source_trivial.expand_as(sources))
-    return sym - alpha * complexity[:, None]
-
-
-class _PairwiseSymWorkspace:
-    """``d_sym`` for every pair of rows of ``a [n, D]`` and fixed ``b [m, D]``, with a hand-written backward.
-
-    With ``u = a / (a + b)``, ``v = 1 - u``, ``A = <u, v>``, ``B = |u|^2``, ``C = |v|^2`` and
-    ``d = 1 - A / sqrt(B C)``: ``dd/du_k = alpha + beta u_k`` with ``alpha = -(1 + A/C) / sqrt(BC)``,
-    ``beta = (2 + A/B + A/C) / sqrt(BC)``, ``du_k/da_k = v_k / s_k`` and ``du_k/db_k = -u_k / s_k``
-    (``s = a + b``; where ``s = 0`` both normalised entries are the constant 1/2). Three ``[n, m, D]``
-    buffers are allocated once and reused: a Model2Vec step on 21k-filter embeddings then costs a
-    handful of passes over memory instead of autograd's dozens of freshly allocated temporaries.
-    """
-
-    def __init__(self, b: torch.Tensor, n: int) -> None:
-        self.b = b
-        shape = (n, b.shape[0], b.shape[1])
-        self.s = torch.empty(shape, dtype=b.dtype, device=b.device)
-        self.u = torch.empty_like(self.s)
-        self.x = torch.empty_like(self.s)
-        self.b_zero = (b == 0).any(0)
-        self.has_zero = False
-
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        s, u = self.s, self.u
-        torch.add(a[:, None, :], self.b[None, :, :], out=s)
-        torch.div(a[:, None, :].expand_as(s), s, out=u)
-        self.has_zero = bool((self.b_zero & (a == 0).any(0)).any())
-        if self.has_zero:
-            zero = s == 0
-            u.masked_fill_(zero, 0.5)
-            s.masked_fill_(zero, float("inf"))  # no gradient through the constant 1/2
-        s1 = u.sum(-1)
-        bb = torch.linalg.vector_norm(u, dim=-1).square()
-        aa = s1 - bb
-        cc = (u.shape[-1] - 2.0 * s1 + bb).clamp_min(0.0)
-        tiny = torch.finfo(u.dtype).tiny
-        self.den = torch.sqrt(bb * cc).clamp_min(tiny)
-        self.alpha = -(1.0 + aa / cc.clamp_min(tiny)) / self.den
-        self.beta = (2.0 + aa / bb.clamp_min(tiny) + aa / cc.clamp_min(tiny)) / self.den
-        return 1.0 - aa / self.den
-
-    def backward(self, grad: torch.Tensor, need_b: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Gradients w.r.t. ``a`` (and ``b``) given ``grad = dL/dd`` ``[n, m]`` (call after `forward`)."""
-        x = self.x
-        torch.addcmul((grad * self.alpha)[..., None].expand_as(x), self.u, (grad * self.beta)[..., None], out=x)
-        x.div_(self.s)  # dL/du * du/ds-part: dL/da = x * v, dL/db = -x * u
-        total = x.sum(1)
-        xu = x.mul_(self.u)
-        grad_a = total - xu.sum(1)
-        grad_b = -xu.sum(0) if need_b else None
-        return grad_a, grad_b
-
-
-class _PairwiseSymmetric(torch.autograd.Function):
-    """Autograd wrapper of `_PairwiseSymWorkspace` (buffers allocated per call)."""
-
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        ws = _PairwiseSymWorkspace(b.detach(), a.shape[0])
-        ctx.ws = ws
-        return ws.forward(a.detach())
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        grad_a, grad_b = ctx.ws.backward(grad, need_b=ctx.needs_input_grad[1])
-        return (grad_a if ctx.needs_input_grad[0] else None), grad_b
-
-
-def pairwise_symmetric_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``d_sym(a_i, b_j)`` for all pairs of rows, ``[n, D] x [m, D] -> [n, m]``, differentiable
-    (a fused forward/backward; the same values as `torch_symmetric_distance` on broadcast inputs)."""
-    return _PairwiseSymmetric.apply(a, b)
-
-
-def _sym_rows(rows: np.ndarray, other: np.ndarray, chunk: int = _ROWS_PER_CHUNK) -> np.ndarray:
-    """``d_sym(rows[i], other[i])`` for every row of ``rows [N, D]``; ``other`` is ``[N, D]`` or one
-    shared ``[1, D]`` row (a query). Float32 with preallocated buffers, chunk by chunk, three dot
-    products per row: ~1 ns per element, so 10,000 experts x 21,008 filters take a fraction of a second.
-    Agrees with the float64 `hf_task2vec.distance` to ~1e-6."""
-    A = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
-    B = torch.from_numpy(np.ascontiguousarray(other, dtype=np.float32))
-    n, dim = A.shape
-    shared = B.shape[0] == 1
-    fix_zeros = bool((B == 0).any()) and bool((A == 0).any())
-    out = np.empty(n, dtype=np.float64)
-    rows_per = max(1, min(chunk, n))
-    u_buf, v_buf = torch.empty(rows_per, dim), torch.empty(rows_per, dim)
-    with torch.no_grad():
-        for start in range(0, n, rows_per):
-            a = A[start : start + rows_per]
-            b = B if shared else B[start : start + rows_per]
-            m = a.shape[0]
-            u, v = u_buf[:m], v_buf[:m]
-            torch.add(a, b, out=v)  # v holds s = a + b
-            torch.div(a, v, out=u)  # u = a / s
-            torch.div(b.expand_as(a), v, out=v)  # v = b / s
-            if fix_zeros:  # 0 / 0 where a = b = 0: both normalised entries are 1/2
-                torch.nan_to_num_(u, nan=0.5)
-                torch.nan_to_num_(v, nan=0.5)
-            uv = torch.linalg.vecdot(u, v).double()
-            uu = torch.linalg.vecdot(u, u).double()
-            vv = torch.linalg.vecdot(v, v).double()
-            den = torch.sqrt(uu * vv).clamp_min(torch.finfo(torch.float64).tiny)
-            out[start : start + m] = (1.0 - uv / den).numpy()
-    return out
 
 
 def _sym_to_query(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
     """``d_sym(rows[i], query)`` for every expert row."""
-    return _sym_rows(rows, np.asarray(query).reshape(1, -1))
+    return sym_rows(rows, np.asarray(query).reshape(1, -1))
 
 
 def _complexity(values: np.ndarray, trivial: np.ndarray) -> np.ndarray:
     """``d_sym(values[i], trivial[i])`` (trivial ``[N, D]`` or a shared ``[1, D]``)."""
-    return _sym_rows(values, trivial)
+    return sym_rows(values, trivial)
+
 
 
 # -- the expert index -------------------------------------------------------------------------------
@@ -664,6 +509,7 @@ class ExpertIndex:
         Raises:
             Task2VecError: a model card names no dataset (and no mapping is given) or cannot be read.
         """
+        from .hub.experts import read_model_card
         from .task2vec import Task2Vec
         from .tasks import load_task
 
@@ -679,7 +525,7 @@ class ExpertIndex:
         for model_id in tqdm(model_ids, desc="experts", unit="model", disable=not progress or len(model_ids) < 2):
             if model_id in self._pos and not replace:
                 raise ValueError(f"expert {model_id!r} is already in the index; pass replace=True to re-embed it")
-            card_info = _read_model_card(model_id, token=token)
+            card_info = read_model_card(model_id, token=token)
             dataset = mapping.get(model_id) or card_info.get("dataset")
             if not dataset:
                 raise Task2VecError(
@@ -886,23 +732,22 @@ class ExpertIndex:
     ) -> str:
         """Upload the index to a Hub *dataset* repo (created if missing); returns the commit url.
 
-        Uses ``huggingface_hub.upload_folder``; honours ``HF_ENDPOINT`` and ``HF_TOKEN``.
+        Uses ``huggingface_hub.upload_folder`` through `hf_task2vec.gateway` (retries, `HubError`);
+        honours ``HF_ENDPOINT`` and ``HF_TOKEN``.
         """
-        from huggingface_hub import HfApi
+        from .hub.experts import expert_index_card, upload_folder
 
-        api = HfApi(token=token)
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="expert-index-") as tmp:
             self.save(tmp)
-            (Path(tmp) / "README.md").write_text(self._card(repo_id))
-            info = api.upload_folder(
-                folder_path=tmp,
-                repo_id=repo_id,
-                repo_type="dataset",
+            (Path(tmp) / "README.md").write_text(expert_index_card(repo_id, len(self), self.settings, self.rows()))
+            return upload_folder(
+                tmp,
+                repo_id,
+                token=token,
+                private=private,
                 revision=revision,
-                commit_message=commit_message or f"Expert index: {len(self)} experts",
+                message=commit_message or f"Expert index: {len(self)} experts",
             )
-        return str(getattr(info, "commit_url", info))
 
     @classmethod
     def from_hub(
@@ -913,355 +758,10 @@ class ExpertIndex:
         token: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> ExpertIndex:
-        """Download an index pushed with `push_to_hub` (``huggingface_hub.snapshot_download``)."""
-        from huggingface_hub import snapshot_download
+        """Download an index pushed with `push_to_hub` (``huggingface_hub.snapshot_download``, through
+        `hf_task2vec.gateway`: retries, `HubError`)."""
+        from .hub.experts import download_files
 
-        folder = snapshot_download(
-            repo_id,
-            repo_type="dataset",
-            revision=revision,
-            token=token,
-            cache_dir=cache_dir,
-            allow_patterns=[TENSORS_FILE, TABLE_FILE],
-        )
-        return cls.load(folder)
-
-    def _card(self, repo_id: str) -> str:
-        s = self._settings or {}
-        lines = [
-            "---",
-            "tags:",
-            "- task2vec",
-            "- hf_task2vec",
-            "- expert-index",
-            "---",
-            f"# {repo_id}",
-            "",
-            f"An [hf_task2vec](https://github.com/) expert index: {len(self)} experts embedded with probe "
-            f"`{s.get('probe')}` ({s.get('method')}, image size {s.get('image_size')}).",
-            "",
-            "```python",
-            "from hf_task2vec import ExpertIndex",
-            f'index = ExpertIndex.from_hub("{repo_id}")',
-            "```",
-            "",
-            "| model_id | task | dataset |",
-            "|---|---|---|",
-        ]
-        lines += [f"| {r['model_id']} | {r.get('task', '')} | {r.get('dataset', '')} |" for r in self.rows()]
-        return "\n".join(lines) + "\n"
-
-
-def _read_model_card(model_id: str, *, token: str | bool | None = None) -> dict[str, Any]:
-    """The training dataset named by a Hub model's card metadata, and a few facts about the repo."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    try:
-        info = api.model_info(model_id, token=token)
-    except Exception as exc:
-        raise Task2VecError(
-            f"cannot read Hub model {model_id!r} ({type(exc).__name__}: {exc}). Check the id, your token "
-            "(HF_TOKEN) and that the Hub is reachable (HF_ENDPOINT, HF_HUB_OFFLINE)."
-        ) from exc
-    card = info.card_data
-    datasets_field = getattr(card, "datasets", None) if card is not None else None
-    if card is None:
-        try:  # the API answer may omit cardData: read the README itself
-            from huggingface_hub import ModelCard
-
-            datasets_field = ModelCard.load(model_id, token=token).data.datasets
-        except Exception as exc:  # no README: handled as "names no dataset"
-            logger.info("%s has no readable model card (%s)", model_id, exc)
-    if isinstance(datasets_field, str):
-        datasets_field = [datasets_field]
-    names = [str(d) for d in (datasets_field or []) if d]
-    if len(names) > 1:
-        logger.warning(
-            "%s names several datasets %s in its card; embedding the first. Pass mapping= to choose.", model_id, names
-        )
-    return {
-        "dataset": names[0] if names else None,
-        "datasets_in_card": names,
-        "sha": info.sha or "",
-        "pipeline_tag": getattr(info, "pipeline_tag", None) or "",
-        "library_name": getattr(info, "library_name", None) or getattr(card, "library_name", None) or "",
-    }
-
-
-# -- Model2Vec ----------------------------------------------------------------------------------------
-def _as_matrix(x: Sequence[TaskEmbedding] | np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray | None]:
-    if isinstance(x, np.ndarray):
-        arr = np.atleast_2d(np.asarray(x, np.float64))
-        return arr, None
-    embs = list(x)
-    if not embs:
-        raise ValueError(f"{what}: need at least one embedding")
-    for e in embs[1:]:
-        embs[0].check_compatible(e)
-    return np.stack([e.values for e in embs]).astype(np.float64), np.stack([e.trivial for e in embs]).astype(np.float64)
-
-
-@dataclass
-class LeaveOneOutResult:
-    """Model2Vec evaluated leave-one-task-out.
-
-    Attributes:
-        distances: ``[T, J]``: row ``t`` holds the Model2Vec distances of task ``t`` to every expert,
-            from a fit on the other ``T - 1`` tasks (lower = better).
-        selected: ``[T]`` the expert chosen for each task (argmin of its row).
-        selected_error: ``[T]`` the measured error of that expert.
-        optimal_error: ``[T]`` the best measured error of the task.
-        gammas: ``[T]`` the learned scale of each fit.
-    """
-
-    distances: np.ndarray
-    selected: np.ndarray
-    selected_error: np.ndarray
-    optimal_error: np.ndarray
-    gammas: np.ndarray
-
-    @property
-    def relative_error_increase(self) -> float:
-        """``mean(selected error) / mean(optimal error) - 1``."""
-        opt = float(np.mean(self.optimal_error))
-        return float(np.mean(self.selected_error)) / opt - 1.0 if opt > 0 else float("nan")
-
-
-class Model2Vec:
-    """The paper's Model2Vec: a learned co-embedding of experts and tasks (DESIGN.md).
-
-    Each expert ``j`` gets a vector ``m_j = F_j + b_j`` (``F_j`` the embedding of its training task),
-    and a scale ``gamma`` is learned, so that ``p(j | t) = softmax_j(-gamma * d_asym(m_j -> t))``
-    matches soft labels built from the measured errors, ``softmax_j(-a * zscore_j(error[t, j]))``
-    (``a = 20``), by minimising the cross-entropy with Adam (lr 0.05, weight decay 5e-4).
-
-    The offset is parametrised multiplicatively, ``m_j = F_j * exp(c_j + s_j)`` (so
-    ``b_j = F_j (exp(c_j + s_j) - 1)``) with a per-filter ``c_j`` and a per-expert log-scale ``s_j``:
-    ``m_j`` stays positive like a Fisher diagonal and the step size does not depend on the scale of
-    the Fisher values. ``s_j`` is redundant with ``c_j`` (same family of ``m_j``) but lets Adam move an
-    expert's overall Fisher magnitude in one coordinate: embeddings of tasks with different numbers
-    of examples and classes differ in scale by orders of magnitude, and per-filter steps alone
-    disagree in sign and stall (on the benchmark's data the in-sample loss stays near its start).
-    The weight decay acts on ``c_j``, pulling the profile of ``m_j`` back to that of ``F_j``.
-
-    Args:
-        alpha: the asymmetric weight in ``d_asym``.
-        a: the sharpness of the soft labels.
-        lr, weight_decay: Adam settings.
-        steps: full-batch optimisation steps.
-        gamma_init: initial ``gamma`` (default: the inverse of the mean spread of the initial distances).
-        dtype: ``torch.float32`` (default, fast) or ``torch.float64``.
-        seed: unused by the deterministic full-batch fit; recorded for completeness.
-        progress: show a tqdm bar over the steps.
-
-    After `fit`: ``offsets_`` (``[J, D]`` the ``b_j``), ``gamma_``, ``loss_history_``.
-    """
-
-    def __init__(
-        self,
-        *,
-        alpha: float = DEFAULT_ALPHA,
-        a: float = 20.0,
-        lr: float = 0.05,
-        weight_decay: float = 5e-4,
-        steps: int = 200,
-        gamma_init: float | None = None,
-        dtype: torch.dtype = torch.float32,
-        seed: int = 0,
-        progress: bool = False,
-    ) -> None:
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        self.alpha = float(alpha)
-        self.a = float(a)
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
-        self.steps = int(steps)
-        self.gamma_init = gamma_init
-        self.dtype = dtype
-        self.seed = seed
-        self.progress = progress
-        self.expert_values_: np.ndarray | None = None
-        self.expert_trivial_: np.ndarray | None = None
-        self.log_scale_: np.ndarray | None = None
-        self.gamma_: float | None = None
-        self.loss_history_: list[float] = []
-
-    def __repr__(self) -> str:
-        fitted = "unfitted" if self.gamma_ is None else f"gamma={self.gamma_:.4g}"
-        return f"Model2Vec(alpha={self.alpha}, a={self.a}, steps={self.steps}, {fitted})"
-
-    @staticmethod
-    def soft_labels(errors: np.ndarray, a: float = 20.0) -> np.ndarray:
-        """``softmax_j(-a * zscore_j(errors[t, j]))`` per task; NaN (unmeasured) entries get 0.
-        A task whose measured errors are all equal gets uniform labels over them."""
-        e = np.asarray(errors, np.float64)
-        mask = np.isfinite(e)
-        count = mask.sum(1, keepdims=True)
-        mean = np.where(mask, e, 0).sum(1, keepdims=True) / np.maximum(count, 1)
-        var = np.where(mask, (e - mean) ** 2, 0).sum(1, keepdims=True) / np.maximum(count, 1)
-        std = np.sqrt(var)
-        z = np.where(std > 0, (e - mean) / np.where(std > 0, std, 1), 0.0)
-        logits = np.where(mask, -a * z, -np.inf)
-        logits = logits - logits.max(1, keepdims=True)
-        w = np.where(mask, np.exp(logits), 0.0)
-        return w / w.sum(1, keepdims=True)
-
-    # -- fitting -------------------------------------------------------------------------------
-    def fit(
-        self,
-        experts: Sequence[TaskEmbedding] | np.ndarray,
-        tasks: Sequence[TaskEmbedding] | np.ndarray,
-        errors: np.ndarray,
-        *,
-        expert_trivial: np.ndarray | None = None,
-    ) -> Model2Vec:
-        """Fit the offsets and gamma.
-
-        Args:
-            experts: ``J`` training-task embeddings of the experts (or an array ``[J, D]``).
-            tasks: ``T`` task embeddings with measured errors (or ``[T, D]``).
-            errors: ``[T, J]`` error of expert ``j`` on task ``t``; NaN where not measured.
-            expert_trivial: ``[J, D]`` or ``[1, D]`` trivial embeddings (taken from the embeddings
-                when they are `TaskEmbedding`s; required with arrays).
-        """
-        f, triv = _as_matrix(experts, "experts")
-        t, _ = _as_matrix(tasks, "tasks")
-        if expert_trivial is not None:
-            triv = np.atleast_2d(np.asarray(expert_trivial, np.float64))
-        if triv is None:
-            raise ValueError("Model2Vec.fit with arrays needs expert_trivial=[J, D] or [1, D]")
-        e = np.asarray(errors, np.float64)
-        if e.shape != (t.shape[0], f.shape[0]):
-            raise ValueError(f"errors must be [tasks, experts] = [{t.shape[0]}, {f.shape[0]}], got {list(e.shape)}")
-        if f.shape[1] != t.shape[1]:
-            raise ValueError(f"experts have dimension {f.shape[1]} but tasks {t.shape[1]}")
-        if np.any(f < 0) or np.any(t < 0):
-            raise ValueError("Model2Vec needs non-negative (Fisher) embeddings")
-        usable = np.isfinite(e).sum(1) >= 2
-        if not usable.any():
-            raise ValueError("Model2Vec needs at least one task with measured errors for two or more experts")
-        q = torch.from_numpy(self.soft_labels(e[usable], self.a)).to(self.dtype)
-        mask = torch.from_numpy(np.isfinite(e[usable]))
-        F = torch.from_numpy(f).to(self.dtype)
-        T = torch.from_numpy(t[usable]).to(self.dtype)
-        T0 = torch.from_numpy(triv).to(self.dtype)
-        c = torch.zeros_like(F, requires_grad=True)
-        scale = torch.zeros(F.shape[0], 1, dtype=self.dtype, requires_grad=True)  # per-expert log-scale
-        with torch.no_grad():
-            d0 = torch_asymmetric_distance(F, T, T0, self.alpha).T  # [T, J]
-            spread = float(torch.nan_to_num(d0.std(1)).mean())
-        g0 = self.gamma_init if self.gamma_init is not None else 1.0 / max(spread, 1e-6)
-        log_gamma = torch.tensor(math.log(g0), dtype=self.dtype, requires_grad=True)
-        opt = torch.optim.Adam(
-            [{"params": [c], "weight_decay": self.weight_decay}, {"params": [scale, log_gamma], "weight_decay": 0.0}],
-            lr=self.lr,
-        )
-        self.loss_history_ = []
-        workspace = _PairwiseSymWorkspace(T, F.shape[0])
-        for _ in tqdm(range(self.steps), desc="Model2Vec", disable=not self.progress, leave=False):
-            opt.zero_grad()
-            m = F * torch.exp(c + scale)
-            with torch.no_grad():
-                sym = workspace.forward(m.detach()).requires_grad_(True)  # [J, T]
-            complexity = torch_symmetric_distance(m, T0.expand_as(m))  # [J], through autograd
-            loss = self._loss(sym - self.alpha * complexity[:, None], q, mask, log_gamma)
-            loss.backward()
-            with torch.no_grad():  # the big pairwise term: hand-written backward, then dm/dc = m
-                grad_m, _ = workspace.backward(sym.grad)
-                grad_c = grad_m * m.detach()
-                c.grad += grad_c
-                scale.grad += grad_c.sum(1, keepdim=True)
-            opt.step()
-            self.loss_history_.append(float(loss.detach()))
-        del workspace
-        self.expert_values_ = f
-        self.expert_trivial_ = triv
-        self.log_scale_ = (c + scale).detach().to(torch.float64).numpy()
-        self.gamma_ = float(torch.exp(log_gamma.detach()))
-        logger.info(
-            "Model2Vec: loss %.4f -> %.4f, gamma %.4g", self.loss_history_[0], self.loss_history_[-1], self.gamma_
-        )
-        return self
-
-    def _loss(self, d_experts_tasks, q, mask, log_gamma) -> torch.Tensor:
-        d = d_experts_tasks.T  # [T, J]
-        logits = (-torch.exp(log_gamma) * d).masked_fill(~mask, float("-inf"))
-        logp = torch.log_softmax(logits, dim=1).masked_fill(~mask, 0.0)
-        return -(q * logp).sum(1).mean()
-
-    # -- using the fit -------------------------------------------------------------------------
-    def _check_fitted(self) -> None:
-        if self.log_scale_ is None:
-            raise ValueError("this Model2Vec is not fitted yet: call fit(experts, tasks, errors) first")
-
-    @property
-    def expert_vectors_(self) -> np.ndarray:
-        """``[J, D]``: the learned ``m_j = F_j + b_j``."""
-        self._check_fitted()
-        return self.expert_values_ * np.exp(self.log_scale_)
-
-    @property
-    def offsets_(self) -> np.ndarray:
-        """``[J, D]``: the learned ``b_j = m_j - F_j``."""
-        return self.expert_vectors_ - self.expert_values_
-
-    def distances(self, tasks: Sequence[TaskEmbedding] | np.ndarray) -> np.ndarray:
-        """``[T, J]`` ``d_asym(m_j -> t)`` (lower = better)."""
-        self._check_fitted()
-        t, _ = _as_matrix(tasks, "tasks")
-        with torch.no_grad():
-            d = torch_asymmetric_distance(
-                torch.from_numpy(self.expert_vectors_),
-                torch.from_numpy(t),
-                torch.from_numpy(self.expert_trivial_),
-                self.alpha,
-            )
-        return d.T.numpy()
-
-    def predict_proba(self, tasks: Sequence[TaskEmbedding] | np.ndarray) -> np.ndarray:
-        """``[T, J]`` ``p(j | t) = softmax_j(-gamma * d_asym(m_j -> t))``."""
-        logits = -self.gamma_ * self.distances(tasks)
-        logits -= logits.max(1, keepdims=True)
-        p = np.exp(logits)
-        return p / p.sum(1, keepdims=True)
-
-    def select(self, tasks: Sequence[TaskEmbedding] | np.ndarray) -> np.ndarray:
-        """``[T]``: the best expert for each task (argmin of the distances)."""
-        return np.argmin(self.distances(tasks), axis=1)
-
-    @classmethod
-    def leave_one_task_out(
-        cls,
-        experts: Sequence[TaskEmbedding] | np.ndarray,
-        tasks: Sequence[TaskEmbedding] | np.ndarray,
-        errors: np.ndarray,
-        *,
-        expert_trivial: np.ndarray | None = None,
-        progress: bool = False,
-        **options: Any,
-    ) -> LeaveOneOutResult:
-        """Evaluate Model2Vec honestly: for each task, fit on all the other tasks, then select for it.
-
-        Arguments as in `fit`; ``options`` go to the constructor.
-        """
-        t, _ = _as_matrix(tasks, "tasks")
-        e = np.asarray(errors, np.float64)
-        if t.shape[0] < 2:
-            raise ValueError("leave-one-task-out needs at least two tasks")
-        rows, gammas = [], []
-        for i in tqdm(range(t.shape[0]), desc="Model2Vec leave-one-out", disable=not progress, leave=False):
-            keep = np.arange(t.shape[0]) != i
-            model = cls(**options).fit(experts, t[keep], e[keep], expert_trivial=expert_trivial)
-            rows.append(model.distances(t[i : i + 1])[0])
-            gammas.append(model.gamma_)
-        d = np.stack(rows)
-        selected = np.argmin(d, axis=1)
-        return LeaveOneOutResult(
-            distances=d,
-            selected=selected,
-            selected_error=e[np.arange(e.shape[0]), selected],
-            optimal_error=np.nanmin(e, axis=1),
-            gammas=np.asarray(gammas),
+        return cls.load(
+            download_files(repo_id, [TENSORS_FILE, TABLE_FILE], revision=revision, token=token, cache_dir=cache_dir)
         )

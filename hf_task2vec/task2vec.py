@@ -1,12 +1,25 @@
 """`Task2Vec`: sample a task, fit the probe's head on cached features, compute the Fisher, and
-return a `TaskEmbedding` with full provenance. Also `domain_embedding`, the p(x)-only baseline."""
+return a `TaskEmbedding` with full provenance. Also `domain_embedding`, the p(x)-only baseline.
+
+The provenance schema is `PROVENANCE`: one `Recorded` row per embedder setting written into every
+embedding's metadata. `Task2Vec.provenance` writes it, `Task2Vec.from_provenance` rebuilds an
+embedder from it (the expert index embeds queries that way) and `Task2Vec.provenance_differences`
+compares it (a batch run's resume check). A new estimator option is one more row.
+
+`Task2Vec` does not mutate shared state: the constructor only stores its parameters (the probe is
+loaded on first use), and every `embed` call fits its head on its own shallow copy of the probe
+(the same frozen backbone object, its own head), so two calls on one probe can run concurrently.
+"""
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -14,12 +27,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__
+from ._version import __version__
 from .embedding import TaskEmbedding
-from .fisher import Strategy, fisher_diagonal, fisher_variational
-from .head import balanced_sample, fit_linear_head, set_head
+from .fisher import FisherResult, Strategy, fisher_diagonal, fisher_variational
+from .head import fit_linear_head, set_head
 from .probes import Probe, load_probe
-from .tasks import Task, load_task
+from .sampling import balanced_sample
+from .tasks import Task, TaskSpec, load_task
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +43,72 @@ METHODS: tuple[str, ...] = ("montecarlo", "exact", "variational")
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text in ("", "None") else int(text)
+
+
+def _boolean(text: str) -> bool:
+    return text.strip().lower() in ("true", "1", "yes")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One embedder setting recorded in the metadata of every embedding (a row of `PROVENANCE`).
+
+    Attributes:
+        key: the metadata key (or the key inside ``method_options`` when ``in_method_options``).
+        option: the `Task2Vec` option it records and `Task2Vec.from_provenance` restores (``None``:
+            a fact of the probe, not an option).
+        parse: turns the recorded string back into the option's value.
+        legacy: what embeddings written before the key existed stand for (``""``: unknown).
+        resume: a batch run counts a stored embedding as done only if this setting agrees.
+        in_method_options: recorded by the estimator in the ``method_options`` JSON (its own options).
+    """
+
+    key: str
+    option: str | None
+    parse: Callable[[str], Any] = str
+    legacy: str = ""
+    resume: bool = True
+    in_method_options: bool = False
+
+
+PROVENANCE: tuple[Recorded, ...] = (
+    Recorded("probe", None, resume=False),  # part of the store key already
+    Recorded("probe_revision", None),
+    Recorded("method", "method"),
+    Recorded("precision", "precision", legacy="fp32"),
+    Recorded("image_size", "image_size", _optional_int),  # the probe's input resolution
+    Recorded("max_samples", "max_samples", _optional_int),
+    Recorded("seed", "seed", int),
+    Recorded("fit_head", "fit_head", _boolean, resume=False),
+    Recorded("n_samples", "n_samples", int, resume=False, in_method_options=True),
+    Recorded("epochs", "variational_epochs", int, resume=False, in_method_options=True),
+    Recorded("beta", "beta", float, resume=False, in_method_options=True),
+)
+
+
+def _method_options(meta: Mapping[str, str]) -> dict[str, str]:
+    try:
+        found = json.loads(meta.get("method_options") or "{}")
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _own_head(probe: Probe) -> Probe:
+    """A shallow copy of ``probe`` for one embed call: the same backbone object (frozen, shared) and
+    its own head slot (a copy of the probe's head, if any), so fitting or training the head leaves
+    ``probe`` untouched."""
+    clone = copy.copy(probe)
+    clone._modules = dict(probe._modules)
+    clone._parameters = dict(probe._parameters)
+    clone._buffers = dict(probe._buffers)
+    if probe.head is not None:
+        clone.head = copy.deepcopy(probe.head)
+    return clone
 
 
 class Task2Vec:
@@ -80,9 +160,8 @@ class Task2Vec:
             raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.probe = load_probe(probe, image_size=image_size) if not isinstance(probe, Probe) else probe
-        if image_size is not None:
-            self.probe.image_size = image_size
+        self.probe_spec = probe
+        self.image_size = image_size
         self.method = method
         self.n_samples = n_samples
         self.max_samples = max_samples
@@ -98,10 +177,86 @@ class Task2Vec:
         self.precision = precision
         self.channels_last = channels_last
         self.progress = progress
-        self.head_info: dict[str, float] = {}
+
+    @cached_property
+    def probe(self) -> Probe:
+        """The probe, loaded on first use (a given `Probe` with ``image_size`` set is copied, not changed)."""
+        if not isinstance(self.probe_spec, Probe):
+            return load_probe(self.probe_spec, image_size=self.image_size)
+        if self.image_size is None or self.probe_spec.image_size == self.image_size:
+            return self.probe_spec
+        probe = _own_head(self.probe_spec)
+        probe.image_size = self.image_size
+        return probe
 
     def __repr__(self) -> str:
-        return f"Task2Vec(probe={self.probe.name!r}, method={self.method!r}, max_samples={self.max_samples})"
+        name = self.probe_spec.name if isinstance(self.probe_spec, Probe) else self.probe_spec
+        if not isinstance(name, str):
+            name = type(name).__name__
+        return f"Task2Vec(probe={name!r}, method={self.method!r}, max_samples={self.max_samples})"
+
+    # -- provenance ----------------------------------------------------------------------------
+    def _recorded_value(self, row: Recorded) -> str:
+        if row.key == "probe":
+            return self.probe.name
+        if row.key == "probe_revision":
+            return self.probe.revision
+        if row.key == "image_size":
+            return str(self.probe.input_resolution or "")
+        return str(getattr(self, row.option))  # type: ignore[arg-type]
+
+    def provenance(self) -> dict[str, str]:
+        """How this embedder embeds (str -> str): the `PROVENANCE` settings recorded as metadata keys,
+        the trivial embedding's kind and the library versions. `embed` adds the task's provenance
+        and the facts of the run (samples used, estimator options, head accuracy, time)."""
+        out = {row.key: self._recorded_value(row) for row in PROVENANCE if not row.in_method_options}
+        out["trivial"] = (
+            "variational prior (beta/2N) lambda^2"
+            if self.method == "variational"
+            else f"constant prior_fisher={self.probe.prior_fisher!r}"
+        )
+        out.update({"library": "hf_task2vec", "library_version": __version__, "torch_version": torch.__version__})
+        return out
+
+    @classmethod
+    def from_provenance(
+        cls, meta: Mapping[str, str], *, probe: Probe | str | nn.Module | None = None, **overrides: Any
+    ) -> Task2Vec:
+        """An embedder configured like the one that wrote ``meta`` (an embedding's metadata): the
+        probe it names (unless ``probe`` is given) and every `PROVENANCE` option it recorded.
+        ``overrides`` (any `Task2Vec` option) replace recorded settings."""
+        if probe is None:
+            name = meta.get("probe") or "embedded"
+            if name.endswith("-random-init"):
+                probe = load_probe(name[: -len("-random-init")], pretrained=False)
+            else:
+                probe = load_probe(name)
+        method_options = _method_options(meta)
+        options: dict[str, Any] = {}
+        for row in PROVENANCE:
+            text = (method_options if row.in_method_options else meta).get(row.key)
+            if row.option is None or text in (None, ""):
+                continue
+            try:
+                options[row.option] = row.parse(str(text))
+            except ValueError:
+                logger.warning("ignoring recorded %s=%r (not a valid %s)", row.key, text, row.option)
+        options.setdefault("method", "montecarlo")
+        options.update(overrides)
+        return cls(probe, **options)
+
+    def provenance_differences(self, meta: Mapping[str, str]) -> list[str]:
+        """The resume-relevant settings (`Recorded.resume`) in which ``meta`` differs from this
+        embedder, as ``"key: stored X vs config Y"`` (empty: an embedding this embedder would make)."""
+        mine = self.provenance()
+        diffs = []
+        for row in PROVENANCE:
+            if not row.resume:
+                continue
+            stored = meta.get(row.key, row.legacy)
+            if stored != mine[row.key]:
+                diffs.append(f"{row.key}: stored {stored!r} vs config {mine[row.key]!r}")
+        return diffs
 
     # -- data --------------------------------------------------------------------------------
     def sample(self, task: Task) -> np.ndarray:
@@ -135,55 +290,53 @@ class Task2Vec:
         return torch.cat(feats)
 
     # -- embedding ---------------------------------------------------------------------------
-    def embed(self, task: Task | Any, **load_kwargs: Any) -> TaskEmbedding:
-        """Embed a task (a `Task` or anything `load_task` accepts, with ``load_kwargs``)."""
-        task = task if isinstance(task, Task) else load_task(task, **load_kwargs)
-        started = _dt.datetime.now(_dt.timezone.utc)
+    def fit_probe(self, task: Task, indices: np.ndarray | None = None) -> tuple[Probe, dict[str, float]]:
+        """A copy of the probe (the same backbone object) with its own head fitted on ``task``
+        (``indices``: the examples, default `sample`), and the fit's info (loss, train accuracy).
+        With ``fit_head=False`` the copy keeps a copy of the probe's head. The probe is not changed."""
+        indices = self.sample(task) if indices is None else indices
         self.probe.to(self.device)
-        indices = self.sample(task)
-        labels = torch.as_tensor(task.labels[indices])
+        probe = _own_head(self.probe)
+        info: dict[str, float] = {}
         if self.fit_head:
             feats = self.features(task, indices)
-            weight, bias, self.head_info = fit_linear_head(
+            labels = torch.as_tensor(task.labels[indices])
+            weight, bias, info = fit_linear_head(
                 feats, labels, task.num_classes, l2=self.head_l2, max_iter=self.head_epochs
             )
-            set_head(self.probe.reset_head(task.num_classes, feats.shape[1]), weight, bias)
-            logger.info("%s: head train accuracy %.3f", task.name, self.head_info["train_accuracy"])
-        elif self.probe.head is None or self.probe.head.out_features != task.num_classes:
+            set_head(probe.reset_head(task.num_classes, feats.shape[1]), weight, bias)
+            logger.info("%s: head train accuracy %.3f", task.name, info["train_accuracy"])
+        elif probe.head is None or probe.head.out_features != task.num_classes:
             raise ValueError(
                 f"fit_head=False needs a probe head with {task.num_classes} outputs for task {task.name!r}; "
                 "set probe.head or use fit_head=True"
             )
-        result = self._fisher(task, indices)
-        trivial = result.trivial if result.trivial is not None else np.full(self.probe.dim, self.probe.prior_fisher)
+        return probe, info
+
+    def embed(self, task: Task | TaskSpec | Any, **load_kwargs: Any) -> TaskEmbedding:
+        """Embed a task (a `Task`, a `TaskSpec`, or anything `load_task` accepts, with ``load_kwargs``)."""
+        task = task if isinstance(task, Task) else load_task(task, **load_kwargs)
+        started = _dt.datetime.now(_dt.timezone.utc)
+        indices = self.sample(task)
+        probe, head_info = self.fit_probe(task, indices)
+        result = self._fisher(probe, task, indices)
+        trivial = result.trivial if result.trivial is not None else np.full(probe.dim, probe.prior_fisher)
         meta = {
             **task.meta(),
-            "probe": self.probe.name,
-            "probe_revision": self.probe.revision,
-            "method": self.method,
+            **self.provenance(),
             "method_options": json.dumps(result.options, sort_keys=True),
-            "precision": self.precision,
-            "image_size": str(self.probe.input_resolution or ""),
             "num_samples": str(len(indices)),
             "num_task_examples": str(len(task)),
-            "max_samples": str(self.max_samples),
-            "seed": str(self.seed),
-            "fit_head": str(self.fit_head),
-            "head_train_accuracy": f"{self.head_info.get('train_accuracy', float('nan')):.4f}",
-            "trivial": "variational prior (beta/2N) lambda^2"
-            if self.method == "variational"
-            else f"constant prior_fisher={self.probe.prior_fisher!r}",
-            "library": "hf_task2vec",
-            "library_version": __version__,
-            "torch_version": torch.__version__,
+            "head_train_accuracy": f"{head_info.get('train_accuracy', float('nan')):.4f}",
             "created": started.isoformat(timespec="seconds"),
         }
-        return TaskEmbedding(result.values, trivial, self.probe.layers, meta)
+        return TaskEmbedding(result.values, trivial, probe.layers, meta)
 
-    def _fisher(self, task: Task, indices: np.ndarray):
+    def _fisher(self, probe: Probe, task: Task, indices: np.ndarray) -> FisherResult:
+        """The Fisher of ``probe`` (this call's copy, head fitted) on the examples ``indices``."""
         if self.method in ("montecarlo", "exact"):
             return fisher_diagonal(
-                self.probe,
+                probe,
                 self.batches(task, indices, desc=f"fisher {task.name}"),
                 method=self.method,  # type: ignore[arg-type]
                 n_samples=self.n_samples,
@@ -192,16 +345,15 @@ class Task2Vec:
                 precision=self.precision,
                 channels_last=self.channels_last,
             )
-        init = fisher_diagonal(
-            self.probe, self.batches(task, indices, desc=f"fisher init {task.name}"), seed=self.seed
-        ).values
+        init_batches = self.batches(task, indices, desc=f"fisher init {task.name}")
+        init = fisher_diagonal(probe, init_batches, seed=self.seed).values
         rng = np.random.default_rng(self.seed)
 
         def make_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             return self.batches(task, rng.permutation(indices), desc=f"variational {task.name} epoch {epoch + 1}")
 
         return fisher_variational(
-            self.probe,
+            probe,
             make_batches,
             len(indices),
             epochs=self.variational_epochs,
@@ -212,45 +364,35 @@ class Task2Vec:
 
 
 def embed(
-    source: Task | Any,
+    source: Task | TaskSpec | Any,
     probe: Probe | str | nn.Module = "embedded",
     method: Method = "montecarlo",
     *,
-    input_column: str | None = None,
-    label_column: str | None = None,
-    split: str = "train",
-    classes: list[str | int] | None = None,
-    name: str | None = None,
-    revision: str | None = None,
-    config: str | None = None,
-    streaming: bool = False,
+    spec: TaskSpec | None = None,
     **options: Any,
 ) -> TaskEmbedding:
     """Embed a task in one call: ``hf_task2vec.embed("username/my-dataset")``.
 
-    ``source`` is anything `load_task` accepts; ``options`` go to `Task2Vec` (``max_samples``,
-    ``n_samples``, ``image_size``, ``seed``, ``device``...). ``streaming=True`` streams the
-    dataset and reads only ``max_samples`` class-balanced examples of it (large Hub datasets).
+    ``source`` is a `Task`, a `TaskSpec` or anything `load_task` accepts. Keyword ``options`` that
+    are `TaskSpec` fields (``input_column``, ``label_column``, ``split``, ``classes``, ``name``,
+    ``revision``, ``config``, ``streaming``, ``max_examples``...) describe the task; the others go
+    to `Task2Vec` (``max_samples``, ``n_samples``, ``image_size``, ``seed``, ``device``...).
+    ``streaming=True`` streams the dataset and reads only ``max_samples`` class-balanced examples
+    of it (large Hub datasets).
     """
-    task = (
-        source
-        if isinstance(source, Task)
-        else load_task(
-            source,
-            input_column=input_column,
-            label_column=label_column,
-            split=split,
-            classes=classes,
-            name=name,
-            revision=revision,
-            config=config,
-            streaming=streaming,
-            max_examples=options.get("max_samples", 10_000) if streaming else None,
-        )
-    )
-    if isinstance(source, Task) and classes is not None:
-        task = task.subtask(classes, name=name)
+    task, options = _task_and_options(source, spec, options)
     return Task2Vec(probe, method=method, **options).embed(task)
+
+
+def _task_and_options(
+    source: Task | TaskSpec | Any, spec: TaskSpec | None, options: dict[str, Any]
+) -> tuple[Task, dict[str, Any]]:
+    """Split ``options`` into the task's (`TaskSpec` fields) and the embedder's, and load the task
+    (a stream is read up to the embedder's ``max_samples``)."""
+    spec, options = TaskSpec.split_options(source, spec, options)
+    if spec.streaming and spec.max_examples is None:
+        spec = spec.replace(max_examples=options.get("max_samples", 10_000))
+    return load_task(spec), options
 
 
 @torch.no_grad()

@@ -3,15 +3,19 @@
 `load_task` accepts a Hub dataset id, a local folder (imagefolder layout or parquet/csv/json
 files), a single data file, ``"offline:<name>"`` for the bundled offline datasets, or an
 in-memory `datasets.Dataset` / `DatasetDict`. Columns are detected from the features (one
-``Image`` column, one ``ClassLabel`` column) unless given.
+``Image`` column, one ``ClassLabel`` column) unless given. A `TaskSpec` says all of that in one
+object (source, columns, split, classes, name, revision, config, streaming): `embed`, the batch
+configs, the CLI and the Space pass one instead of repeating the keywords.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import TaskError
+from .errors import HubDatasetError, HubError, TaskError
+from .gateway import HubTarget, hub_call
+from .sampling import class_index
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +64,75 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+@dataclass(frozen=True)
+class TaskSpec:
+    """Where a task's data is and how to read it: everything `load_task` needs.
+
+    Attributes:
+        source: a Hub dataset id (``"user/name"``), a local folder or data file, ``"offline:<name>"``,
+            a `datasets.Dataset` / `DatasetDict` / `IterableDataset`, or a `Task`.
+        input_column, label_column: the columns to use; detected from the features when ``None``.
+        split: the split to use when the source has several.
+        classes: keep only these label names or ids (relabelled ``0..k-1`` in this order).
+        name: the task name (default: derived from the source).
+        revision: the Hub revision (branch, tag or commit) of a Hub dataset.
+        config: the dataset configuration name for Hub datasets with several.
+        streaming: stream a Hub dataset or local files instead of downloading them; a stream is
+            read only until ``max_examples`` class-balanced examples are found.
+        max_examples: how many examples to keep from a stream (``None``: the whole stream).
+        max_scan: stop reading a stream after this many examples whatever the class quotas.
+    """
+
+    source: Any
+    input_column: str | None = None
+    label_column: str | None = None
+    split: str = "train"
+    classes: tuple[str | int, ...] | None = None
+    name: str | None = None
+    revision: str | None = None
+    config: str | None = None
+    streaming: bool = False
+    max_examples: int | None = None
+    max_scan: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.classes is not None and not isinstance(self.classes, tuple):
+            object.__setattr__(self, "classes", tuple(self.classes))
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        """The names of the fields (the keywords `load_task` accepts besides ``source``)."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def of(cls, source: Any, **fields: Any) -> TaskSpec:
+        """``source`` as a spec: a `TaskSpec` (with ``fields`` replaced) or a new spec over ``source``."""
+        unknown = sorted(set(fields) - set(cls.fields()))
+        if unknown:
+            raise TypeError(f"unknown task option(s) {unknown}; a TaskSpec has {list(cls.fields()[1:])}")
+        if isinstance(source, TaskSpec):
+            return source.replace(**fields) if fields else source
+        return cls(source, **fields)
+
+    @classmethod
+    def split_options(
+        cls, source: Any, spec: TaskSpec | None, options: Mapping[str, Any]
+    ) -> tuple[TaskSpec, dict[str, Any]]:
+        """Separate keyword options into a spec over ``source`` (its fields) and the rest."""
+        names = set(cls.fields()) - {"source"}
+        mine = {k: v for k, v in options.items() if k in names and v is not None}
+        rest = {k: v for k, v in options.items() if k not in names}
+        return cls.of(spec if spec is not None else source, **mine), rest
+
+    def replace(self, **changes: Any) -> TaskSpec:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def load(self, *, token: str | bool | None = None) -> Task:
+        """`load_task` of this spec."""
+        return load_task(self, token=token)
+
+
 class Task:
     """A labeled dataset to embed.
 
@@ -69,6 +144,8 @@ class Task:
         label_names: the human name of each label ``0..K-1``.
         input_column, label_column: the dataset columns used (``None`` for tensor tasks).
         source, revision, split, config: where the data came from.
+        stream_stats: for a task read from a stream, ``{"rows_read": n, "exhausted": bool}``
+            (`hf_task2vec.sampling.BalancedPrefix`); ``None`` otherwise.
     """
 
     def __init__(
@@ -98,6 +175,7 @@ class Task:
         self.revision = revision
         self.split = split
         self.config = config
+        self.stream_stats: dict[str, int | bool] | None = None
         if validate:
             _validate_labels(self._labels, len(self.label_names), name)
 
@@ -179,17 +257,7 @@ class Task:
         return self._derive(idx, new_labels[idx], names, name or default)
 
     def _class_id(self, c: str | int) -> int:
-        if isinstance(c, (int, np.integer)) and not isinstance(c, bool):
-            if 0 <= int(c) < self.num_classes:
-                return int(c)
-        elif str(c) in self.label_names:
-            return self.label_names.index(str(c))
-        elif str(c).isdigit() and int(str(c)) < self.num_classes:
-            return int(str(c))
-        raise TaskError(
-            f"task {self.name!r} has no class {c!r}; its classes are {self.label_names} (names or ids 0.."
-            f"{self.num_classes - 1})"
-        )
+        return class_index(c, self.label_names, f"task {self.name!r}")
 
     def _derive(self, idx: np.ndarray, labels: np.ndarray, names: Sequence[str], name: str) -> Task:
         dataset = self.dataset.select(idx) if self.dataset is not None else None
@@ -285,54 +353,26 @@ def _load_local(path: Path, split: str, streaming: bool = False) -> Any:
     return datasets.load_dataset("imagefolder", data_dir=str(path), streaming=streaming)
 
 
-def _resolve_hub_revision(source: str, revision: str | None) -> str:
+def _resolve_hub_revision(source: str, revision: str | None, token: str | bool | None = None) -> str:
     """The commit sha a Hub dataset id (at ``revision``, default ``main``) resolves to.
 
-    A missing or inaccessible repo, an unknown revision or a rejected token raise a `TaskError`
-    that names the dataset and the fix. When the Hub cannot be asked (offline mode, no network),
-    the revision as given is returned (``''`` for the default branch) and the load itself goes on
-    from the local cache if it can.
+    Asked through `hf_task2vec.gateway` (retries). A missing or inaccessible repo, an unknown
+    revision or a rejected token raise a `HubDatasetError` (a `TaskError`) that names the dataset and
+    the fix. When the Hub cannot be asked (offline mode, no network), the revision as given is
+    returned (``''`` for the default branch) and the load itself goes on from the local cache if it can.
     """
-    from huggingface_hub import HfApi, get_token
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub import HfApi
 
+    target = HubTarget(f"Hub dataset {source!r}", revision=revision, token=token)
     try:
-        return HfApi().dataset_info(source, revision=revision).sha or (revision or "")
-    except GatedRepoError as exc:
-        raise TaskError(
-            f"Hub dataset {source!r} is gated: accept its conditions on its Hub page, then log in with that "
-            "account (`hf auth login` or HF_TOKEN)"
-        ) from exc
-    except RepositoryNotFoundError as exc:
-        login = (
-            "you are not logged in: run `hf auth login` or set HF_TOKEN"
-            if get_token() is None
-            else "the token in use (HF_TOKEN or `hf auth login`) has no access to it"
-        )
-        raise TaskError(
-            f"Hub dataset {source!r} was not found: check the id (\"user/name\"); if it is private, {login}"
-        ) from exc
-    except RevisionNotFoundError as exc:
-        raise TaskError(
-            f"Hub dataset {source!r} has no revision {revision!r}: pass an existing branch, tag or commit"
-        ) from exc
-    except HfHubHTTPError as exc:
-        status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status in (401, 403):
-            raise TaskError(
-                f"the Hub refused access to dataset {source!r} (HTTP {status}): your token is invalid or lacks "
-                "read access; log in again with `hf auth login` or set HF_TOKEN"
-            ) from exc
-        logger.warning("could not resolve the revision of %r (%s); loading it anyway", source, exc)
+        info = hub_call("", lambda: HfApi().dataset_info(source, revision=revision, token=token), target,
+                        error=HubDatasetError)
+    except HubError as exc:
+        if exc.reason in ("not_found", "revision", "gated", "auth", "forbidden"):
+            raise
+        logger.info("could not resolve the revision of %r (%s); loading it anyway", source, exc)
         return revision or ""
-    except Exception as exc:  # offline or no network: the load itself reports real problems
-        logger.info("could not resolve the revision of %r (%s: %s)", source, type(exc).__name__, exc)
-        return revision or ""
+    return info.sha or (revision or "")
 
 
 def _detect_columns(features: Any, input_column: str | None, label_column: str | None, source: str) -> tuple[str, str]:
@@ -367,64 +407,57 @@ def _detect_columns(features: Any, input_column: str | None, label_column: str |
     return inp, lab
 
 
-def load_task(
-    source: Any,
-    *,
-    input_column: str | None = None,
-    label_column: str | None = None,
-    split: str = "train",
-    classes: Sequence[str | int] | None = None,
-    name: str | None = None,
-    revision: str | None = None,
-    config: str | None = None,
-    streaming: bool = False,
-    max_examples: int | None = None,
-) -> Task:
+def load_task(source: Any, *, token: str | bool | None = None, **fields: Any) -> Task:
     """Load a labeled dataset as a `Task`.
 
     Args:
-        source: a Hub dataset id (``"user/name"``), a local folder or data file, ``"offline:<name>"``
-            (see `hf_task2vec.data.available_offline`), a `datasets.Dataset` or `DatasetDict`, or a
-            `Task` (returned, restricted to ``classes`` if given).
-        input_column, label_column: the columns to use; detected from the features when omitted.
-        split: the split to use when the source has several.
-        classes: restrict to these label names or ids (relabelled ``0..k-1`` in this order).
-        name: the task name (default: derived from the source).
-        revision: the Hub revision (branch, tag or commit) of a Hub dataset.
-        config: the dataset configuration name for Hub datasets with several.
-        streaming: stream a Hub dataset or local files (``load_dataset(..., streaming=True)``)
-            instead of downloading them. A streamed source (also a `datasets.IterableDataset`
-            given directly) is read only until ``max_examples`` class-balanced examples are
-            found (`hf_task2vec.streaming.take_balanced`); they become an in-memory dataset.
-        max_examples: how many examples to keep from a stream (``None``: the whole stream).
-            Ignored for in-memory sources (`Task2Vec` samples those with ``max_samples``).
+        source: a `TaskSpec`, or what its ``source`` may be: a Hub dataset id (``"user/name"``), a
+            local folder or data file, ``"offline:<name>"`` (see `hf_task2vec.data.available_offline`),
+            a `datasets.Dataset` or `DatasetDict`, or a `Task` (returned, restricted to ``classes``
+            if given).
+        token: a Hub token for private datasets (default: ``HF_TOKEN`` or the saved login;
+            ``False``: send none).
+        **fields: `TaskSpec` fields (``input_column``, ``label_column``, ``split``, ``classes``,
+            ``name``, ``revision``, ``config``, ``streaming``, ``max_examples``, ``max_scan``); with a
+            `TaskSpec` source they replace its own. A streamed source (also a
+            `datasets.IterableDataset` given directly) is read only until ``max_examples``
+            class-balanced examples are found (`hf_task2vec.sampling.take_balanced`); they become an
+            in-memory dataset. ``max_examples`` is ignored for in-memory sources (`Task2Vec`
+            samples those with ``max_samples``).
 
     Raises:
-        TaskError: for a missing split/column, ambiguous columns, an empty task or a single class.
+        TaskError: for a missing split/column, ambiguous columns, an empty task or a single class
+            (`HubDatasetError`, also a `HubError`, when the Hub refuses or lacks the dataset).
     """
     import datasets
 
-    if isinstance(source, Task):
-        task = source
+    spec = TaskSpec.of(source, **fields)
+    classes = list(spec.classes) if spec.classes is not None else None
+    stream_stats: dict[str, int | bool] | None = None
+    if isinstance(spec.source, Task):
+        task = spec.source
     else:
-        src_label, revision_used, ds = _open_source(source, split, revision, config, streaming)
+        src_label, revision_used, ds = _open_source(spec, token)
         if isinstance(ds, datasets.DatasetDict | datasets.IterableDatasetDict):
-            ds = _pick_split(ds, split, src_label)
+            ds = _pick_split(ds, spec.split, src_label)
         if isinstance(ds, datasets.IterableDataset):
-            from .streaming import take_balanced
+            from .sampling import take_balanced
 
             features = ds.features if ds.features is not None else ds._resolve_features().features
-            _, lab_stream = _detect_columns(features, input_column, label_column, src_label)
-            ds = take_balanced(ds, lab_stream, max_examples, classes=classes, source=src_label).dataset
+            _, lab_stream = _detect_columns(features, spec.input_column, spec.label_column, src_label)
+            prefix = take_balanced(
+                ds, lab_stream, spec.max_examples, classes=classes, max_scan=spec.max_scan, source=src_label
+            )
+            ds, stream_stats = prefix.dataset, {"rows_read": prefix.rows_read, "exhausted": prefix.exhausted}
         if len(ds) == 0:
-            raise TaskError(f"{src_label!r} (split {split!r}) is empty: nothing to embed")
-        inp, lab = _detect_columns(ds.features, input_column, label_column, src_label)
+            raise TaskError(f"{src_label!r} (split {spec.split!r}) is empty: nothing to embed")
+        inp, lab = _detect_columns(ds.features, spec.input_column, spec.label_column, src_label)
         ds = _prepare_columns(ds, inp, lab, src_label)
         label_names = list(ds.features[lab].names)
         labels = np.array(ds.data.column(lab).to_numpy() if ds._indices is None else ds[lab], dtype=np.int64)
         default_name = src_label.rstrip("/").split("/")[-1] or "task"
         task = Task(
-            name=name or default_name,
+            name=spec.name or default_name,
             label_names=label_names,
             labels=labels,
             dataset=ds,
@@ -432,22 +465,23 @@ def load_task(
             label_column=lab,
             source=src_label,
             revision=revision_used,
-            split=split,
-            config=config or "",
+            split=spec.split,
+            config=spec.config or "",
             validate=classes is None,  # a class filter comes next; check the sub-task instead
         )
     if classes is not None:
-        return task.subtask(classes, name=name)
-    if name:
-        task.name = name
+        task = task.subtask(classes, name=spec.name)
+    elif spec.name:
+        task.name = spec.name
+    if stream_stats is not None:
+        task.stream_stats = stream_stats
     return task
 
 
-def _open_source(
-    source: Any, split: str, revision: str | None, config: str | None, streaming: bool = False
-) -> tuple[str, str, Any]:
+def _open_source(spec: TaskSpec, token: str | bool | None = None) -> tuple[str, str, Any]:
     import datasets
 
+    source, split, revision, config, streaming = spec.source, spec.split, spec.revision, spec.config, spec.streaming
     if isinstance(source, datasets.Dataset | datasets.DatasetDict | datasets.IterableDataset):
         label = getattr(getattr(source, "info", None), "dataset_name", None) or "in-memory"
         return str(label), revision or "", source
@@ -465,9 +499,11 @@ def _open_source(
         return str(path), "", _load_local(path, split, streaming)
     if text.startswith(("/", "./", "../", "file://")):
         raise TaskError(f"local path {text!r} does not exist")
-    resolved = _resolve_hub_revision(text, revision)
+    resolved = _resolve_hub_revision(text, revision, token)
     try:
-        ds = datasets.load_dataset(text, config, split=split, revision=resolved or revision, streaming=streaming)
+        ds = datasets.load_dataset(
+            text, config, split=split, revision=resolved or revision, streaming=streaming, token=token
+        )
     except Exception as exc:
         raise TaskError(
             f"could not load Hub dataset {text!r} (split {split!r}): {type(exc).__name__}: {exc}. Check the id, "
@@ -504,7 +540,7 @@ def split_tasks(dataset: Any, groups: dict[str, Sequence[str | int]], **load_kwa
     """Cut a dataset into sub-tasks, one per label group (the paper cuts iNaturalist into orders).
 
     Args:
-        dataset: anything `load_task` accepts.
+        dataset: anything `load_task` accepts (``load_kwargs``: `TaskSpec` fields).
         groups: ``{task_name: [class names or ids]}``; each sub-task is relabelled ``0..k-1``.
     """
     base = load_task(dataset, **load_kwargs) if not isinstance(dataset, Task) else dataset

@@ -21,16 +21,9 @@ import pytest
 import yaml
 
 import hf_task2vec as t2v
+from hf_task2vec.batch import BatchConfigError, _plan, load_batch_config, run_batch
 from hf_task2vec.cli import main as cli_main
-from hf_task2vec.distributed import (
-    BatchConfigError,
-    DistributedTask2Vec,
-    _plan,
-    load_batch_config,
-    rank_seed,
-    run_batch,
-    shard_indices,
-)
+from hf_task2vec.distributed import DistributedTask2Vec, rank_seed, shard_indices
 from hf_task2vec.fisher import fisher_diagonal
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,10 +228,11 @@ def test_two_processes_equal_one_process(tmp_path):
         # montecarlo: each process draws labels for its own shard with its own seed. Recompute that
         # here shard by shard (brute force, one process) and combine the sums by hand.
         idx = one_embedder.sample(task)
+        fitted, _ = one_embedder.fit_probe(task, idx)  # the probe with the head embed fitted (embed keeps its own)
         sums, draws = np.zeros(one.dim), 0
         for r in range(2):
             res = fisher_diagonal(
-                one_embedder.probe,
+                fitted,
                 one_embedder.batches(task, shard_indices(idx, r, 2)),
                 method="montecarlo",
                 seed=rank_seed(0, r),

@@ -21,13 +21,14 @@ from huggingface_hub import HfApi
 from PIL import Image as PILImage
 
 import hf_task2vec as t2v
-from hf_task2vec import hub as hub_module
+from hf_task2vec import gateway as hub_module
 from hf_task2vec.cli import main
 from hf_task2vec.distance import distance
 from hf_task2vec.embedding import TaskEmbedding
 from hf_task2vec.errors import IncompatibleEmbeddingsError, TaskError
 from hf_task2vec.hub import INDEX_COLUMNS, EmbeddingNotFoundError, EmbeddingStore, HubError
-from hf_task2vec.streaming import take_balanced, water_fill
+from hf_task2vec.hub import backend as hub_backend
+from hf_task2vec.sampling import take_balanced, water_fill
 from tests.hub_server import READ_TOKEN
 
 ANIMALS = ["bird", "cat", "dog"]
@@ -377,7 +378,7 @@ def test_local_folder_failed_write_is_rolled_back(tmp_path, monkeypatch):
     store.push([_emb("a", 1), _emb("b", 2)])
     before = _folder_bytes(root)
 
-    real_replace, calls = hub_module._replace, []
+    real_replace, calls = hub_backend._replace, []
 
     def failing_replace(src, dst):
         calls.append(dst)
@@ -385,12 +386,12 @@ def test_local_folder_failed_write_is_rolled_back(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         real_replace(src, dst)
 
-    monkeypatch.setattr(hub_module, "_replace", failing_replace)
+    monkeypatch.setattr(hub_backend, "_replace", failing_replace)
     with pytest.raises(HubError, match="No space left on device"):
         store.push([_emb("a", 3), _emb("c", 4)])
     assert _folder_bytes(root) == before  # replaced file restored, new file removed, no temp/backup files
     assert not (root / "embeddings" / "tiny" / "c.safetensors").exists()
-    monkeypatch.setattr(hub_module, "_replace", real_replace)
+    monkeypatch.setattr(hub_backend, "_replace", real_replace)
     store.push([_emb("a", 3), _emb("c", 4)])
     assert store.keys() == ["tiny/a", "tiny/b", "tiny/c"]
     assert np.array_equal(store.pull("a").values, _emb("a", 3).values)

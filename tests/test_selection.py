@@ -9,15 +9,10 @@ import pytest
 import torch
 
 from hf_task2vec import ExpertIndex, Model2Vec, TaskEmbedding, load_task
-from hf_task2vec.distance import distance, pairwise_distances
+from hf_task2vec.distance import distance, pairwise_distances, pairwise_symmetric_distance, torch_symmetric_distance
 from hf_task2vec.errors import EmbeddingFileError, IncompatibleEmbeddingsError, Task2VecError
-from hf_task2vec.selection import (
-    TABLE_FILE,
-    TENSORS_FILE,
-    pairwise_symmetric_distance,
-    torch_asymmetric_distance,
-    torch_symmetric_distance,
-)
+from hf_task2vec.model2vec import torch_asymmetric_distance
+from hf_task2vec.selection import TABLE_FILE, TENSORS_FILE
 
 
 @pytest.fixture(autouse=True, scope="module")

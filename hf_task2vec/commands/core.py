@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .options import add_task_arguments, task_spec
+
 logger = logging.getLogger(__name__)
 
 # The demo's tasks: real offline sub-tasks of three datasets (DESIGN.md: Animal-MNIST, Fashion-MNIST, digits).
@@ -44,35 +46,19 @@ def _add_embed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
+_EMBED_OPTIONS = ("method", "max_samples", "n_samples", "image_size", "batch_size", "seed", "device")
+
+
 def _embedder(args: argparse.Namespace):
+    """The `Task2Vec` of the embed options given on the command line (the others keep their defaults)."""
     from ..task2vec import Task2Vec
 
-    return Task2Vec(
-        args.probe,
-        method=args.method,
-        max_samples=args.max_samples,
-        n_samples=args.n_samples,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
-    )
+    options = {k: getattr(args, k) for k in _EMBED_OPTIONS if hasattr(args, k)}
+    return Task2Vec(args.probe, **options)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from ..tasks import load_task
-
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    task = load_task(
-        args.source,
-        input_column=args.input_column,
-        label_column=args.label_column,
-        split=args.split,
-        classes=classes,
-        name=args.name,
-        revision=args.revision,
-        config=args.config,
-    )
+    task = task_spec(args).load()
     start = time.perf_counter()
     emb = _embedder(args).embed(task)
     out = Path(args.out) if args.out else Path(f"{_slug(task.name)}.safetensors")
@@ -116,18 +102,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..data import load_offline
     from ..distance import distance_matrix
     from ..plots import distance_heatmap
-    from ..task2vec import Task2Vec
     from ..tasks import load_task
 
     start = time.perf_counter()
-    embedder = Task2Vec(
-        args.probe,
-        method=args.method,
-        max_samples=args.max_samples,
-        image_size=args.image_size,
-        seed=args.seed,
-        device=args.device,
-    )
+    embedder = _embedder(args)
     print(
         f"probe {embedder.probe.name} ({embedder.probe.dim} filters), {args.image_size}px, "
         f"{args.max_samples} examples per task, {args.method} Fisher"
@@ -166,13 +144,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embed a task (Hub id, folder, file or offline:<name>) to a .safetensors file")
     p.add_argument("source", help="Hub dataset id, local folder/file, or offline:fashion-mnist|animal-mnist|digits")
-    p.add_argument("--classes", help="comma-separated label names or ids to keep (a sub-task)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--config", default=None, help="dataset configuration name")
-    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
-    p.add_argument("--input-column", default=None)
-    p.add_argument("--label-column", default=None)
-    p.add_argument("--name", default=None, help="task name (default: from the source)")
+    add_task_arguments(p)
     p.add_argument("--out", default=None, help="output file (default: <task>.safetensors)")
     _add_embed_options(p)
     p.set_defaults(func=cmd_embed)

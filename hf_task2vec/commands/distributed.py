@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from ..distributed import format_plan, load_batch_config, run_batch
+    from ..batch import format_plan, load_batch_config, run_batch
 
     cfg = load_batch_config(args.config)
     if args.shard is not None:

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .options import add_task_arguments, task_spec
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,21 +37,11 @@ def _open_index(spec: str, *, must_exist: bool = True):
 
 def _query_embedding(args: argparse.Namespace, index: Any):
     from ..embedding import TaskEmbedding
-    from ..tasks import load_task
 
     source = Path(args.source)
     if source.suffix == ".safetensors" and source.is_file():
         return TaskEmbedding.load(source)
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    task = load_task(
-        args.source,
-        input_column=args.input_column,
-        label_column=args.label_column,
-        split=args.split,
-        classes=classes,
-        revision=args.revision,
-        config=args.config,
-    )
+    task = task_spec(args).load()
     overrides: dict[str, Any] = {"progress": not args.json}
     if args.max_samples is not None:
         overrides["max_samples"] = args.max_samples
@@ -156,12 +148,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=5, help="how many experts to show (default 5)")
     p.add_argument("--metric", default="asymmetric", choices=["asymmetric", "symmetric", "model2vec"])
     p.add_argument("--alpha", type=float, default=None, help="override the asymmetric weight")
-    p.add_argument("--classes", help="comma-separated label names or ids to keep (a sub-task)")
-    p.add_argument("--split", default="train")
-    p.add_argument("--config", default=None)
-    p.add_argument("--revision", default=None)
-    p.add_argument("--input-column", default=None)
-    p.add_argument("--label-column", default=None)
+    add_task_arguments(p, name=False)
     p.add_argument("--probe", default=None, help="override the probe (default: the index's)")
     p.add_argument("--max-samples", type=int, default=None, help="override the index's max_samples")
     p.add_argument("--device", default=None)

@@ -1,12 +1,16 @@
-"""Read a class-balanced prefix of a streamed dataset (`datasets.IterableDataset`).
+"""Class-balanced selection of a task's examples, in memory and from a stream.
 
-Task2Vec needs at most ``max_samples`` examples of a task, class-balanced. For a large Hub dataset
-there is no need to download all of it: `take_balanced` iterates the stream, keeps examples until
-every class has its share (``max_examples // K``, the remainder going to the first classes, as
-`hf_task2vec.head.balanced_sample` does) and stops there, so only the first shards are fetched.
-When the stream ends first (small classes), the shares are water-filled over what was read.
-The result is an in-memory `datasets.Dataset` with the stream's features; images travel as their
-encoded bytes (decoding is turned off while streaming and back on in the result).
+* `balanced_sample`: the examples `Task2Vec` uses of an in-memory task (at most ``max_samples``,
+  class-balanced, drawn with a seed).
+* `take_balanced`: read a class-balanced prefix of a streamed dataset (`datasets.IterableDataset`).
+  For a large Hub dataset there is no need to download all of it: the stream is iterated, examples
+  are kept until every class has its share (``max_examples // K``, the remainder going to the first
+  classes) and reading stops there, so only the first shards are fetched. When the stream ends
+  first (small classes), the shares are water-filled over what was read. The result is an in-memory
+  `datasets.Dataset` with the stream's features; images travel as their encoded bytes (decoding is
+  turned off while streaming and back on in the result).
+* `water_fill`: how many examples each class gets (both of the above).
+* `class_index`: a class given by name or id -> its id (tasks and streams).
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import TaskError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BalancedPrefix", "take_balanced", "water_fill"]
+__all__ = ["BalancedPrefix", "balanced_sample", "class_index", "take_balanced", "water_fill"]
 
 
 @dataclass
@@ -70,6 +75,39 @@ def _initial_quota(num_classes: int, total: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(num_classes)]
 
 
+def class_index(c: str | int, names: Sequence[str], where: str) -> int:
+    """The id of class ``c`` (a name, an id, or an id written as a string) among ``names``.
+
+    Raises:
+        TaskError: naming ``where`` (e.g. ``"task 'pets'"``) and the classes there are.
+    """
+    k = len(names)
+    if isinstance(c, int | np.integer) and not isinstance(c, bool):
+        if 0 <= int(c) < k:
+            return int(c)
+    elif str(c) in names:
+        return list(names).index(str(c))
+    elif str(c).isdigit() and int(str(c)) < k:
+        return int(str(c))
+    raise TaskError(f"{where} has no class {c!r}; its classes are {list(names)} (names or ids 0..{k - 1})")
+
+
+def balanced_sample(labels: np.ndarray, max_samples: int | None, seed: int) -> np.ndarray:
+    """Indices of at most ``max_samples`` examples, class-balanced (`water_fill`: classes with
+    fewer examples than their share give the rest to the others). When the task is not larger
+    than ``max_samples`` every example is taken exactly once, in order."""
+    n = labels.size
+    if max_samples is None or n <= max_samples:
+        return np.arange(n)
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be positive, got {max_samples}")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = water_fill(counts.tolist(), max_samples)
+    chosen = [rng.choice(np.nonzero(labels == c)[0], q, replace=False) for c, q in zip(classes, quota, strict=True)]
+    return np.sort(np.concatenate(chosen))
+
+
 def _class_ids(feature: Any, classes: Sequence[str | int] | None, source: str) -> list[Hashable] | None:
     """The label values to keep, in order: ClassLabel ids, or raw values for other label types."""
     import datasets
@@ -77,20 +115,7 @@ def _class_ids(feature: Any, classes: Sequence[str | int] | None, source: str) -
     if isinstance(feature, datasets.ClassLabel):
         if classes is None:
             return list(range(feature.num_classes))
-        ids: list[Hashable] = []
-        for c in classes:
-            if isinstance(c, int) and not isinstance(c, bool) and 0 <= c < feature.num_classes:
-                ids.append(int(c))
-            elif str(c) in feature.names:
-                ids.append(feature.names.index(str(c)))
-            elif str(c).isdigit() and int(str(c)) < feature.num_classes:
-                ids.append(int(str(c)))
-            else:
-                raise TaskError(
-                    f"{source!r} has no class {c!r}; its classes are {feature.names} (names or ids "
-                    f"0..{feature.num_classes - 1})"
-                )
-        return ids
+        return [class_index(c, feature.names, repr(source)) for c in classes]
     if classes is None:
         return None  # unknown until the stream has been read
     return [str(c) for c in classes]

@@ -1,0 +1,478 @@
+"""`EmbeddingStore`: Task2Vec embeddings shared as a Hugging Face Hub dataset repo (or a local folder).
+
+Layout of a store (the same on the Hub and on disk)::
+
+    embeddings/<probe>/<task>.safetensors   one TaskEmbedding per file (key = "<probe>/<task>")
+    index.parquet                           one row per embedding (see INDEX_COLUMNS)
+    README.md                               a generated dataset card (YAML header, files, how to load)
+
+On the Hub every `EmbeddingStore.push` is ONE commit holding all changed files (embeddings, index
+and card together), made against the commit the index was read from (``parent_commit``), so a
+concurrent writer can never be silently overwritten. Unchanged embeddings (same content digest as
+the stored one) are not uploaded again, and a push that changes nothing makes no commit at all. A
+push that fails leaves the repo at its previous commit; the caller's files are only ever read.
+A local-folder store writes every file through a temporary file and a rename, the index last, and
+rolls the folder back if any step fails.
+
+The Hub is reached with the usual ``huggingface_hub`` machinery: ``HF_ENDPOINT``, ``HF_TOKEN`` or
+the token saved by ``hf auth login`` (never logged), ``HF_HOME`` cache, ``HF_HUB_OFFLINE`` (reads
+from the cache). Transient failures (HTTP 5xx/429, dropped connections) are retried with
+exponential backoff; every other client error becomes a `HubError` naming the repo and the fix.
+"""
+
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from ..distance import DEFAULT_ALPHA, KINDS, Kind, pairwise_distances
+from ..embedding import COMPATIBILITY_KEYS, TaskEmbedding, atomic_write_bytes
+from ..errors import EmbeddingNotFoundError, HubError, IncompatibleEmbeddingsError
+from ..gateway import HubTarget, hub_call, status_of
+from .backend import HubBackend, LocalBackend, Snapshot, parse_location
+from .card import DEFAULT_LICENSE, render_card
+from .index import (
+    CARD_PATH,
+    EMBEDDINGS_DIR,
+    INDEX_PATH,
+    META_TO_COLUMN,
+    _empty_index,
+    _frame_rows,
+    _index_from_bytes,
+    _index_row,
+    _index_to_bytes,
+    _key_path,
+    _normalize_key,
+    _sha256,
+    canonical_bytes,
+    content_digest,
+    embedding_key,
+    sanitize_name,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What `EmbeddingStore.push` did.
+
+    Attributes:
+        store: the repo id or folder.
+        keys: the keys of the embeddings pushed (changed or not).
+        uploaded: the files written by this push (empty when everything was up to date).
+        commit: the new commit sha on the Hub (``None``: no commit was needed, or a local folder).
+        url: the commit URL on the Hub, if any.
+    """
+
+    store: str
+    keys: list[str]
+    uploaded: list[str]
+    commit: str | None = None
+    url: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.uploaded)
+
+
+@dataclass
+class _Item:
+    key: str
+    data: bytes
+    embedding: TaskEmbedding
+    digest: str
+
+
+class EmbeddingStore:
+    """A collection of Task2Vec embeddings in a Hub dataset repo or a local folder.
+
+    Args:
+        repo_or_path: a Hub dataset repo id ``"user/name"`` (created, as a dataset repo, on the
+            first push), or a local folder with the same layout: a `pathlib.Path`, or a string
+            starting with ``/``, ``./``, ``../``, ``~`` or ``file://``.
+        token: a Hub token; by default ``HF_TOKEN`` or the token saved by ``hf auth login``
+            (``False``: send none). Never logged.
+        revision: read the store at this branch, tag or commit (default ``main``). Pushes go to
+            the branch (a store opened at a commit is read-only).
+        private: create the repo private when the first push creates it (an existing repo keeps
+            its visibility).
+        license: the license written in the generated dataset card.
+        endpoint: the Hub URL (default: ``HF_ENDPOINT`` or https://huggingface.co).
+
+    Example::
+
+        store = EmbeddingStore("me/task-embeddings", private=True)
+        store.push([emb_a, emb_b])           # one commit
+        store.nearest(query, k=3)            # a pandas DataFrame
+        emb = store.pull("embedded/cifar10")
+    """
+
+    def __init__(
+        self,
+        repo_or_path: str | os.PathLike[str],
+        *,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        license: str = DEFAULT_LICENSE,
+        endpoint: str | None = None,
+    ) -> None:
+        kind, where = parse_location(repo_or_path)
+        self.is_local = kind == "local"
+        self.private = private
+        self.license = license
+        self.revision = revision
+        self._index_cache: tuple[Any, pd.DataFrame] | None = None
+        self._retrying = False
+        if self.is_local:
+            if revision is not None:
+                raise HubError(f"revision= applies to Hub repos only, not to the local folder {str(where)!r}")
+            self.path: Path | None = Path(where)
+            self.repo_id: str | None = None
+            self._backend: LocalBackend | HubBackend = LocalBackend(self.path)
+        else:
+            self.path = None
+            self.repo_id = str(where)
+            self._backend = HubBackend(self.repo_id, token=token, revision=revision, endpoint=endpoint)
+        self._token_given = token
+
+    def __repr__(self) -> str:
+        where = str(self.path) if self.is_local else self.repo_id
+        rev = f", revision={self.revision!r}" if self.revision else ""
+        return f"EmbeddingStore({where!r}{rev})"
+
+    @property
+    def name(self) -> str:
+        """The repo id, or the folder path."""
+        return str(self.path) if self.is_local else str(self.repo_id)
+
+    # -- errors and retries (hf_task2vec.gateway) -----------------------------------------------
+    @property
+    def _target(self) -> HubTarget:
+        namespace = (self.repo_id or "").split("/")[0]
+        return HubTarget(
+            self._backend.label,
+            endpoint=getattr(self._backend, "endpoint", ""),
+            revision=self.revision,
+            token=self._token_given,
+            not_found_hint="a store repo is created by its first push",
+            forbidden_hint=f"pushing needs a token with write access to {namespace!r} (a 'write' token of that "
+            "user or a member of that org)",
+            local=self.is_local,
+        )
+
+    def _retry(self, what: str, fn: Callable[[], T], *, extra: Callable[[BaseException], bool] | None = None) -> T:
+        if self._retrying:  # inside an operation that is retried as a whole
+            return fn()
+        self._retrying = True
+        try:
+            return hub_call(what, fn, self._target, retry_if=extra)
+        finally:
+            self._retrying = False
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _snapshot(self) -> Snapshot:
+        return self._retry("read", self._backend.snapshot)
+
+    def _read_index(self, snap: Snapshot) -> pd.DataFrame:
+        if self.is_local:
+            assert self.path is not None
+            target = self.path / INDEX_PATH
+            if not target.is_file():
+                return _empty_index()
+            stat = target.stat()
+            cache_key: Any = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        else:
+            if snap.files is not None and INDEX_PATH not in snap.files:
+                return _empty_index()
+            cache_key = snap.revision if snap.files is not None else None
+        if cache_key is not None and self._index_cache is not None and self._index_cache[0] == cache_key:
+            return self._index_cache[1]
+        if not self.is_local and snap.files is None and not self._backend.exists(snap, INDEX_PATH):
+            return _empty_index()
+        data = self._retry("read index", lambda: self._backend.read(snap, INDEX_PATH))
+        frame = _index_from_bytes(data, self._backend.label)
+        if cache_key is not None:
+            self._index_cache = (cache_key, frame)
+        return frame
+
+    def index(self) -> pd.DataFrame:
+        """The index: one row per embedding, sorted by key (columns `INDEX_COLUMNS`: key, path,
+        task, probe, probe_revision, estimator, image_size, task_source, task_revision, task_split,
+        task_config, num_classes, samples, dim, norm, created, sha256, size, content_sha256,
+        library_version)."""
+        return self._read_index(self._snapshot()).copy()
+
+    def keys(self) -> list[str]:
+        """The keys (``"<probe>/<task>"``) of the stored embeddings, sorted."""
+        return [str(k) for k in self._read_index(self._snapshot())["key"]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self._read_index(self._snapshot()))
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        try:
+            self._lookup(key, self._read_index(self._snapshot()))
+        except EmbeddingNotFoundError:
+            return False
+        return True
+
+    def _lookup(self, key: str, frame: pd.DataFrame) -> dict[str, Any]:
+        keys = [str(k) for k in frame["key"]]
+        try:
+            wanted = _normalize_key(key)
+        except HubError:
+            wanted = None
+            short = sanitize_name(str(key).removesuffix(".safetensors").split("/")[-1])
+        if wanted is not None and wanted in keys:
+            return _frame_rows(frame.iloc[[keys.index(wanted)]])[0]
+        if wanted is None:
+            matches = [k for k in keys if k.split("/", 1)[-1] == short]
+            if len(matches) == 1:
+                return _frame_rows(frame.iloc[[keys.index(matches[0])]])[0]
+            if len(matches) > 1:
+                raise HubError(f"key {key!r} is ambiguous in {self._backend.label}: use one of {matches}")
+        close = difflib.get_close_matches(str(key), keys, n=3)
+        hint = f"; did you mean {close}?" if close else f"; it holds {len(keys)} embeddings (see .keys())"
+        raise EmbeddingNotFoundError(f"no embedding {key!r} in {self._backend.label}{hint}")
+
+    def _fetch(self, snap: Snapshot, row: dict[str, Any]) -> bytes:
+        path = str(row["path"])
+        data = self._retry(f"download {path}", lambda: self._backend.read(snap, path))
+        if row.get("sha256") and _sha256(data) != row["sha256"]:
+            raise HubError(
+                f"{self._backend.label}: {path} does not match the sha256 recorded in {INDEX_PATH}; the store was "
+                "modified by hand: push that embedding again"
+            )
+        return data
+
+    def pull(self, key: str) -> TaskEmbedding:
+        """The embedding stored under ``key`` (``"<probe>/<task>"``; ``"<task>"`` alone when unique).
+
+        Raises:
+            EmbeddingNotFoundError: no such key (a `KeyError` too).
+            HubError: the store cannot be read.
+        """
+        snap = self._snapshot()
+        row = self._lookup(key, self._read_index(snap))
+        return TaskEmbedding.from_bytes(self._fetch(snap, row), source=f"{self.name}:{row['path']}")
+
+    def pull_bytes(self, key: str) -> bytes:
+        """The stored safetensors file of ``key``, byte for byte."""
+        snap = self._snapshot()
+        return self._fetch(snap, self._lookup(key, self._read_index(snap)))
+
+    def download(self, key: str, directory: str | os.PathLike[str]) -> Path:
+        """Write the file of ``key`` to ``directory/<probe>/<task>.safetensors`` (atomically, byte
+        for byte as stored) and return its path."""
+        snap = self._snapshot()
+        row = self._lookup(key, self._read_index(snap))
+        data = self._fetch(snap, row)
+        TaskEmbedding.from_bytes(data, source=f"{self.name}:{row['path']}")  # verify before writing
+        target = Path(directory) / f"{row['key']}.safetensors"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, data)
+        return target
+
+    def nearest(
+        self,
+        embedding: TaskEmbedding | str | os.PathLike[str],
+        k: int = 5,
+        kind: Kind = "asymmetric",
+        *,
+        alpha: float = DEFAULT_ALPHA,
+    ) -> pd.DataFrame:
+        """The ``k`` stored embeddings nearest to ``embedding`` (a `TaskEmbedding` or a file).
+
+        The query is the *target* task and the stored embeddings the *sources* of the asymmetric
+        distance ``d(source -> query)`` (which stored task's expert would transfer best). Only
+        stored embeddings made the same way (probe, probe revision, estimator, image size) are
+        compared; the others are skipped. Returns a DataFrame sorted by ``distance`` (the index
+        columns plus ``distance``).
+
+        Raises:
+            IncompatibleEmbeddingsError: no stored embedding can be compared with the query.
+        """
+        import pandas as pd
+
+        if kind not in KINDS:
+            raise ValueError(f"unknown distance kind {kind!r}; use one of {', '.join(KINDS)}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        query = embedding if isinstance(embedding, TaskEmbedding) else TaskEmbedding.load(embedding)
+        snap = self._snapshot()
+        frame = self._read_index(snap)
+        wanted = {META_TO_COLUMN[m]: query.meta.get(m, "") for m in COMPATIBILITY_KEYS}
+        mask = np.ones(len(frame), dtype=bool)
+        for column, value in wanted.items():
+            mask &= frame[column].fillna("").astype(str).to_numpy() == str(value)
+        mask &= frame["dim"].fillna(-1).astype("int64").to_numpy() == query.dim
+        candidates = frame[mask].reset_index(drop=True)
+        if candidates.empty:
+            made = sorted(
+                {
+                    f"{r['probe']}@{r['probe_revision']} {r['estimator']} image_size={r['image_size']}"
+                    for r in _frame_rows(frame)
+                }
+            )
+            raise IncompatibleEmbeddingsError(
+                f"none of the {len(frame)} embeddings in {self._backend.label} can be compared with {query.name!r} "
+                f"(probe {query.probe!r}, estimator {query.method!r}, image_size {wanted['image_size']!r}); the "
+                f"store holds: {made or 'nothing'}. Embed the query with the same probe, estimator and image size."
+            )
+        if len(candidates) < len(frame):
+            logger.info(
+                "%s: %d of %d embeddings are not comparable with the query and were skipped",
+                self.name,
+                len(frame) - len(candidates),
+                len(frame),
+            )
+        rows = _frame_rows(candidates)
+        with ThreadPoolExecutor(max_workers=min(8, len(rows))) as pool:
+            blobs = list(pool.map(lambda r: self._fetch(snap, r), rows))
+        stored = [
+            TaskEmbedding.from_bytes(b, source=f"{self.name}:{r['path']}") for b, r in zip(blobs, rows, strict=True)
+        ]
+        for emb in stored:
+            emb.check_compatible(query)
+        values = np.stack([e.values for e in stored])
+        trivial = np.stack([e.trivial for e in stored])
+        d = pairwise_distances(values, query.values[None, :], kind=kind, alpha=alpha, source_trivial=trivial)[:, 0]
+        out = candidates.copy()
+        out.insert(1, "distance", d)
+        out = out.sort_values(["distance", "key"], kind="stable").head(k).reset_index(drop=True)
+        return pd.DataFrame(out)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def _items(
+        self, embeddings: TaskEmbedding | str | os.PathLike[str] | Sequence[Any], key: str | None
+    ) -> list[_Item]:
+        if isinstance(embeddings, TaskEmbedding | str | os.PathLike):
+            embeddings = [embeddings]
+        embeddings = list(embeddings)
+        if not embeddings:
+            raise HubError(f"nothing to push to {self._backend.label}: give at least one embedding")
+        if key is not None and len(embeddings) != 1:
+            raise HubError(f"key={key!r} names one embedding but {len(embeddings)} were given; push them one by one")
+        items: dict[str, _Item] = {}
+        for obj in embeddings:
+            if isinstance(obj, TaskEmbedding):
+                emb, data = obj, canonical_bytes(obj)
+            elif isinstance(obj, str | os.PathLike):
+                path = Path(obj)
+                if not path.is_file():
+                    raise HubError(f"cannot push {str(path)!r}: no such file")
+                data = path.read_bytes()
+                emb = TaskEmbedding.from_bytes(data, source=repr(str(path)))
+            else:
+                raise HubError(f"cannot push a {type(obj).__name__}: give TaskEmbedding objects or .safetensors files")
+            item_key = _normalize_key(key, emb) if key is not None else embedding_key(emb)
+            if item_key in items:
+                raise HubError(
+                    f"two embeddings of this push have the key {item_key!r} (same probe and task name): give them "
+                    "different task names, or push them one by one with key=..."
+                )
+            items[item_key] = _Item(item_key, data, emb, content_digest(emb))
+        return list(items.values())
+
+    def _push_once(self, items: list[_Item], message: str | None) -> PushResult:
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        backend = self._backend
+        if isinstance(backend, HubBackend):
+            if self.revision is not None and _HEX40.fullmatch(self.revision):
+                raise HubError(
+                    f"{backend.label} was opened at commit {self.revision[:12]}, which is read-only: open it "
+                    "without revision= (or with a branch name) to push"
+                )
+            try:
+                snap = backend.snapshot()
+            except RepositoryNotFoundError:
+                backend.create(self.private)
+                snap = backend.snapshot()
+            if snap.offline:
+                raise HubError(f"cannot push to {backend.label} while HF_HUB_OFFLINE is set: unset it to push")
+        else:
+            snap = backend.snapshot()
+        frame = self._read_index(snap)
+        rows = {r["key"]: r for r in _frame_rows(frame)}
+        uploads: dict[str, bytes] = {}
+        for item in items:
+            old = rows.get(item.key)
+            if (
+                old is not None
+                and old.get("content_sha256") == item.digest
+                and backend.has(snap, str(old["path"]), old.get("sha256"))
+            ):
+                continue  # the same embedding is stored already
+            uploads[_key_path(item.key)] = item.data
+            rows[item.key] = _index_row(item.key, item.data, item.embedding, item.digest)
+        all_rows = list(rows.values())
+        extras = {
+            INDEX_PATH: _index_to_bytes(all_rows),
+            CARD_PATH: render_card(all_rows, self.name, license=self.license).encode(),
+        }
+        for path, data in extras.items():
+            if path in uploads or not backend.unchanged(snap, path, data):
+                uploads[path] = data
+        keys = [item.key for item in items]
+        if not uploads:
+            logger.info("%s is up to date: nothing to push", self.name)
+            return PushResult(self.name, keys, [])
+        changed = sorted(p for p in uploads if p.startswith(EMBEDDINGS_DIR + "/"))
+        summary = message or (
+            f"Add {len(changed)} Task2Vec embedding{'s' if len(changed) != 1 else ''}"
+            if changed
+            else "Update the Task2Vec embedding index and card"
+        )
+        commit, url = backend.commit(snap, uploads, summary)
+        self._index_cache = None
+        logger.info("pushed %d files to %s%s", len(uploads), self.name, f" ({commit})" if commit else "")
+        return PushResult(self.name, keys, sorted(uploads), commit, url)
+
+    def push(
+        self,
+        embeddings: TaskEmbedding | str | os.PathLike[str] | Sequence[TaskEmbedding | str | os.PathLike[str]],
+        key: str | None = None,
+        *,
+        message: str | None = None,
+    ) -> PushResult:
+        """Add or replace embeddings (objects or ``.safetensors`` files), all in ONE commit.
+
+        Each embedding is stored under ``key`` (one embedding only) or ``"<probe>/<task>"`` from its
+        metadata, replacing any embedding with that key. Files are stored byte for byte as given;
+        embeddings whose content is already stored are skipped, and a push that changes nothing
+        makes no commit. On the Hub the repo is created (a dataset repo, ``private=`` as given to
+        the store) when missing. On failure nothing is changed.
+
+        Raises:
+            HubError: the push failed (the message says why and how to fix it).
+        """
+        items = self._items(embeddings, key)
+
+        def concurrent(exc: BaseException) -> bool:  # someone committed since we read: read again
+            return status_of(exc) == 412
+
+        return self._retry("push", lambda: self._push_once(items, message), extra=concurrent)
