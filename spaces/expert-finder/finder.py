@@ -691,19 +691,17 @@ def task_from_hub(
     name: str | None = None,
     max_samples: int = 256,
 ) -> PreparedTask:
-    """A task from a Hub dataset, streamed: a class-balanced prefix of at most ``max_samples``
-    examples is read (`hf_task2vec.streaming.take_balanced`), scanning at most
-    ``limits.max_hub_rows`` rows, so a huge dataset costs the Space neither disk nor time. The
-    commit the id resolved to is recorded in the task.
+    """A task from a Hub dataset, streamed: `hf_task2vec.load_task` of a streamed `TaskSpec` reads a
+    class-balanced prefix of at most ``max_samples`` examples, scanning at most
+    ``limits.max_hub_rows`` rows, so a huge dataset costs the Space neither disk nor time. Columns
+    are detected as `load_task` does; the Hub is asked through the library's one gateway (retries,
+    `HubError` with a ``reason``). The commit the id resolved to is recorded in the task.
 
     ``token``: the user's token; ``None`` uses the machine's credentials (``HF_TOKEN`` / login),
     ``False`` sends none (what a public Space must do for anonymous visitors)."""
     import datasets
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-    from hf_task2vec import Task2VecError
-    from hf_task2vec.streaming import take_balanced
+    from hf_task2vec import HubError, Task2VecError, TaskSpec, load_task
 
     repo_id = (repo_id or "").strip()
     if not _HUB_ID.match(repo_id):
@@ -713,56 +711,42 @@ def task_from_hub(
         raise InputError(f"{split[:40]!r} is not a split name (e.g. train, test)")
     if config and not _NAME_PART.match(config):
         raise InputError(f"{config[:40]!r} is not a configuration name")
+    spec = TaskSpec(
+        repo_id,
+        input_column=image_column or None,
+        label_column=label_column or None,
+        split=split,
+        config=config or None,
+        streaming=True,
+        max_examples=max_samples,
+        max_scan=limits.max_hub_rows,
+    )
     try:
-        sha = HfApi().dataset_info(repo_id, token=token).sha
-    except GatedRepoError as exc:
-        raise InputError(f"{repo_id!r} is gated: accept its conditions on the Hub and log in") from exc
-    except RepositoryNotFoundError as exc:
-        raise InputError(
-            f"no dataset {repo_id!r} on the Hub (or it is private: log in or give a token with access)"
-        ) from exc
-    except (HfHubHTTPError, OSError) as exc:
-        raise InputError(f"could not reach the Hub for {repo_id!r}: {str(exc)[:200]}") from exc
-    try:
-        stream = datasets.load_dataset(
-            repo_id, config or None, split=split, streaming=True, revision=sha, token=token
-        )
-        features = stream.features if stream.features is not None else stream._resolve_features().features
-    except Exception as exc:
-        raise InputError(
-            f"could not open split {split!r} of {repo_id!r}: {type(exc).__name__}: {str(exc)[:300]}"
-        ) from exc
-    columns = list(features)
-    images = [c for c in columns if isinstance(features[c], datasets.Image)]
-    labels = [c for c in columns if isinstance(features[c], datasets.ClassLabel)]
-    img_col = _pick_column(columns, image_column or (images[0] if len(images) == 1 else None),
-                           IMAGE_COLUMN_NAMES, "image", repo_id)
-    lab_col = _pick_column(columns, label_column or (labels[0] if len(labels) == 1 else None),
-                           LABEL_COLUMN_NAMES, "label", repo_id)
-    try:
-        prefix = take_balanced(
-            stream.select_columns([img_col, lab_col]), lab_col, max_samples, max_scan=limits.max_hub_rows,
-            source=repo_id,
-        )
+        loaded = load_task(spec, token=token)
+    except HubError as exc:
+        if exc.reason == "not_found":
+            text = f"no dataset {repo_id!r} on the Hub (or it is private: log in or give a token with access)"
+        elif exc.reason == "gated":
+            text = f"{repo_id!r} is gated: accept its conditions on the Hub and log in"
+        else:
+            text = f"could not read {repo_id!r} from the Hub: {str(exc)[:300]}"
+        raise InputError(text) from exc
     except Task2VecError as exc:
-        raise InputError(str(exc)) from exc
+        raise InputError(str(exc)[:500]) from exc
     except Exception as exc:
         raise InputError(f"could not read {repo_id!r} ({split}): {type(exc).__name__}: {str(exc)[:300]}") from exc
-    ds = prefix.dataset
-    lab_feature = ds.features[lab_col]
+    img_col = loaded.input_column
     records: list[tuple[str | bytes, str]] = []
-    for i, row in enumerate(ds.cast_column(img_col, datasets.Image(decode=False))):
+    for i, row in enumerate(loaded.dataset.cast_column(img_col, datasets.Image(decode=False))):
         value = row[img_col]
         if not (isinstance(value, dict) and value.get("bytes")):
             raise InputError(f"{repo_id!r} row {i}: column {img_col!r} holds no image bytes; choose the image column")
-        lab = row[lab_col]
-        if isinstance(lab_feature, datasets.ClassLabel) and isinstance(lab, int) and lab >= 0:
-            lab = lab_feature.int2str(lab)
-        if lab is None or str(lab).strip() == "" or (isinstance(lab, int) and lab < 0):
-            raise InputError(f"{repo_id!r} row {i}: the label is missing")
-        records.append((bytes(value["bytes"]), str(lab)))
-    notes = [f"Streamed {prefix.rows_read} rows of {html.escape(repo_id)} ({html.escape(split)}) at {sha[:8]}"]
-    if not prefix.exhausted and prefix.rows_read >= limits.max_hub_rows:
+        records.append((bytes(value["bytes"]), loaded.label_names[int(loaded.labels[i])]))
+    stats = loaded.stream_stats or {}
+    sha = loaded.revision or ""
+    notes = [f"Streamed {stats.get('rows_read', len(records))} rows of {html.escape(repo_id)} ({html.escape(split)}) "
+             f"at {sha[:8]}"]
+    if not stats.get("exhausted", True) and int(stats.get("rows_read", 0)) >= limits.max_hub_rows:
         notes.append(
             f"Stopped after {limits.max_hub_rows} rows before every class had its share; shuffle the dataset "
             "if it is sorted by class"
@@ -771,7 +755,7 @@ def task_from_hub(
         records, name=safe_task_name(name or repo_id.split("/")[-1]), source=repo_id, notes=notes, limits=limits
     )
     t = prepared.task
-    t.source, t.revision, t.split, t.config = repo_id, sha or "", split, config or ""
+    t.source, t.revision, t.split, t.config = repo_id, sha, split, config or ""
     return prepared
 
 
