@@ -54,7 +54,8 @@ if str(ROOT) not in sys.path:
 import hf_task2vec as t2v  # noqa: E402
 from hf_task2vec.data import load_offline  # noqa: E402
 from hf_task2vec.distance import distance as t2v_distance  # noqa: E402
-from hf_task2vec.selection import ExpertIndex, Model2Vec  # noqa: E402
+from hf_task2vec.model2vec import Model2Vec  # noqa: E402
+from hf_task2vec.selection import ExpertIndex  # noqa: E402
 from hf_task2vec.transferability import h_score, leep, logme, nce  # noqa: E402
 
 log = logging.getLogger("model_selection")
