@@ -24,6 +24,7 @@ from .fisher import fisher_diagonal
 from .hub import EmbeddingStore
 from .model2vec import Model2Vec
 from .probes import FilterGroup, Probe, list_probes, load_probe
+from .rerank import ExpertSkippedWarning, Selection, expert_weights
 from .selection import ExpertIndex
 from .task2vec import Task2Vec, domain_embedding, embed
 from .tasks import Task, TaskSpec, load_task, split_tasks
@@ -49,6 +50,9 @@ __all__ = [
     "domain_embedding",
     "fisher_diagonal",
     "ExpertIndex",
+    "Selection",
+    "ExpertSkippedWarning",
+    "expert_weights",
     "Model2Vec",
     "Task2VecError",
     "TaskError",

@@ -39,6 +39,7 @@ from .model2vec import Model2Vec
 if TYPE_CHECKING:  # pragma: no cover
     from .probes import Probe
     from .task2vec import Task2Vec
+    from .tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -404,28 +405,52 @@ class ExpertIndex:
 
     def select(
         self,
-        task_embedding: TaskEmbedding,
+        task_embedding: TaskEmbedding | Task,
         k: int | None = 5,
         metric: Metric = "asymmetric",
         *,
         alpha: float | None = None,
+        rerank: str | None = None,
+        shortlist: int | None = None,
+        examples: Task | None = None,
+        **rerank_options: Any,
     ) -> list[ExpertMatch]:
         """The ``k`` experts nearest to a task, best first.
 
         Args:
-            task_embedding: the new task, embedded like the experts (same probe and settings).
+            task_embedding: the new task, embedded like the experts (same probe and settings); with
+                ``rerank``, also the `Task` itself (embedded here with `embedder`).
             k: how many experts to return (``None``: all).
             metric: ``"asymmetric"`` (default, the paper's rule), ``"symmetric"`` or ``"model2vec"``.
             alpha: override the asymmetric weight.
+            rerank: two-stage selection (`hf_task2vec.rerank.two_stage_select`): the ``shortlist``
+                nearest experts under ``metric`` are loaded from their recorded ``weights``, run forward
+                on the task's examples and ranked by this transferability score (``"leep"``,
+                ``"logme"``, ``"nce"``, ``"sfda"``, ``"nleep"``, ``"knn"``, ``"h_score"``...).
+                Unloadable experts are skipped with an `ExpertSkippedWarning`.
+            shortlist: stage-1 size with ``rerank`` (default ``max(k, 4)``).
+            examples: the task whose examples are run (default: ``task_embedding`` when it is a `Task`).
+            **rerank_options: ``max_examples``, ``seed``, ``root``, ``device``, ``batch_size`` of the re-ranking.
 
         Returns:
             `ExpertMatch` records; ``score`` is the distance (lower is better); ties keep insertion order.
+            With ``rerank``: a `Selection` of `RerankedMatch` ordered by ``rerank_score`` (higher is
+            better), recording both stages' scores, the skipped experts and the cost.
 
         Raises:
             IncompatibleEmbeddingsError: the query was embedded with another probe / estimator / size.
         """
         if k is not None and k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if rerank is not None:
+            from .rerank import two_stage_select
+
+            return two_stage_select(
+                self, task_embedding, rerank=rerank, k=k, shortlist=shortlist, metric=metric, alpha=alpha,
+                examples=examples, **rerank_options,
+            )
+        if shortlist is not None or examples is not None or rerank_options:
+            raise ValueError("shortlist=, examples= and re-ranking options need rerank=... (e.g. rerank='leep')")
         d = self.distances(task_embedding, metric, alpha=alpha)
         n = d.size if k is None else min(k, d.size)
         if n < d.size:
