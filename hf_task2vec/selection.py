@@ -465,38 +465,17 @@ class ExpertIndex:
 
     # -- embedding queries like the experts ----------------------------------------------------
     def embedder(self, *, probe: Probe | str | None = None, **overrides: Any) -> Task2Vec:
-        """A `Task2Vec` configured like the embeddings of this index's experts (probe, estimator,
-        image size, max_samples, n_samples, seed), so that its embeddings can be searched.
+        """A `Task2Vec` configured like the embeddings of this index's experts (`Task2Vec.from_provenance`
+        of the first expert's metadata: probe, estimator and its options, image size, max_samples,
+        seed, ...), so that its embeddings can be searched.
 
         ``probe`` and ``overrides`` (any `Task2Vec` option) replace the recorded settings.
         """
-        from .probes import load_probe
         from .task2vec import Task2Vec
 
         if self._settings is None:
             raise ValueError("the expert index is empty: there are no settings to embed queries with")
-        meta = self._reference_meta
-        if probe is None:
-            name = meta.get("probe", "embedded")
-            if name.endswith("-random-init"):
-                probe = load_probe(name[: -len("-random-init")], pretrained=False)
-            else:
-                probe = load_probe(name)
-        options: dict[str, Any] = {"method": meta.get("method") or "montecarlo"}
-        if meta.get("image_size"):
-            options["image_size"] = int(meta["image_size"])
-        if meta.get("max_samples") not in (None, "", "None"):
-            options["max_samples"] = int(meta["max_samples"])
-        if meta.get("seed"):
-            options["seed"] = int(meta["seed"])
-        try:
-            method_options = json.loads(meta.get("method_options") or "{}")
-        except ValueError:
-            method_options = {}
-        if "n_samples" in method_options and options["method"] == "montecarlo":
-            options["n_samples"] = int(method_options["n_samples"])
-        options.update(overrides)
-        return Task2Vec(probe, **options)
+        return Task2Vec.from_provenance(self._reference_meta, probe=probe, **overrides)
 
     # -- experts from the Hub ------------------------------------------------------------------
     def add_hub_models(
