@@ -57,7 +57,8 @@ from hf_task2vec import plots  # noqa: E402
 from hf_task2vec.data import load_offline  # noqa: E402
 from hf_task2vec.distance import distance_matrix, taxonomic_distance  # noqa: E402
 from hf_task2vec.embedding import TaskEmbedding, atomic_write_bytes  # noqa: E402
-from hf_task2vec.fisher import analytic_two_layer_sigmoid_fisher, fisher_diagonal  # noqa: E402
+from hf_task2vec.fisher import fisher_diagonal  # noqa: E402
+from tests.analytic import analytic_two_layer_sigmoid_fisher  # noqa: E402  (the test oracle)
 
 logger = logging.getLogger("reproduce_paper")
 TOY_METHODS = ("montecarlo", "variational", "exact")  # "exact" (summed over labels) is the reference

@@ -22,9 +22,11 @@ training step. Layers the hooks do not understand make the whole probe fall back
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,7 +41,8 @@ from .probes import FilterGroup, Probe
 logger = logging.getLogger(__name__)
 
 Strategy = Literal["auto", "materialize", "ghost", "unfold", "fold"]
-Batch = tuple[torch.Tensor, torch.Tensor]
+Inputs = torch.Tensor | Mapping[str, torch.Tensor]
+Batch = tuple[Inputs, torch.Tensor]
 
 # Budget for one temporary (per-sample gradients, unfolded inputs, Gram matrices) in bytes.
 CHUNK_BYTES = 192 * 2**20
@@ -262,7 +265,10 @@ class SquaredGradientHooks:
     """Context manager accumulating, per filter, ``sum_n w_n * ||d/dw_filter loss_n||^2``.
 
     Set `sample_weights` (``[N]``) before each backward pass; the loss must be a sum of
-    per-sample terms (BatchNorm in eval mode keeps samples independent).
+    per-sample terms (BatchNorm in eval mode keeps samples independent). The hooks act only on
+    forward passes run by the thread that entered the context, so several embeddings can share
+    one backbone concurrently. A filter layer whose input does not require a gradient (the first
+    conv of a frozen network, or a token-embedding output) gets one through a forward pre-hook.
     """
 
     def __init__(self, probe: Probe, strategy: Strategy = "auto", accumulate_dtype: torch.dtype = torch.float64):
@@ -274,12 +280,15 @@ class SquaredGradientHooks:
         self.sample_weights: torch.Tensor | None = None
         self._handles: list = []
         self._calls: dict[int, int] = {}
+        self._thread = threading.get_ident()
 
     def __enter__(self) -> SquaredGradientHooks:
         bad = [g.name for g, m in self.groups if not hook_supported(m)]
         if bad:
             raise UnsupportedLayerError(f"layers without hook support: {bad[:5]}")
+        self._thread = threading.get_ident()
         for group, module in self.groups:
+            self._handles.append(module.register_forward_pre_hook(self._require_grad))
             self._handles.append(module.register_forward_hook(self._make_hook(group, module)))
         return self
 
@@ -291,9 +300,19 @@ class SquaredGradientHooks:
     def new_forward(self) -> None:
         self._calls.clear()
 
+    def _mine(self) -> bool:
+        return threading.get_ident() == self._thread and torch.is_grad_enabled()
+
+    def _require_grad(self, mod: nn.Module, inputs: tuple) -> tuple | None:
+        a = inputs[0] if inputs else None
+        if not self._mine() or not isinstance(a, torch.Tensor) or a.requires_grad or not a.is_floating_point():
+            return None
+        # nothing upstream needs a gradient: this input is where backpropagation may stop
+        return (a.detach().requires_grad_(True), *inputs[1:])
+
     def _make_hook(self, group: FilterGroup, module: nn.Module) -> Callable:
         def forward_hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if not (torch.is_grad_enabled() and output.requires_grad):
+            if not (self._mine() and output.requires_grad):
                 return
             key = id(mod)
             self._calls[key] = self._calls.get(key, 0) + 1
@@ -335,18 +354,81 @@ class FisherResult:
     trivial: np.ndarray | None = None
 
 
-def _prepare(probe: Probe) -> list[bool]:
-    """Eval mode (BatchNorm frozen) and no weight gradients; returns requires_grad flags to restore."""
-    probe.eval()
-    flags = [p.requires_grad for p in probe.parameters()]
-    for p in probe.parameters():
-        p.requires_grad_(False)
-    return flags
+# Backbones in use by a Fisher pass: id -> [users, saved requires_grad flags, saved training flag].
+# Reference-counted so that concurrent passes over one shared backbone restore it only once, last.
+_IN_USE: dict[int, list] = {}
+_IN_USE_LOCK = threading.Lock()
 
 
-def _restore(probe: Probe, flags: list[bool]) -> None:
-    for p, f in zip(probe.parameters(), flags, strict=True):
-        p.requires_grad_(f)
+@contextlib.contextmanager
+def frozen(probe: Probe) -> Iterator[None]:
+    """Eval mode (BatchNorm frozen) and no weight gradients for the pass; every flag is restored
+    afterwards (when the last concurrent user of the same probe leaves)."""
+    key = id(probe)
+    with _IN_USE_LOCK:
+        entry = _IN_USE.get(key)
+        if entry is None:
+            entry = _IN_USE[key] = [0, [p.requires_grad for p in probe.parameters()], probe.training]
+            probe.eval()
+            for p in probe.parameters():
+                p.requires_grad_(False)
+        entry[0] += 1
+    try:
+        yield
+    finally:
+        with _IN_USE_LOCK:
+            entry[0] -= 1
+            if entry[0] == 0:
+                del _IN_USE[key]
+                for p, flag in zip(probe.parameters(), entry[1], strict=True):
+                    p.requires_grad_(flag)
+                probe.train(entry[2])
+
+
+def to_device(x: Inputs, device: torch.device, dtype: torch.dtype) -> Inputs:
+    """Move a batch's inputs (a tensor, or a mapping of tensors such as a tokenizer's output) to the
+    probe's device; only floating-point tensors take the probe's dtype (token ids stay integers)."""
+    if isinstance(x, Mapping):
+        return {k: to_device(v, device, dtype) for k, v in x.items()}  # type: ignore[misc]
+    return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device=device)
+
+
+def batch_size_of(x: Inputs) -> int:
+    if isinstance(x, Mapping):
+        return int(next(iter(x.values())).shape[0])
+    return int(x.shape[0])
+
+
+def split_loss_mask(x: Inputs) -> tuple[Inputs, torch.Tensor | None]:
+    """A causal-LM batch carries ``loss_mask [N, T]`` (positions whose next token counts); the
+    probe never sees it."""
+    if isinstance(x, Mapping) and "loss_mask" in x:
+        rest = {k: v for k, v in x.items() if k != "loss_mask"}
+        return rest, x["loss_mask"]
+    return x, None
+
+
+def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+    return F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+
+
+def label_directions(probs: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Directions ``v_j`` and weights ``lambda_j`` with ``sum_j lambda_j v_j v_j^T = diag(p) - p p^T``
+    (the covariance of the score w.r.t. the logits), per sample: ``[N, r, K]`` and ``[N, r]``.
+
+    ``E_{y~p} ||J^T (e_y - p)||^2 = sum_j lambda_j ||J^T v_j||^2``: one backward pass per direction
+    gives the label expectation exactly. The matrix has rank ``K - 1`` (its null vector is the
+    constant vector), so ``K - 1`` passes are exact; with ``rank`` smaller, the leading directions
+    are kept (the omitted eigenvalue mass is small when the head is confident).
+    """
+    p = probs.double()
+    cov = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    k = p.shape[1]
+    r = k - 1 if rank is None else max(1, min(rank, k - 1))
+    lam = evals[:, -r:].clamp_min(0).flip(-1)
+    vec = evecs[:, :, -r:].flip(-1).transpose(1, 2)
+    return vec.to(probs.dtype), lam.to(probs.dtype)
 
 
 def _hooked_pass(
@@ -358,30 +440,40 @@ def _hooked_pass(
     strategy: Strategy,
     precision: str = "fp32",
     channels_last: bool = False,
+    rank: int | None = None,
 ) -> tuple[torch.Tensor, int, int]:
     device, dtype = probe.device, probe.dtype
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    if channels_last:
-        probe.to(memory_format=torch.channels_last)
     n_inputs = 0
     draws = 0
     with SquaredGradientHooks(probe, strategy) as hooks:
         for x, _ in batches:
-            x = x.to(device=device, dtype=dtype)
-            if channels_last and x.dim() == 4:
+            x, mask = split_loss_mask(to_device(x, device, dtype))
+            if channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            x.requires_grad_(True)
             hooks.new_forward()
             with amp:
                 logits = probe(x)
-            log_p = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+            log_p = _log_probs(logits)
             probs = log_p.detach().exp()
-            n = x.shape[0]
-            if method == "exact":
-                k = log_p.shape[1]
-                for c in range(k):
-                    hooks.sample_weights = probs[:, c]
-                    log_p[:, c].sum().backward(retain_graph=c < k - 1)
+            n = log_p.shape[0]
+            if log_p.dim() == 3:  # causal LM: a label draw per position, masked sum over positions
+                if method != "montecarlo":
+                    raise ValueError("sequence outputs (causal LM) support method='montecarlo' only")
+                weight = torch.ones(log_p.shape[:2], device=log_p.device) if mask is None else mask.to(log_p)
+                flat = probs.reshape(-1, probs.shape[-1]).float().cpu()
+                for s in range(n_samples):
+                    y = torch.multinomial(flat, 1, generator=generator).view(n, -1, 1).to(log_p.device)
+                    hooks.sample_weights = None
+                    (log_p.gather(2, y).squeeze(2) * weight).sum().backward(retain_graph=s < n_samples - 1)
+                draws += n * n_samples
+            elif method == "exact":
+                vec, lam = label_directions(probs, rank)
+                logits_f = logits.to(log_p.dtype)
+                for j in range(vec.shape[1]):
+                    hooks.sample_weights = lam[:, j]
+                    # the score of sample n along v is J_n^T v: the gradient of v . logits_n
+                    (logits_f * vec[:, j]).sum().backward(retain_graph=j < vec.shape[1] - 1)
                 draws += n
             else:
                 for s in range(n_samples):
@@ -408,22 +500,38 @@ def _functional_pass(
     params = {n: p.detach() for n, p in probe.named_parameters()}
     buffers = {n: b.detach() for n, b in probe.named_buffers()}
 
-    def log_prob(weights: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = functional_call(probe, ({**params, **weights}, buffers), (x[None],))
-        return F.log_softmax(out, dim=-1)[0].gather(0, y[None])[0]
+    def one(x: Inputs) -> Inputs:
+        return {k: v[None] for k, v in x.items()} if isinstance(x, Mapping) else x[None]
 
-    per_sample = vmap(grad(log_prob), in_dims=(None, 0, 0))
+    def log_prob(weights: dict, x: Inputs, y: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+        out = _log_probs(functional_call(probe, ({**params, **weights}, buffers), (one(x),)))[0]
+        if out.dim() == 2:  # positions of one sequence
+            return (out.gather(1, y[:, None]).squeeze(1) * m).sum()
+        return out.gather(0, y[None])[0]
+
+    per_sample = vmap(grad(log_prob), in_dims=(None, 0, 0, 0))
     sums = torch.zeros(probe.dim, dtype=torch.float64)
     n_inputs = draws = 0
     device, dtype = probe.device, probe.dtype
     for x, _ in batches:
-        x = x.to(device=device, dtype=dtype)
+        x, mask = split_loss_mask(to_device(x, device, dtype))
         with torch.no_grad():
-            probs = F.softmax(probe(x), dim=-1)
-        n = x.shape[0]
-        if method == "exact":
+            probs = F.softmax(probe(x).to(torch.promote_types(dtype, torch.float32)), dim=-1)
+        n = probs.shape[0]
+        if probs.dim() == 3:
+            if method != "montecarlo":
+                raise ValueError("sequence outputs (causal LM) support method='montecarlo' only")
+            m = torch.ones(probs.shape[:2], device=device) if mask is None else mask.to(probs)
+            flat = probs.reshape(-1, probs.shape[-1]).float().cpu()
+            labels = [
+                (torch.multinomial(flat, 1, generator=generator).view(n, -1).to(device), None)
+                for _ in range(n_samples)
+            ]
+        elif method == "exact":
+            m = torch.zeros(n, device=device)
             labels = [(torch.full((n,), c, device=device), probs[:, c]) for c in range(probs.shape[1])]
         else:
+            m = torch.zeros(n, device=device)
             labels = [
                 (torch.multinomial(probs.float().cpu(), 1, generator=generator).squeeze(1).to(device), None)
                 for _ in range(n_samples)
@@ -431,7 +539,8 @@ def _functional_pass(
         for y, w in labels:
             for start in range(0, n, 8):
                 sl = slice(start, start + 8)
-                grads = per_sample({k: params[k] for k in names}, x[sl], y[sl])
+                xs = {k: v[sl] for k, v in x.items()} if isinstance(x, Mapping) else x[sl]
+                grads = per_sample({k: params[k] for k in names}, xs, y[sl], m[sl])
                 for g, key in zip(probe.filters, names, strict=True):
                     sq = grads[key].detach().flatten(2).square().sum(-1)
                     if w is not None:
@@ -442,12 +551,42 @@ def _functional_pass(
     return sums, n_inputs, draws
 
 
+def hooks_can_run(probe: Probe, first: Inputs) -> str | None:
+    """Decide before the pass whether the hooks handle ``probe``: every filter layer of a supported
+    type, each applied once per forward (checked with one gradient-free forward of the first
+    batch). Returns the reason they cannot, or ``None``."""
+    modules = dict(probe.backbone.named_modules())
+    bad = [g.name for g in probe.filters if not hook_supported(modules[g.name])]
+    if bad:
+        return f"layers without hook support: {bad[:5]}"
+    calls: dict[str, int] = {}
+
+    def count(name: str) -> Callable:
+        def hook(mod: nn.Module, inputs: tuple, output: object) -> None:
+            calls[name] = calls.get(name, 0) + 1
+
+        return hook
+
+    handles = [modules[g.name].register_forward_hook(count(g.name)) for g in probe.filters]
+    try:
+        with torch.no_grad():
+            probe(split_loss_mask(to_device(first, probe.device, probe.dtype))[0])
+    finally:
+        for h in handles:
+            h.remove()
+    shared = [name for name, count in calls.items() if count > 1]
+    if shared:
+        return f"layers applied more than once in one forward pass (weight sharing): {shared[:5]}"
+    return None
+
+
 def fisher_diagonal(
     probe: Probe,
     batches: Iterable[Batch],
     *,
     method: Literal["montecarlo", "exact"] = "montecarlo",
     n_samples: int = 1,
+    rank: int | None = None,
     seed: int = 0,
     strategy: Strategy | Literal["functional"] = "auto",
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -457,14 +596,19 @@ def fisher_diagonal(
     """Per-filter Fisher of ``probe`` (with its current head) over ``batches`` of ``(x, y)``.
 
     The data labels ``y`` are not used: the Fisher's labels come from the model (sampled for
-    ``montecarlo``, summed over exactly for ``exact``). Values are averaged over inputs (and
-    label draws) and over the weights of each filter, with no other scaling.
+    ``montecarlo``, in expectation for ``exact``). Values are averaged over inputs (and label
+    draws) and over the weights of each filter, with no other scaling.
 
     Args:
         probe: a probe with a head.
-        batches: an iterable of ``(inputs, labels)``; consumed once (streaming, no caching).
+        batches: an iterable of ``(inputs, labels)``, consumed once, in order, never stored (memory
+            does not grow with the number of examples). ``inputs`` is a tensor or a mapping of
+            tensors (a tokenizer's output); a causal-LM batch adds ``loss_mask [N, T]``.
         method: ``"montecarlo"`` or ``"exact"``.
         n_samples: label draws per input (montecarlo).
+        rank: ``exact`` only: backward passes per input along the leading eigen-directions of the
+            score covariance ``diag(p) - p p^T``; ``None`` (default) uses all ``K - 1``, which is
+            exact. A smaller rank bounds the cost for many classes.
         seed: seeds the label draws.
         strategy: ``"auto"`` (per layer, cheaper of materialise / ghost norm), ``"materialize"``,
             ``"ghost"``, or ``"functional"`` (torch.func.vmap(grad), the reference path).
@@ -472,7 +616,8 @@ def fisher_diagonal(
             each process passes its own disjoint shard of ``batches`` and all get the same result.
         precision: ``"bf16"`` runs the forward/backward under bfloat16 autocast (GPU speed); squared
             norms are still summed in float32 and the totals in float64.
-        channels_last: NHWC memory format for convolutions (often faster on GPU).
+        channels_last: NHWC memory format for convolutions during the pass (often faster on GPU);
+            the probe's own layout is restored afterwards.
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -480,25 +625,34 @@ def fisher_diagonal(
         raise ValueError(f"unknown Fisher method {method!r}; use 'montecarlo' or 'exact' (or Task2Vec for variational)")
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    if rank is not None and rank < 1:
+        raise ValueError(f"rank must be >= 1 (or None for all K - 1 directions), got {rank}")
     if probe.head is None:
         raise ValueError("the probe needs a head: fit one (Task2Vec does) or call probe.reset_head(k)")
     generator = torch.Generator().manual_seed(seed)
-    flags = _prepare(probe)
-    try:
-        if strategy == "functional":
-            sums, n_inputs, draws = _functional_pass(probe, batches, method, n_samples, generator)
-        else:
-            batches = list(batches) if not isinstance(batches, list) else batches
-            try:
-                sums, n_inputs, draws = _hooked_pass(
-                    probe, batches, method, n_samples, generator, strategy, precision, channels_last
-                )
-            except UnsupportedLayerError as exc:
-                logger.warning("Fisher hooks cannot handle this probe (%s); using torch.func.vmap(grad)", exc)
-                generator.manual_seed(seed)
+    stream = iter(batches)
+    first = next(stream, None)
+    if first is None:
+        sums, n_inputs, draws = torch.zeros(probe.dim, dtype=torch.float64), 0, 0
+    else:
+        batches = itertools.chain([first], stream)
+        with frozen(probe):
+            reason = "requested" if strategy == "functional" else hooks_can_run(probe, first[0])
+            if reason is not None:
+                if strategy != "functional":
+                    logger.warning("Fisher hooks cannot handle this probe (%s); using torch.func.vmap(grad)", reason)
                 sums, n_inputs, draws = _functional_pass(probe, batches, method, n_samples, generator)
-    finally:
-        _restore(probe, flags)
+            else:
+                layout = _memory_format(probe) if channels_last else None
+                if channels_last:
+                    probe.to(memory_format=torch.channels_last)
+                try:
+                    sums, n_inputs, draws = _hooked_pass(
+                        probe, batches, method, n_samples, generator, strategy, precision, channels_last, rank
+                    )
+                finally:
+                    if layout is not None:
+                        probe.to(memory_format=layout)
     if reduce is not None:
         totals = reduce(torch.cat([sums, torch.tensor([n_inputs, draws], dtype=sums.dtype)]).to(probe.device))
         totals = totals.detach().cpu()
@@ -507,7 +661,19 @@ def fisher_diagonal(
         raise ValueError("no data: the batches were empty")
     denom = n_inputs if method == "exact" else draws
     values = (sums / denom / _weights_per_filter(probe)).numpy()
-    return FisherResult(values, n_inputs, draws, {"n_samples": str(n_samples)})
+    if method == "montecarlo":
+        options = {"n_samples": str(n_samples)}
+    else:
+        options = {"rank": "K-1" if rank is None else str(rank)}
+    return FisherResult(values, n_inputs, draws, options)
+
+
+def _memory_format(probe: Probe) -> torch.memory_format:
+    """The layout of the probe's 4-D weights (what `channels_last` has to restore)."""
+    for p in probe.parameters():
+        if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last):
+            return torch.channels_last
+    return torch.contiguous_format
 
 
 # -- the variational ("robust") Fisher -----------------------------------------------------------
@@ -605,20 +771,20 @@ def fisher_variational(
             init = torch.log(f0 / scale + torch.exp(init))
     log_precision = init.clone().requires_grad_(True)
     generator = torch.Generator().manual_seed(seed)
-    flags = _prepare(probe)
-    for p in probe.head.parameters():
-        p.requires_grad_(True)
-    optim = torch.optim.Adam(
-        [
-            {"params": [log_precision, log_prior], "lr": lr_precision},
-            {"params": list(probe.head.parameters()), "lr": lr_head},
-        ]
-    )
-    try:
+    optim = None
+    with frozen(probe):
+        for p in probe.head.parameters():
+            p.requires_grad_(True)
+        optim = torch.optim.Adam(
+            [
+                {"params": [log_precision, log_prior], "lr": lr_precision},
+                {"params": list(probe.head.parameters()), "lr": lr_head},
+            ]
+        )
         with _NoisyWeights(probe, log_precision, generator):
             for epoch in range(epochs):
                 for x, y in make_batches(epoch):
-                    x, y = x.to(device=device, dtype=dtype), y.to(device)
+                    x, y = to_device(x, device, dtype), y.to(device)
                     ce = F.cross_entropy(probe(x), y)
                     lam2 = torch.exp(log_prior[layer_index] - log_precision)  # lambda^2 * sigma^2
                     kl = 0.5 * (weights_per_filter * (lam2 - 1.0 - torch.log(lam2))).sum()
@@ -627,27 +793,8 @@ def fisher_variational(
                     loss.backward()
                     optim.step()
                     if progress is not None:
-                        progress(x.shape[0])
-    finally:
-        _restore(probe, flags)
+                        progress(batch_size_of(x))
     values = (scale * torch.exp(log_precision.detach())).double().cpu().numpy()
     trivial = (scale * torch.exp(log_prior.detach()[layer_index])).double().cpu().numpy()
     opts = {"beta": repr(beta), "epochs": str(epochs), "lr_precision": repr(lr_precision), "lr_head": repr(lr_head)}
     return FisherResult(values, num_examples, num_examples * epochs, opts, trivial=trivial)
-
-
-def analytic_two_layer_sigmoid_fisher(w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Closed-form diagonal Fisher of ``p(y|x) = softmax(w2 @ sigmoid(w1 @ x))`` w.r.t. ``w1``
-    (the paper's Suppl. A), averaged over inputs ``x [N, I]``: ``[H, I]``.
-
-    With ``h = sigmoid(w1 x)``, ``z = w2 h``, ``p = softmax(z)``: ``d log p_y / d z = e_y - p``,
-    so ``d log p_y / d w1[j, i] = (w2[y, j] - p.w2[:, j]) h_j (1 - h_j) x_i`` and
-    ``F[j, i] = E_x sum_y p_y ((w2[y, j] - p.w2[:, j]) h_j (1 - h_j) x_i)^2``
-    ``= E_x Var_{y~p}(w2[y, j]) (h_j (1 - h_j))^2 x_i^2``.
-    """
-    h = torch.sigmoid(x @ w1.T)  # [N, H]
-    p = torch.softmax(h @ w2.T, dim=-1)  # [N, K]
-    mean_w2 = p @ w2  # [N, H]
-    var_w2 = p @ w2.square() - mean_w2.square()  # Var_y w2[y, j]
-    coef = var_w2 * (h * (1 - h)).square()  # [N, H]
-    return (coef.T @ x.square()) / x.shape[0]

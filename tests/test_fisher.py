@@ -12,7 +12,8 @@ from timm.layers import Conv2dSame
 from torch import nn
 
 from hf_task2vec import Probe, Task, Task2Vec
-from hf_task2vec.fisher import analytic_two_layer_sigmoid_fisher, fisher_diagonal
+from hf_task2vec.fisher import fisher_diagonal
+from tests.analytic import analytic_two_layer_sigmoid_fisher
 
 
 class Tokens(nn.Module):
