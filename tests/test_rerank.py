@@ -6,6 +6,7 @@ fitted on a source task, so the re-ranking scores are computed from genuine forw
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -173,3 +174,39 @@ def test_rerank_with_a_feature_score_and_errors(seeded, tmp_path) -> None:
         expert_weights()
     with pytest.raises(ValueError, match="need rerank"):
         index.select(query, shortlist=2)
+
+
+def test_cli_select_rerank_on_real_weights(tmp_path, capsys) -> None:
+    """`hf-task2vec select ... --rerank leep --shortlist 2` on real offline data with the real ImageNet
+    EfficientNet-Lite0 (its ImageNet classifier as source head) and an expert whose checkpoint is gone."""
+    from hf_task2vec import Task2Vec, load_task
+    from hf_task2vec.cli import main
+
+    embedder = Task2Vec("embedded", image_size=32, max_samples=40, progress=False)
+    index = ExpertIndex()
+    index.add(
+        "user/digits-0-4",
+        embedder.embed(load_task("offline:digits", classes=["0", "1", "2", "3", "4"])),
+        weights=expert_weights(checkpoint="missing/digits.safetensors", sha256="2" * 64),
+    )
+    index.add(
+        "imagenet/efficientnet-lite0",
+        embedder.embed(load_task("offline:fashion-mnist", classes=["Sandal", "Sneaker"])),
+        weights=expert_weights(load_probe="embedded", source_head=True),
+    )
+    index.save(tmp_path / "idx")
+    args = ["select", "offline:digits", "--classes", "5,6", "--experts", str(tmp_path / "idx"), "-k", "2"]
+    with pytest.warns(ExpertSkippedWarning, match="digits-0-4"):
+        assert main([*args, "--rerank", "leep", "--shortlist", "2", "--max-examples", "60", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["shortlist"][0] == "user/digits-0-4"  # Task2Vec's first choice, but it cannot be loaded
+    assert "not found" in out["skipped"]["user/digits-0-4"]
+    assert [m["model_id"] for m in out["matches"]] == ["imagenet/efficientnet-lite0"]
+    assert out["matches"][0]["stage1_rank"] == 2 and out["matches"][0]["rerank_score"] <= 0.0
+    assert out["cost"]["forward_passes"] == 1 and out["cost"]["examples"] == 60 and out["cost"]["embed_s"] > 0
+    with pytest.warns(ExpertSkippedWarning):
+        assert main([*args, "--rerank", "logme", "--shortlist", "2", "--max-examples", "60"]) == 0
+    text = capsys.readouterr().out
+    assert "re-ranked by logme" in text and "1. imagenet/efficientnet-lite0" in text
+    assert "skipped user/digits-0-4" in text
+    assert main([*args, "--shortlist", "2"]) == 2  # --shortlist without --rerank

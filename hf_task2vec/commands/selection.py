@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import TaskError
 from .options import add_task_arguments, task_spec
 
 logger = logging.getLogger(__name__)
@@ -35,13 +36,13 @@ def _open_index(spec: str, *, must_exist: bool = True):
     )
 
 
-def _query_embedding(args: argparse.Namespace, index: Any):
+def _query_embedding(args: argparse.Namespace, index: Any, task: Any = None):
     from ..embedding import TaskEmbedding
 
     source = Path(args.source)
     if source.suffix == ".safetensors" and source.is_file():
         return TaskEmbedding.load(source)
-    task = task_spec(args).load()
+    task = task_spec(args).load() if task is None else task
     overrides: dict[str, Any] = {"progress": not args.json}
     if args.max_samples is not None:
         overrides["max_samples"] = args.max_samples
@@ -56,6 +57,10 @@ def _query_embedding(args: argparse.Namespace, index: Any):
 
 def cmd_select(args: argparse.Namespace) -> int:
     index = _open_index(args.experts)
+    if args.rerank is not None:
+        return _select_rerank(args, index)
+    if args.shortlist is not None:
+        raise TaskError("--shortlist needs --rerank SCORE (e.g. --rerank leep --shortlist 4)")
     emb = _query_embedding(args, index)
     matches = index.select(emb, k=args.k, metric=args.metric, alpha=args.alpha)
     if args.json:
@@ -69,6 +74,50 @@ def cmd_select(args: argparse.Namespace) -> int:
         err = m.info.get("error")
         extra = f"  error {err:.3f}" if isinstance(err, int | float) else ""
         print(f"{m.rank:3d}. {m.model_id:<{width}}  {m.score:9.5f}  {task}{extra}")
+    return 0
+
+
+def _select_rerank(args: argparse.Namespace, index: Any) -> int:
+    """Two-stage selection: shortlist by the index's distance, re-rank by forward passes of the shortlist."""
+    if Path(args.source).suffix == ".safetensors":
+        raise TaskError(
+            "--rerank runs the shortlisted experts on the task's examples: give the dataset itself, not an embedding"
+        )
+    task = task_spec(args).load()
+    start = time.perf_counter()
+    emb = _query_embedding(args, index, task)
+    embed_s = time.perf_counter() - start
+    result = index.select(
+        emb,
+        k=args.k,
+        metric=args.metric,
+        alpha=args.alpha,
+        rerank=args.rerank,
+        shortlist=args.shortlist,
+        examples=task,
+        max_examples=args.max_examples,
+        device=args.device or "cpu",
+    )
+    result.cost.embed_s = embed_s  # the probe embedding of the task (stage 1)
+    if args.json:
+        print(json.dumps({"task": emb.name, "metric": args.metric, **result.summary()}, indent=1, default=str))
+        return 0
+    c = result.cost
+    print(
+        f"task {emb.name!r}: shortlist of {len(result.shortlist)} of {len(index)} experts by {args.metric} distance, "
+        f"re-ranked by {result.rerank} (higher is better): {c.forward_passes} expert forward passes over "
+        f"{c.examples} examples, {c.forward_s + c.load_s + c.score_s:.1f} s"
+    )
+    if not result.reranked:
+        print("no shortlisted expert could be scored: the list keeps the Task2Vec order")
+    width = max((len(m.model_id) for m in result), default=8)
+    for m in result:
+        print(
+            f"{m.rank:3d}. {m.model_id:<{width}}  {result.rerank} {m.rerank_score:10.5f}  "
+            f"(stage 1: #{m.stage1_rank}, {m.score:.5f})  {m.info.get('task', '')}"
+        )
+    for mid, reason in result.skipped.items():
+        print(f"  skipped {mid}: {reason}")
     return 0
 
 
@@ -148,6 +197,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=5, help="how many experts to show (default 5)")
     p.add_argument("--metric", default="asymmetric", choices=["asymmetric", "symmetric", "model2vec"])
     p.add_argument("--alpha", type=float, default=None, help="override the asymmetric weight")
+    p.add_argument(
+        "--rerank",
+        default=None,
+        choices=["leep", "logme", "nce", "sfda", "nleep", "knn", "h_score", "h_score_shrinkage"],
+        help="two-stage selection: re-rank the shortlist by this score from forward passes of its experts",
+    )
+    p.add_argument("--shortlist", type=int, default=None, help="stage-1 size with --rerank (default max(k, 4))")
+    p.add_argument("--max-examples", type=int, default=1000, help="examples the experts are run on (--rerank)")
     add_task_arguments(p, name=False)
     p.add_argument("--probe", default=None, help="override the probe (default: the index's)")
     p.add_argument("--max-samples", type=int, default=None, help="override the index's max_samples")
