@@ -55,8 +55,10 @@ import hf_task2vec as t2v  # noqa: E402
 from hf_task2vec.data import load_offline  # noqa: E402
 from hf_task2vec.distance import distance as t2v_distance  # noqa: E402
 from hf_task2vec.model2vec import Model2Vec  # noqa: E402
+from hf_task2vec.probes import file_sha256  # noqa: E402
+from hf_task2vec.rerank import expert_weights, two_stage_select  # noqa: E402
 from hf_task2vec.selection import ExpertIndex  # noqa: E402
-from hf_task2vec.transferability import h_score, leep, logme, nce  # noqa: E402
+from hf_task2vec.transferability import h_score, knn_accuracy, leep, logme, nce, nleep, sfda  # noqa: E402
 
 log = logging.getLogger("model_selection")
 
@@ -550,6 +552,12 @@ def peer_score(metric: str, features: np.ndarray, probs: np.ndarray, labels: np.
         return h_score(row_space(centred)[0], labels)
     if metric == "h_score_shrinkage":
         return h_score_shrinkage_fast(features, labels)
+    if metric == "sfda":
+        return sfda(features, labels)
+    if metric == "nleep":
+        return nleep(features, labels)
+    if metric == "knn":
+        return knn_accuracy(features, labels)
     raise ValueError(metric)
 
 
@@ -580,7 +588,7 @@ def summarise(errors: np.ndarray, chosen: np.ndarray | None, scores: np.ndarray 
     return out
 
 
-PEERS = ("logme", "leep", "nce", "h_score", "h_score_shrinkage")
+PEERS = ("logme", "leep", "nce", "h_score", "h_score_shrinkage", "sfda", "nleep", "knn")
 METHODS = [
     ("optimal", "Optimal (oracle)"),
     ("chance", "Chance (random expert)"),
@@ -593,7 +601,33 @@ METHODS = [
     ("nce", "NCE"),
     ("h_score", "H-score"),
     ("h_score_shrinkage", "H-score (Ledoit-Wolf shrinkage)"),
+    ("sfda", "SFDA"),
+    ("nleep", "N-LEEP"),
+    ("knn", "k-NN accuracy (k=5, cosine)"),
 ]
+PEER_LABELS = dict(METHODS)
+# the two-stage selector: a shortlist of m experts from one probe embedding (Task2Vec asymmetric, or Model2Vec),
+# re-ranked by a peer score computed on the shortlisted experts only (m forward passes instead of N)
+SHORTLISTERS = {"": "Task2Vec asymmetric", "m2v_": "Model2Vec"}
+
+
+def two_stage(distances: np.ndarray, scores: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Choice and ranking of the two-stage selector for every target.
+
+    ``distances`` [T, J] (stage 1, lower = better) shortlists the ``m`` nearest experts; ``scores`` [T, J]
+    (stage 2, higher = better) orders the shortlist. Returns the chosen expert [T] and a ranking score [T, J]
+    (higher = better): the shortlist by its stage-2 score above every other expert, those by stage-1 distance."""
+    t, j = distances.shape
+    order = np.argsort(distances, axis=1, kind="stable")
+    rank_score = np.zeros((t, j))
+    chosen = np.zeros(t, dtype=np.int64)
+    for i in range(t):
+        short = order[i, :m]
+        ranked = short[np.argsort(-scores[i, short], kind="stable")]
+        chosen[i] = ranked[0]
+        rank_score[i, ranked] = 2 * j - np.arange(m)  # the shortlist, best first
+        rank_score[i, order[i, m:]] = j - np.arange(j - m)  # the rest in Task2Vec order
+    return chosen, rank_score
 
 
 # -- the run ------------------------------------------------------------------------------------------
@@ -638,7 +672,9 @@ def run(cfg: Config, results_dir: Path, cache_root: Path, index_dir: Path) -> in
 
     # source-task embeddings for every probe (the generic expert: the union of all source classes)
     probes = {name: load_bench_probe(name, cfg) for name in dict.fromkeys(("embedded", *cfg.table1_probes))}
-    emb_key = cfg.key("image_size", "train_per_class", "expert_embed_samples")
+    task2vec_method = t2v.Task2Vec(progress=False).method  # the library's default estimator: part of the cache key
+    emb_key = cfg.key("image_size", "train_per_class", "expert_embed_samples") + f"-{task2vec_method}"
+    log.info("Task2Vec estimator: %s (the library default)", task2vec_method)
     source_embs: dict[str, list[t2v.TaskEmbedding]] = {}
     source_seconds: dict[str, list[float]] = {}
     for pname, probe in probes.items():
@@ -679,7 +715,14 @@ def run(cfg: Config, results_dir: Path, cache_root: Path, index_dir: Path) -> in
     seed0_target_embs: list[t2v.TaskEmbedding] = []
     seed0_errors = None
     per_target_rows: list[dict] = []
-    costs = {"task2vec_embed_s": [], "task2vec_select_s": [], "peer_forward_s": [], "peer_metric_s": {}}
+    full_rerank_ok: list[bool] = []
+    costs = {
+        "task2vec_embed_s": [],
+        "task2vec_select_s": [],
+        "peer_forward_s": [],
+        "peer_metric_s": {},
+        "rerank_s": {},
+    }
     gt_key = cfg.key(
         "image_size",
         "finetune_steps",
@@ -779,6 +822,7 @@ def run(cfg: Config, results_dir: Path, cache_root: Path, index_dir: Path) -> in
 
         # peers: score every expert on the target's training data
         peer_scores = {m: np.zeros((T, J)) for m in PEERS}
+        peer_times = {m: np.zeros((T, J)) for m in PEERS}  # seconds of each metric call
         metric_seconds = {m: 0.0 for m in peer_scores}
         for i, (t, (tr, ytr, _, _)) in enumerate(zip(targets, splits, strict=True)):
             for j in range(J):
@@ -787,7 +831,8 @@ def run(cfg: Config, results_dir: Path, cache_root: Path, index_dir: Path) -> in
                 for m in peer_scores:
                     start = time.perf_counter()
                     peer_scores[m][i, j] = peer_score(m, f, p, ytr)
-                    metric_seconds[m] += time.perf_counter() - start
+                    peer_times[m][i, j] = time.perf_counter() - start
+                    metric_seconds[m] += peer_times[m][i, j]
             if seed == cfg.seeds[0]:
                 costs["peer_forward_s"].append(float(len(tr) * fwd_per_image.sum()))
             if seed == cfg.seeds[0] and i == 0:  # the library's H-score calls: their real cost, and the same values
@@ -798,19 +843,49 @@ def run(cfg: Config, results_dir: Path, cache_root: Path, index_dir: Path) -> in
                     plain = [h_score(f_, ytr, **kwargs) for f_ in feats]
                     costs[f"{m}_library_s"] = (time.perf_counter() - start) * J / n_timed
                     np.testing.assert_allclose(peer_scores[m][0, :n_timed], plain, rtol=1e-4, err_msg=m)
+        n_train = np.array([len(sp[0]) for sp in splits], dtype=np.float64)
         for m, s in peer_scores.items():
             results[m] = summarise(errors, s.argmax(1), s)
+            results[m].update(forward_passes=float(J), forward_fraction=1.0)
             if seed == cfg.seeds[0]:
                 costs["peer_metric_s"][m] = metric_seconds[m] / T
+        t0 = lap("peers", t0)
+
+        # two-stage: shortlist m experts by one probe embedding, re-rank them by a peer score
+        stage1 = {"": d["asymmetric"], "m2v_": loo.distances}
+        for prefix, dist in stage1.items():
+            order = np.argsort(dist, axis=1, kind="stable")
+            for m in range(1, J + 1):
+                short = order[:, :m]
+                # the shortlisted experts' forward passes over each target's training set (measured per image)
+                fwd_s = float(np.mean(fwd_per_image[short].sum(1) * n_train))
+                for metric in PEERS:
+                    chosen, ranking = two_stage(dist, peer_scores[metric], m)
+                    if m == J:
+                        best = peer_scores[metric].max(1)
+                        full_rerank_ok.append(bool(np.all(peer_scores[metric][np.arange(T), chosen] == best)))
+                    row = summarise(errors, chosen, ranking)
+                    metric_s = float(np.mean(np.take_along_axis(peer_times[metric], short, 1).sum(1)))
+                    row.update(forward_passes=float(m), forward_fraction=m / J, _forward_s=fwd_s, _metric_s=metric_s)
+                    results[f"rerank_{prefix}{metric}_m{m}"] = row
         if seed == cfg.seeds[0]:  # report what the library calls cost, not our shortcuts
             for m in ("h_score", "h_score_shrinkage"):
                 costs["peer_metric_s"][m] = costs[f"{m}_library_s"]
-        t0 = lap("peers", t0)
+            for k, v in results.items():
+                if isinstance(v, dict) and "_forward_s" in v:
+                    costs["rerank_s"][k] = {"forward": v.pop("_forward_s"), "metric": v.pop("_metric_s")}
+        else:
+            for v in results.values():
+                if isinstance(v, dict):
+                    v.pop("_forward_s", None)
+                    v.pop("_metric_s", None)
+        t0 = lap("two-stage", t0)
 
         results["_m2v_fit_s_per_task"] = m2v_fit_s
         per_seed.append(results)
         if seed == cfg.seeds[0]:
             seed0_target_embs, seed0_errors = target_embs["embedded"], errors
+            seed0 = {"splits": splits, "asym": d["asymmetric"], "peer_scores": peer_scores}
             for i, t in enumerate(targets):
                 per_target_rows.append(
                     {
@@ -854,11 +929,22 @@ def run(cfg: Config, results_dir: Path, cache_root: Path, index_dir: Path) -> in
             info["finetune_steps"] = cfg.finetune_steps
         info.update(e.info)
         info["mean_target_error"] = float(seed0_errors[:, names.index(e.name)].mean())
+        # how to build the expert for the two-stage re-ranking (the fine-tuned weights live in the benchmark cache)
+        if e.name == GENERIC:
+            info["weights"] = expert_weights(load_probe="embedded", source_head=True, image_size=cfg.image_size)
+        else:
+            ckpt = ROOT / e.info["weights_cache"]
+            info["weights"] = expert_weights(
+                checkpoint=e.info["weights_cache"], sha256=file_sha256(ckpt), base="embedded", image_size=cfg.image_size
+            )
         index.add(e.model_id, emb, **info)
     index.fit_model2vec(seed0_target_embs, seed0_errors, steps=cfg.model2vec_steps)
     index.save(index_dir)
     reloaded = ExpertIndex.load(index_dir)
     t0 = lap("expert index", t0)
+
+    library_check = check_library_rerank(reloaded, experts, targets, test_pools, seed0_target_embs, seed0, cfg)
+    t0 = lap("library two-stage check", t0)
 
     speed = search_speed(cfg)
     t0 = lap("search speed", t0)
@@ -875,10 +961,44 @@ def run(cfg: Config, results_dir: Path, cache_root: Path, index_dir: Path) -> in
             reloaded.model_ids == index.model_ids
             and [m.model_id for m in reloaded.select(probe_q, k=J)] == [m.model_id for m in index.select(probe_q, k=J)]
         ),
+        "the library's two-stage select (real checkpoints, real forward passes) makes the benchmark's choices": bool(
+            library_check["agree"]
+        ),
     }
+    # the two-stage curve: cost per target, and the issue's target (m <= N/3 matches the best all-experts peer)
+    table2 = aggregate(per_seed)
+    t2v_s = float(np.mean(costs["task2vec_embed_s"]) + np.mean(costs["task2vec_select_s"]))
+    peer_fwd_s = float(np.mean(costs["peer_forward_s"]))
+    for key, row in table2.items():
+        if key in PEERS:
+            row["seconds_per_target"] = [peer_fwd_s + costs["peer_metric_s"][key], 0.0]
+        elif key in ("t2v_sym", "t2v_asym", "model2vec"):
+            row.update(forward_passes=[0.0, 0.0], forward_fraction=[0.0, 0.0], seconds_per_target=[t2v_s, 0.0])
+        elif key.startswith("rerank_"):
+            c = costs["rerank_s"][key]
+            row["seconds_per_target"] = [t2v_s + c["forward"] + c["metric"], 0.0]
+    best_peer = min(PEERS, key=lambda k: table2[k]["relative_increase"][0])
+    budget = max(1, J // 3)
+    cheap = {k: v for k, v in table2.items() if k.startswith("rerank_") and v["forward_passes"][0] <= budget}
+    best_cheap = min(cheap, key=lambda k: cheap[k]["relative_increase"][0])
+    default_key = f"rerank_leep_m{min(4, J)}"
+    rerank_target = {
+        "budget_forward_passes": budget,
+        "best_all_experts_peer": best_peer,
+        "best_all_experts_peer_relative_increase": table2[best_peer]["relative_increase"][0],
+        "best_two_stage_within_budget": best_cheap,
+        "best_two_stage_relative_increase": table2[best_cheap]["relative_increase"][0],
+        "default": default_key,
+        "default_relative_increase": table2[default_key]["relative_increase"][0],
+        "met": bool(table2[best_cheap]["relative_increase"][0] <= table2[best_peer]["relative_increase"][0] + 1e-12),
+    }
+    log.info("two-stage target: %s", rerank_target)
+    checks["re-ranking a shortlist of all N experts picks an expert with the best peer score"] = bool(
+        all(full_rerank_ok)
+    )
     total = time.perf_counter() - t_start
     report = {
-        "config": dataclasses.asdict(cfg),
+        "config": {**dataclasses.asdict(cfg), "task2vec_method": task2vec_method},
         "machine": machine_info(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "runtime_s": total,
@@ -896,7 +1016,9 @@ def run(cfg: Config, results_dir: Path, cache_root: Path, index_dir: Path) -> in
         ],
         "targets": [dataclasses.asdict(t) for t in targets],
         "per_seed": per_seed,
-        "table2": aggregate(per_seed),
+        "table2": table2,
+        "rerank_target": rerank_target,
+        "library_rerank_check": library_check,
         "table1": {p: aggregate(runs) for p, runs in table1_runs.items() if runs},
         "table1_embed_seconds": {p: float(np.mean(s)) for p, s in source_seconds.items()},
         "costs": {
@@ -920,6 +1042,59 @@ def run(cfg: Config, results_dir: Path, cache_root: Path, index_dir: Path) -> in
     for name, ok in checks.items():
         print(f"[{'PASS' if ok else 'FAIL'}] {name}")
     return 0 if all(checks.values()) else 1
+
+
+def check_library_rerank(
+    index: ExpertIndex,
+    experts: list[Expert],
+    targets: list[TargetSpec],
+    pools: dict[str, Pool],
+    target_embs: list[t2v.TaskEmbedding],
+    seed0: dict,
+    cfg: Config,
+) -> dict:
+    """Run the library's two-stage selection (`ExpertIndex.select(..., rerank=...)`: loads the shortlisted
+    experts from their checkpoints, runs them forward, scores them) on the first targets of the first seed, and
+    compare with the benchmark's computation from cached features: same choice, same scores."""
+    probe = t2v.load_probe("embedded", image_size=cfg.image_size)
+    m = min(4, len(experts))
+    names = [e.model_id for e in experts]
+    rows, agree = [], True
+    for i in range(min(2, len(targets))):
+        t = targets[i]
+        tr, ytr, _, _ = seed0["splits"][i]
+        task = t2v.Task.from_tensors(normalise(pools[t.dataset].x01[tr], probe), ytr, name=t.name)
+        for metric in ("leep", "logme"):
+            start = time.perf_counter()
+            sel = two_stage_select(
+                index, target_embs[i], rerank=metric, k=m, shortlist=m, examples=task, max_examples=None, root=ROOT
+            )
+            seconds = time.perf_counter() - start
+            chosen, _ = two_stage(seed0["asym"][i : i + 1], seed0["peer_scores"][metric][i : i + 1], m)
+            expected = {names[j]: float(seed0["peer_scores"][metric][i, j]) for j in np.argsort(seed0["asym"][i])[:m]}
+            got = {x.model_id: x.rerank_score for x in sel}
+            ok = (
+                not sel.skipped
+                and sel[0].model_id == names[int(chosen[0])]
+                and set(got) == set(expected)
+                and all(abs(got[k] - expected[k]) <= 1e-3 * max(1.0, abs(expected[k])) for k in got)
+            )
+            agree &= bool(ok)
+            rows.append(
+                {
+                    "target": t.name,
+                    "rerank": metric,
+                    "shortlist": m,
+                    "library_top1": sel[0].model_id,
+                    "benchmark_top1": names[int(chosen[0])],
+                    "max_score_difference": max(abs(got[k] - expected.get(k, np.nan)) for k in got),
+                    "skipped": dict(sel.skipped),
+                    "seconds": seconds,
+                    "cost": sel.cost.as_dict(),
+                    "agree": bool(ok),
+                }
+            )
+    return {"agree": bool(agree), "rows": rows}
 
 
 def aggregate(runs: list[dict]) -> dict[str, dict[str, list[float]]]:
@@ -1087,6 +1262,7 @@ def render_markdown(r: dict, index_dir: Path) -> str:
             f"| {label} | {_pm(v['mean_error'], 100)} | {_pm(v['relative_increase'], 100, '.1f')} | "
             f"{_pm(v['regret'], 100)} | {_pm(v['top1'], 100, '.0f')} | {tau} | {cost[key]} |"
         )
+    lines += render_two_stage(r)
     if r["table1"]:
         lines += [
             "",
@@ -1153,6 +1329,71 @@ def render_markdown(r: dict, index_dir: Path) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def render_two_stage(r: dict) -> list[str]:
+    """The two-stage selector's cost/quality curve (Markdown lines)."""
+    t2, tgt = r["table2"], r["rerank_target"]
+    n = len(r["experts"])
+    best = tgt["best_all_experts_peer"]
+    lines = [
+        "",
+        "## Two-stage selection: a probe-embedding shortlist re-ranked by a peer score",
+        "",
+        "`ExpertIndex.select(task, rerank=metric, shortlist=m)`: the Task2Vec asymmetric distance (one probe "
+        "embedding) shortlists the m nearest experts; only those m are run forward on the target's training examples "
+        "and ranked by the peer score. Forward fraction = m / N of the forward passes an all-experts peer needs. "
+        "Seconds per target = probe embedding + search + the shortlisted experts' forward passes + the metric on them.",
+        "",
+        f"**Target** (m <= N/3 = {tgt['budget_forward_passes']} forward passes matches or beats the best all-experts "
+        f"peer, {PEER_LABELS[best]} at {100 * tgt['best_all_experts_peer_relative_increase']:.1f}%): "
+        + ("met" if tgt["met"] else "not met")
+        + f"; the best two-stage setting within that budget is `{tgt['best_two_stage_within_budget']}` at "
+        f"{100 * tgt['best_two_stage_relative_increase']:.1f}%.",
+        "",
+        "Relative error increase (%) of the two-stage selector, by shortlist size m (rows) and re-ranking score "
+        "(columns); Task2Vec shortlist. The last rows are the all-experts peers (every expert run forward) and "
+        "Task2Vec alone.",
+        "",
+        "| m | forward fraction | " + " | ".join(PEER_LABELS[p] for p in PEERS) + " |",
+        "|---|---|" + "---|" * len(PEERS),
+    ]
+    for m in range(1, n + 1):
+        cells = [_pm(t2[f"rerank_{p}_m{m}"]["relative_increase"], 100, ".1f") for p in PEERS]
+        lines.append(f"| {m} | {m / n:.2f} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| all experts (peer alone) | 1.00 | "
+        + " | ".join(_pm(t2[p]["relative_increase"], 100, ".1f") for p in PEERS)
+        + " |"
+    )
+    t2v_rel = _pm(t2["t2v_asym"]["relative_increase"], 100, ".1f")
+    lines.append(f"| Task2Vec alone | 0 | {t2v_rel} |" + " |" * (len(PEERS) - 1))
+    lines += [
+        "",
+        "Same with the Model2Vec (leave-one-task-out) shortlist:",
+        "",
+        "| m | " + " | ".join(PEER_LABELS[p] for p in PEERS) + " |",
+        "|---|" + "---|" * len(PEERS),
+    ]
+    for m in range(1, n + 1):
+        cells = [_pm(t2[f"rerank_m2v_{p}_m{m}"]["relative_increase"], 100, ".1f") for p in PEERS]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    for metric in dict.fromkeys(("leep", best)):
+        lines += [
+            "",
+            f"Full curve for the {PEER_LABELS[metric]} re-ranking (Task2Vec shortlist):",
+            "",
+            "| m | forward passes | relative error increase (%) | top-1 (%) | weighted Kendall tau "
+            "| seconds per target |",
+            "|---|---|---|---|---|---|",
+        ]
+        for m in range(1, n + 1):
+            v = t2[f"rerank_{metric}_m{m}"]
+            lines.append(
+                f"| {m} | {m} | {_pm(v['relative_increase'], 100, '.1f')} | {_pm(v['top1'], 100, '.0f')} | "
+                f"{_pm(v['kendall_tau'], fmt='.3f')} | {v['seconds_per_target'][0]:.2f} |"
+            )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,12 +44,20 @@ def test_model_selection_benchmark_quick(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((results / "model_selection.json").read_text())
-    assert all(report["checks"].values()) and len(report["checks"]) == 3
+    assert all(report["checks"].values()) and len(report["checks"]) == 5
     assert "[PASS] Task2Vec asymmetric beats chance" in proc.stdout
 
     table = report["table2"]
     expected = {"optimal", "chance", "generic", "t2v_sym", "t2v_asym", "model2vec", "logme", "leep", "nce", "h_score"}
-    assert expected <= set(table)
+    assert expected | {"sfda", "nleep", "knn"} <= set(table)
+    # the two-stage curve: m = 1..N for every peer, with its share of the all-experts forward passes
+    n = len(report["experts"])
+    for m in range(1, n + 1):
+        row = table[f"rerank_leep_m{m}"]
+        assert row["forward_passes"][0] == m and abs(row["forward_fraction"][0] - m / n) < 1e-12
+        assert row["seconds_per_target"][0] > 0
+    assert table["rerank_leep_m1"]["mean_error"][0] == table["t2v_asym"]["mean_error"][0]  # m=1: Task2Vec's pick
+    assert report["library_rerank_check"]["agree"]
     mean = {k: v["mean_error"][0] for k, v in table.items()}
     assert mean["t2v_asym"] < mean["chance"]
     assert all(mean["optimal"] <= v + 1e-12 for v in mean.values())  # nothing beats the oracle
