@@ -59,7 +59,15 @@ class TextEncoderBackbone(nn.Module):
 
     def hidden_states(self, x: Mapping[str, torch.Tensor]) -> torch.Tensor:
         kwargs = {k: x[k] for k in ("token_type_ids",) if k in x}
-        return self.model(input_ids=x["input_ids"], attention_mask=x["attention_mask"], **kwargs).last_hidden_state
+        return self.model(input_ids=x["input_ids"], attention_mask=self._additive_mask(x), **kwargs).last_hidden_state
+
+    def _additive_mask(self, x: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The padding mask as the 4-D additive bias ``[B, 1, 1, T]`` (0 for real tokens, the dtype's
+        minimum for padding) that the attention adds to its scores. Passed ready-made, transformers
+        uses it as is: no data-dependent mask shortcuts, so `torch.func.vmap` runs through it too."""
+        dtype = next(self.model.parameters()).dtype
+        keep = x["attention_mask"].to(dtype)[:, None, None, :]
+        return (1.0 - keep) * torch.finfo(dtype).min
 
     def forward(self, x: Mapping[str, torch.Tensor]) -> torch.Tensor:
         h = self.hidden_states(x)
