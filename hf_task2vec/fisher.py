@@ -355,34 +355,47 @@ class FisherResult:
 
 
 # Backbones in use by a Fisher pass: id -> [users, saved requires_grad flags, saved training flag].
-# Reference-counted so that concurrent passes over one shared backbone restore it only once, last.
+# Reference-counted so that concurrent passes over one shared backbone (embedders work on shallow
+# copies of a probe: same backbone, own head) restore it only once, when the last one leaves.
 _IN_USE: dict[int, list] = {}
 _IN_USE_LOCK = threading.Lock()
+
+
+def _freeze(module: nn.Module) -> list:
+    saved = [[p.requires_grad for p in module.parameters()], module.training]
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return saved
+
+
+def _unfreeze(module: nn.Module, saved: list) -> None:
+    for p, flag in zip(module.parameters(), saved[0], strict=True):
+        p.requires_grad_(flag)
+    module.train(saved[1])
 
 
 @contextlib.contextmanager
 def frozen(probe: Probe) -> Iterator[None]:
     """Eval mode (BatchNorm frozen) and no weight gradients for the pass; every flag is restored
-    afterwards (when the last concurrent user of the same probe leaves)."""
-    key = id(probe)
+    afterwards (the shared backbone's when the last concurrent user leaves)."""
+    key = id(probe.backbone)
     with _IN_USE_LOCK:
         entry = _IN_USE.get(key)
         if entry is None:
-            entry = _IN_USE[key] = [0, [p.requires_grad for p in probe.parameters()], probe.training]
-            probe.eval()
-            for p in probe.parameters():
-                p.requires_grad_(False)
+            entry = _IN_USE[key] = [0, _freeze(probe.backbone)]
         entry[0] += 1
+    head_saved = _freeze(probe.head) if probe.head is not None else None
     try:
         yield
     finally:
+        if head_saved is not None and probe.head is not None:
+            _unfreeze(probe.head, head_saved)
         with _IN_USE_LOCK:
             entry[0] -= 1
             if entry[0] == 0:
                 del _IN_USE[key]
-                for p, flag in zip(probe.parameters(), entry[1], strict=True):
-                    p.requires_grad_(flag)
-                probe.train(entry[2])
+                _unfreeze(probe.backbone, entry[1])
 
 
 def to_device(x: Inputs, device: torch.device, dtype: torch.dtype) -> Inputs:

@@ -289,3 +289,80 @@ def test_bf16_autocast_stays_close():
     assert spearmanr(fast, ref)[0] > 0.95
     with pytest.raises(ValueError, match="precision"):
         fisher_diagonal(probe, [(x, None)], precision="fp8")
+
+
+class _Once:
+    """An iterable of batches that can be iterated only once (a stream)."""
+
+    def __init__(self, batches):
+        self.batches, self.used = batches, False
+
+    def __iter__(self):
+        assert not self.used, "the batches were iterated twice"
+        self.used = True
+        yield from self.batches
+
+
+def test_batches_are_consumed_once_with_hooks_and_with_the_fallback(tiny_data, caplog):
+    probe = tiny_probe()
+    batches = [(tiny_data[:4], None), (tiny_data[4:], None)]
+    ref = fisher_diagonal(probe, batches, method="exact").values
+    got = fisher_diagonal(probe, _Once(batches), method="exact").values
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+    # weight sharing is only visible in a forward pass: found on the first batch, no replay needed
+    shared = nn.Linear(4, 4).double()
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 4).double(), nn.Tanh(), shared, nn.Tanh(), shared)
+    p2 = Probe(net, name="shared")
+    h = p2.reset_head(3)
+    with torch.no_grad():
+        h.weight.normal_()
+    x = torch.randn(6, 12, dtype=torch.float64)
+    with caplog.at_level(logging.WARNING):
+        once = fisher_diagonal(p2, _Once([(x[:3], None), (x[3:], None)]), method="exact").values
+    assert "vmap" in caplog.text
+    ref2 = fisher_diagonal(p2, [(x, None)], method="exact", strategy="functional").values
+    np.testing.assert_allclose(once, ref2, rtol=1e-10)
+
+
+def test_low_rank_exact_bounds_and_full_rank_is_exact(tiny_data):
+    probe = tiny_probe(num_classes=5)
+    full = fisher_diagonal(probe, [(tiny_data, None)], method="exact").values
+    expected = brute_force_exact(probe, tiny_data)
+    np.testing.assert_allclose(full, expected, rtol=1e-6)
+    ranks = [fisher_diagonal(probe, [(tiny_data, None)], method="exact", rank=r).values for r in (1, 2, 3, 4)]
+    np.testing.assert_allclose(ranks[-1], full, rtol=1e-9)  # K - 1 directions span the score covariance
+    for lo, hi in zip(ranks, ranks[1:], strict=False):  # each added direction adds non-negative mass
+        assert np.all(hi >= lo - 1e-12)
+    assert ranks[0].sum() < full.sum()
+
+
+def test_concurrent_fisher_passes_on_one_backbone(tiny_data):
+    import threading
+
+    probe = tiny_probe()
+    other = tiny_probe(seed=0)
+    other.head = nn.Linear(probe.head.in_features, 3).double()  # same backbone values, another head
+    with torch.no_grad():
+        other.head.weight.normal_(0, 1.0)
+    other.backbone = probe.backbone  # share the very same backbone object
+    want = [fisher_diagonal(p, [(tiny_data, None)], method="exact").values for p in (probe, other)]
+    got: dict[int, np.ndarray] = {}
+
+    def run(i, p):
+        for _ in range(3):
+            got[i] = fisher_diagonal(p, [(tiny_data[:5], None), (tiny_data[5:], None)], method="exact").values
+
+    threads = [threading.Thread(target=run, args=(i, p)) for i, p in enumerate((probe, other))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in (0, 1):
+        np.testing.assert_allclose(got[i], want[i], rtol=1e-10)
+    assert all(p.requires_grad for p in probe.parameters())
+
+
+def test_channels_last_is_restored(tiny_data):
+    probe = tiny_probe()
+    fisher_diagonal(probe, [(tiny_data, None)], method="exact", channels_last=True)
+    assert all(p.is_contiguous() for p in probe.parameters())
