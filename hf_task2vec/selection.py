@@ -507,6 +507,10 @@ class ExpertIndex:
             **embed_options: `Task2Vec` options (``image_size``, ``max_samples``, ``seed``...); for a
                 non-empty index they default to the index's settings.
 
+        Each expert's info records ``weights``: ``{"load_probe": "hf-hub:<id>"`` (timm models) or
+        ``"<id>"`` (transformers), ``"hub_revision": <commit embedded>}``, so that two-stage selection
+        (``select(..., rerank=...)``) can load it.
+
         Returns:
             The ids added.
 
@@ -552,6 +556,9 @@ class ExpertIndex:
             for k in ("pipeline_tag", "library_name", "datasets_in_card"):
                 if card_info.get(k):
                     info[k] = card_info[k]
+            # where the expert's weights come from (what `select(..., rerank=...)` loads)
+            spec = f"hf-hub:{model_id}" if card_info.get("library_name") == "timm" else model_id
+            info["weights"] = {"load_probe": spec, "hub_revision": card_info.get("sha", "")}
             self.add(model_id, emb, replace=replace, **info)
             added.append(model_id)
         return added

