@@ -14,6 +14,7 @@ does not stop the others.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -25,10 +26,12 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
+from .checks import check_embedder_options, check_float, check_output_dir
 from .distributed import DistributedTask2Vec, _Comm
 from .embedding import TaskEmbedding
-from .errors import Task2VecError
+from .errors import OptionError, Task2VecError
 from .hub import EmbeddingStore, sanitize_name
+from .lifeline import die_with_launcher, launched
 from .probes import load_probe
 from .task2vec import METHODS, Method, Task2Vec
 from .tasks import Task, TaskSpec
@@ -116,7 +119,12 @@ def _parse_task_entry(entry: Any, i: int) -> list[TaskSpec]:
     source = entry.get("source")
     if not isinstance(source, str) or not source:
         raise BatchConfigError(f"{where} needs 'source': a Hub dataset id, a local folder or 'offline:<name>'")
-    split = str(entry.get("split", "train"))
+    split = entry.get("split", "train")
+    if not isinstance(split, str) or not split:
+        raise BatchConfigError(f"{where}: split must be a string (e.g. train, test), got {split!r}")
+    for column in ("input_column", "label_column", "revision", "config", "name"):
+        if entry.get(column) is not None and not isinstance(entry[column], str | int):
+            raise BatchConfigError(f"{where}: {column} must be a string, got {entry[column]!r}")
     common = {
         "source": source,
         "split": split,
@@ -180,7 +188,10 @@ def load_batch_config(config: str | os.PathLike[str] | Mapping[str, Any] | Batch
     raw_tasks = config.get("tasks")
     if not isinstance(raw_tasks, list) or not raw_tasks:
         raise BatchConfigError(f"{where} needs a non-empty 'tasks' list")
-    tasks = [spec for i, entry in enumerate(raw_tasks) for spec in _parse_task_entry(entry, i)]
+    try:
+        tasks = [spec for i, entry in enumerate(raw_tasks) for spec in _parse_task_entry(entry, i)]
+    except BatchConfigError as exc:
+        raise BatchConfigError(f"{where}: {exc}") from exc
     seen: dict[str, str] = {}
     for spec in tasks:
         key = sanitize_name(spec.name)
@@ -196,10 +207,18 @@ def load_batch_config(config: str | os.PathLike[str] | Mapping[str, Any] | Batch
     shard = config.get("shard", "auto")
     if shard not in SHARD_MODES:
         raise BatchConfigError(f"{where}: unknown shard {shard!r}; use one of {list(SHARD_MODES)}")
-    options = dict(config.get("options") or {})
+    raw_options = config.get("options") or {}
+    if not isinstance(raw_options, Mapping):
+        raise BatchConfigError(f"{where}: options must be a mapping (e.g. {{max_samples: 1000}}), got {raw_options!r}")
+    options = dict(raw_options)
     bad = sorted(set(options) - set(_TASK2VEC_OPTIONS))
     if bad:
         raise BatchConfigError(f"{where}: unknown options {bad}; options may be {list(_TASK2VEC_OPTIONS)}")
+    try:  # the same checks as Task2Vec's, before anything is loaded
+        options = check_embedder_options(options)
+        timeout_minutes = check_float("timeout_minutes", config.get("timeout_minutes", 180.0), positive=True)
+    except OptionError as exc:
+        raise BatchConfigError(f"{where}: {exc}") from exc
     probe = config.get("probe", "embedded")
     if not isinstance(probe, str):
         raise BatchConfigError(f"{where}: probe must be a string (a load_probe spec), got {probe!r}")
@@ -211,7 +230,7 @@ def load_batch_config(config: str | os.PathLike[str] | Mapping[str, Any] | Batch
         options=options,
         store=str(store) if store is not None else None,
         shard=shard,
-        timeout_minutes=float(config.get("timeout_minutes", 180.0)),
+        timeout_minutes=float(timeout_minutes),  # type: ignore[arg-type]
     )
 
 
@@ -361,6 +380,10 @@ def run_batch(
         else _Comm(accelerator, cpu=cpu, timeout_minutes=cfg.timeout_minutes)
     )
     store_ = open_store(target)
+    if store_.is_local and store_.path is not None and not dry_run:  # a bad store fails now, not after the work
+        check_output_dir(store_.path, option="store")
+    if comm.world > 1 or launched():
+        die_with_launcher()  # workers must not outlive their launcher (they would write the store as orphans)
     image_size = cfg.options.get("image_size")
     try:
         probe = load_probe(cfg.probe, image_size=image_size)
@@ -372,14 +395,38 @@ def run_batch(
     # whole tasks, round-robin (and the resume check: the settings a stored embedding must agree with)
     embedder = Task2Vec(probe, method=cfg.method, device=comm.device, progress=False, **options)
 
+    # One writer per local store: the main process holds the store's lock for the whole run (another
+    # run waits, then finds its tasks done); temp files are only removed under the lock.
+    held = contextlib.ExitStack()
     status: dict[str, str] = {}
-    if comm.is_main:
-        if not dry_run:
-            for p in remove_stale_files(store_):
-                logger.warning("removed %s, left by an interrupted write", p)
-        existing = set(store_.keys())
-        status = {spec.name: _resume_status(store_, keys[spec.name], existing, embedder) for spec in cfg.tasks}
-    status = comm.broadcast_object(status)
+    try:
+        if comm.is_main:
+            if not dry_run and store_.is_local:
+                held.enter_context(store_.lock(purpose=f"hf-task2vec batch, {comm.world} process(es)"))
+            if not dry_run:
+                for p in remove_stale_files(store_):
+                    logger.warning("removed %s, left by an interrupted write", p)
+            existing = set(store_.keys())
+            status = {spec.name: _resume_status(store_, keys[spec.name], existing, embedder) for spec in cfg.tasks}
+        status = comm.broadcast_object(status)
+        return _run_pending(cfg, comm, store_, status, embedder, probe, options, dry_run, progress, started)
+    finally:
+        held.close()
+
+
+def _run_pending(
+    cfg: BatchConfig,
+    comm: _Comm,
+    store_: EmbeddingStore,
+    status: dict[str, str],
+    embedder: Task2Vec,
+    probe: Any,
+    options: dict[str, Any],
+    dry_run: bool,
+    progress: bool,
+    started: float,
+) -> BatchReport:
+    """`run_batch` after the resume check: embed the pending tasks and push them."""
 
     report = BatchReport(store=store_.name, num_processes=comm.world, distributed_type=comm.distributed_type)
     pending: list[TaskSpec] = []

@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
+import traceback
 from collections.abc import Sequence
 
 from ._version import __version__
-from .errors import Task2VecError
+from .errors import OptionError, Task2VecError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "hf_task2vec.commands.core",
@@ -40,15 +42,76 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flag(args: argparse.Namespace, option: str) -> str | None:
+    """The command-line spelling of an API option name, if this command has that option."""
+    if not hasattr(args, option):
+        return None
+    return f"-{option}" if len(option) == 1 else "--" + option.replace("_", "-")
+
+
+def expected_error(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """The one-line message for a failure the user can fix, or ``None`` for a bug.
+
+    Expected: errors of hf_task2vec (`Task2VecError`: bad options, tasks, probes, files, stores,
+    the Hub), ``ValueError`` from validation, ``OSError`` on paths, device errors (no such device,
+    out of GPU memory) and errors of the Hub client."""
+    from .checks import os_reason
+
+    if isinstance(exc, OptionError) and exc.option:
+        text = str(exc)
+        flag = _flag(args, exc.option)
+        if flag is not None:
+            text = re.sub(rf"(?<![\w-]){re.escape(exc.option)}\b", flag, text, count=1)
+        return text
+    if isinstance(exc, Task2VecError | ValueError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename!r}: " if getattr(exc, "filename", None) else ""
+        return f"{where}{os_reason(exc)}"
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return "out of GPU memory: lower --batch-size (or --max-samples), or use --device cpu"
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(exc, RuntimeError) and any(w in str(exc) for w in ("CUDA", "device", "cuDNN", "NCCL")):
+        return f"device error: {str(exc).splitlines()[0]}. Check --device (cpu, cuda, cuda:N) and the GPU"
+    try:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        if isinstance(exc, HfHubHTTPError):
+            return f"the Hub refused the request: {str(exc).splitlines()[0]}"
+    except ImportError:  # pragma: no cover
+        pass
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit status: 0 done, 2 an expected failure (one line on stderr naming the
+    input and the fix; nothing is half-written), 130 interrupted, 1 a bug (with a traceback) or, for
+    ``batch``, a task that failed."""
     parser = build_parser()
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    prefix = f"hf-task2vec {args.command}"
     try:
         return int(args.func(args) or 0)
-    except (Task2VecError, FileNotFoundError) as exc:
-        print(f"hf-task2vec {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        # on a new line: Ctrl-C usually lands in the middle of a progress bar
+        print(f"\n{prefix}: interrupted; nothing was written (a partly written output is never left behind)",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:
+        message = expected_error(exc, args)
+        if message is None:
+            traceback.print_exc()
+            print(f"{prefix}: internal error ({type(exc).__name__}: {exc}). This is a bug in hf_task2vec: please "
+                  f"report it (hf_task2vec {__version__}, the command and the traceback above) on the project's "
+                  "issue tracker", file=sys.stderr)
+            return 1
+        print(f"{prefix}: error: {' '.join(message.split())}", file=sys.stderr)
         return 2
 
 

@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .checks import check_float
 from .embedding import TaskEmbedding
 
 Kind = Literal["symmetric", "asymmetric", "cosine"]
@@ -42,6 +43,8 @@ def _as_arrays(embeddings: Sequence[TaskEmbedding]) -> tuple[np.ndarray, np.ndar
     first = embeddings[0]
     for other in embeddings[1:]:
         first.check_compatible(other)
+    for e in embeddings:
+        e.check_finite()  # a NaN filter would turn every distance to it into NaN
     values = np.stack([e.values for e in embeddings]).astype(np.float64)
     trivial = np.stack([e.trivial for e in embeddings]).astype(np.float64)
     return values, trivial
@@ -150,6 +153,8 @@ def pairwise_distances(
 ) -> np.ndarray:
     """`distance_matrix` on raw ``[n, D]`` / ``[m, D]`` arrays (used by the expert index)."""
     _check_kind(kind)
+    if kind == "asymmetric":
+        check_float("alpha", alpha)
     a = np.atleast_2d(np.asarray(sources, np.float64))
     b = np.atleast_2d(np.asarray(targets, np.float64))
     if a.shape[1] != b.shape[1]:

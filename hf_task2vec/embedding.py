@@ -1,14 +1,20 @@
 """`TaskEmbedding`: the per-filter Fisher of a task, its trivial embedding, and where it came from.
 
 Saved as safetensors: two float32 tensors (`values`, `trivial`) and str -> str metadata holding
-the provenance (DESIGN.md), the layer slices, and a sha256 of the tensor bytes so that a file
-edited after it was written is refused instead of silently compared.
+the provenance (DESIGN.md), the layer slices, and a sha256 over the tensors AND the metadata, so
+that a file edited after it was written (its values, or its probe, method, image size...) is refused
+instead of silently compared. The hash detects edits and corruption, not forgery: it has no secret.
+
+Format versions: 2 (written now) hashes tensors, layers and metadata; 1 (hf_task2vec 0.1.0) hashed
+the tensors only. Version-1 files still load (their tensors are verified) with a warning that their
+metadata is not; saving such an embedding again writes version 2.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -16,10 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EmbeddingFileError, IncompatibleEmbeddingsError
+from .errors import EmbeddingFileError, IncompatibleEmbeddingsError, OutputError, Task2VecError
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "hf_task2vec.embedding"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+#: Versions this release reads: "1" hashed the tensors only (its metadata is not verified).
+READABLE_VERSIONS: tuple[str, ...] = ("1", "2")
 
 # Metadata keys that must agree for two embeddings to be comparable.
 COMPATIBILITY_KEYS: tuple[str, ...] = ("probe", "probe_revision", "method", "image_size")
@@ -130,16 +140,43 @@ class TaskEmbedding:
         )
 
     # -- safetensors I/O ---------------------------------------------------------------------
-    def _digest(self) -> str:
+    def _tensor_digest(self) -> str:
+        """The format-1 hash: the tensor bytes only."""
         h = hashlib.sha256()
-        h.update(self.values.tobytes())
-        h.update(self.trivial.tobytes())
+        h.update(self.values.astype("<f4").tobytes())
+        h.update(self.trivial.astype("<f4").tobytes())
         return h.hexdigest()
 
+    def _digest(self) -> str:
+        """The format-2 hash: the tensors, the layer slices and every metadata entry (canonical JSON)."""
+        h = hashlib.sha256()
+        h.update(f"{FORMAT}/{FORMAT_VERSION}\0".encode())
+        for arr in (self.values, self.trivial):
+            data = arr.astype("<f4").tobytes()
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+        described = {"layers": [[sl.name, sl.start, sl.stop] for sl in self.layers], "meta": self.meta}
+        h.update(json.dumps(described, sort_keys=True, ensure_ascii=True, separators=(",", ":")).encode())
+        return h.hexdigest()
+
+    def check_finite(self) -> None:
+        """Raise `EmbeddingFileError` if any value is NaN or infinite (such an embedding is refused
+        by `save` and by the distances)."""
+        for label, arr in (("values", self.values), ("trivial", self.trivial)):
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                first = int(np.argmax(bad))
+                raise EmbeddingFileError(
+                    f"embedding {self.name!r} is not finite: {int(bad.sum())} of its {arr.size} {label} are NaN or "
+                    f"infinite (first at filter {first}). Check the task's inputs for NaN/inf and embed it again "
+                    "(with precision='fp32')"
+                )
+
     def to_bytes(self) -> bytes:
-        """The safetensors serialisation (what `save` writes)."""
+        """The safetensors serialisation (what `save` writes); refuses a non-finite embedding."""
         from safetensors.numpy import save
 
+        self.check_finite()
         meta = dict(self.meta)
         meta.update(
             format=FORMAT,
@@ -150,10 +187,22 @@ class TaskEmbedding:
         return save({"values": self.values, "trivial": self.trivial}, metadata=meta)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the embedding to ``path`` atomically (temp file + rename); returns the path."""
+        """Write the embedding to ``path`` atomically (temp file + rename); returns the path.
+
+        Raises:
+            EmbeddingFileError: the embedding is not finite (nothing is written).
+            OutputError: ``path`` cannot be written (a directory, read-only, no space left...); an
+                existing file at ``path`` is left as it was and no temporary file remains.
+        """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, self.to_bytes())
+        data = self.to_bytes()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, data)
+        except Task2VecError:
+            raise
+        except OSError as exc:
+            raise OutputError(f"cannot write the embedding to {str(path)!r}: {_write_reason(exc, path)}") from exc
         return path
 
     @classmethod
@@ -174,10 +223,11 @@ class TaskEmbedding:
         meta = header.get("__metadata__") or {}
         if meta.get("format") != FORMAT:
             raise EmbeddingFileError(f"{source} is a safetensors file but not a hf_task2vec embedding")
-        if meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version")
+        if version not in READABLE_VERSIONS:
             raise EmbeddingFileError(
-                f"{source} has embedding format version {meta.get('format_version')!r}; this "
-                f"hf_task2vec reads version {FORMAT_VERSION}: upgrade hf_task2vec or {fix}"
+                f"{source} has embedding format version {version!r}; this hf_task2vec reads versions "
+                f"{', '.join(READABLE_VERSIONS)}: upgrade hf_task2vec (pip install -U hf_task2vec) or {fix}"
             )
         if set(tensors) != {"values", "trivial"}:
             raise EmbeddingFileError(f"{source} holds tensors {sorted(tensors)}, expected values and trivial")
@@ -192,10 +242,24 @@ class TaskEmbedding:
             emb = cls(tensors["values"], tensors["trivial"], layers, meta)
         except ValueError as exc:
             raise EmbeddingFileError(f"{source} is inconsistent ({exc}): {fix}") from exc
-        if digest != emb._digest():
+        if version == "1":
+            if digest != emb._tensor_digest():
+                raise EmbeddingFileError(
+                    f"{source} failed its integrity check (the sha256 of its values does not match the one "
+                    f"recorded when it was written): the file was modified or corrupted; {fix}"
+                )
+            logger.warning(
+                "%s was written in embedding format 1, whose integrity hash covers the tensors only: its metadata "
+                "(probe, method, image size...) is not verified. Save it again (TaskEmbedding.load(path).save(path)) "
+                "to upgrade it to format %s",
+                source,
+                FORMAT_VERSION,
+            )
+        elif digest != emb._digest():
             raise EmbeddingFileError(
-                f"{source} failed its integrity check (the sha256 of its values does not match the one "
-                f"recorded when it was written): the file was modified or corrupted; {fix}"
+                f"{source} failed its integrity check: the sha256 recorded when it was written does not match its "
+                "tensors and metadata, so the file was modified (e.g. its probe, method or image size edited) or "
+                f"corrupted; {fix}"
             )
         if not np.all(np.isfinite(emb.values)):
             raise EmbeddingFileError(f"{source} contains non-finite values: {fix}")
@@ -224,6 +288,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_reason(exc: OSError, path: Path) -> str:
+    """Why an output file could not be written, and what to do."""
+    import errno
+
+    if isinstance(exc, IsADirectoryError) or path.is_dir():
+        return "it is a directory; give a file path (e.g. .../task.safetensors)"
+    if isinstance(exc, NotADirectoryError):
+        return "a part of that path is a file, not a directory; choose another location"
+    reasons = {
+        errno.ENOSPC: "no space left on that file system; free some space or save it elsewhere",
+        errno.EDQUOT: "the disk quota is exhausted; free some space or save it elsewhere",
+        errno.EROFS: "that location is on a read-only file system; save it elsewhere",
+        errno.EACCES: "permission denied; save it where you can write",
+        errno.EPERM: "operation not permitted; save it where you can write",
+        errno.ENAMETOOLONG: "the file name is too long; choose a shorter one",
+    }
+    return reasons.get(exc.errno or 0, f"{exc.strerror or exc}; choose another location")
 
 
 def _umask() -> int:

@@ -60,3 +60,33 @@ class EmbeddingNotFoundError(HubError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class OptionError(Task2VecError, ValueError):
+    """An option has a bad value (a count below 1, a non-finite number, an unknown device...).
+
+    Attributes:
+        option: the option's name as the Python API spells it (``max_samples``); the CLI shows
+            its flag (``--max-samples``) instead.
+    """
+
+    def __init__(self, message: str = "", *, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+class OutputError(Task2VecError, OSError):
+    """An output location cannot be written (a directory, read-only, no space left, no permission)."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+
+    def __str__(self) -> str:  # OSError would prefix "[Errno ...]" when built with two args
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreLockedError(HubError):
+    """A local store is being written by another process (its lock file names the owner)."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message, reason="error")

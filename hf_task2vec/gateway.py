@@ -183,10 +183,12 @@ def hub_call(
     *,
     error: type[HubError] = HubError,
     retry_if: Callable[[BaseException], bool] | None = None,
+    attempts: int | None = None,
 ) -> T:
     """Run ``fn`` (one Hub operation), retrying transient failures (and those ``retry_if`` accepts);
-    any other failure is raised as ``error`` (see `translate`). Local targets are tried once."""
-    attempts = 1 if target.local else RETRIES
+    any other failure is raised as ``error`` (see `translate`). Local targets are tried once;
+    ``attempts`` caps the tries (default `RETRIES`)."""
+    attempts = 1 if target.local else (RETRIES if attempts is None else max(1, attempts))
     for attempt in range(1, attempts + 1):
         try:
             return fn()

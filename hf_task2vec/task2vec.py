@@ -28,8 +28,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._version import __version__
+from .checks import check_embedder_options
 from .embedding import TaskEmbedding
-from .fisher import FisherResult, Strategy, fisher_diagonal, fisher_variational
+from .errors import TaskError
+from .fisher import FisherResult, Strategy, fisher_diagonal, fisher_variational, to_device
 from .head import fit_linear_head, set_head
 from .probes import Probe, load_probe
 from .sampling import balanced_sample
@@ -156,10 +158,13 @@ class Task2Vec:
         channels_last: bool = False,
         progress: bool = True,
     ) -> None:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # every option is checked here, before any probe or data is loaded (OptionError names it)
+        checked = check_embedder_options(dict(
+            method=method, n_samples=n_samples, max_samples=max_samples, head_epochs=head_epochs, head_l2=head_l2,
+            batch_size=batch_size, seed=seed, device=device, image_size=image_size,
+            variational_epochs=variational_epochs, beta=beta, precision=precision,
+        ))
+        device = checked["device"]
         self.probe_spec = probe
         self.image_size = image_size
         self.method = method
@@ -267,13 +272,14 @@ class Task2Vec:
         self, task: Task, indices: np.ndarray, desc: str | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(inputs, labels)`` batches over ``indices``, preprocessed for the probe."""
-        transform = self.probe.transform() if task.is_image else None
+        transform = self.probe.transform() if task.is_image or task.is_text else None
         labels = torch.tensor(task.labels)  # a copy: dataset label arrays may be read-only
         bar = tqdm(total=len(indices), desc=desc, unit="ex", disable=not self.progress or desc is None, leave=False)
         try:
             for start in range(0, len(indices), self.batch_size):
                 idx = indices[start : start + self.batch_size]
                 x = task.get_inputs(idx, transform)
+                _check_finite_inputs(x, task, idx)
                 yield x, labels[torch.as_tensor(idx)]
                 bar.update(len(idx))
         finally:
@@ -284,7 +290,7 @@ class Task2Vec:
         """Backbone features of the sampled examples (computed once; the only cache kept)."""
         self.probe.eval()
         feats = [
-            self.probe.features(x.to(self.device, self.probe.dtype)).cpu()
+            self.probe.features(to_device(x, self.device, self.probe.dtype)).cpu()
             for x, _ in self.batches(task, indices, desc=f"features {task.name}")
         ]
         return torch.cat(feats)
@@ -317,9 +323,11 @@ class Task2Vec:
         """Embed a task (a `Task`, a `TaskSpec`, or anything `load_task` accepts, with ``load_kwargs``)."""
         task = task if isinstance(task, Task) else load_task(task, **load_kwargs)
         started = _dt.datetime.now(_dt.timezone.utc)
+        _check_class_sizes(task, self.max_samples)
         indices = self.sample(task)
         probe, head_info = self.fit_probe(task, indices)
         result = self._fisher(probe, task, indices)
+        _check_finite_result(result.values, task)
         trivial = result.trivial if result.trivial is not None else np.full(probe.dim, probe.prior_fisher)
         meta = {
             **task.meta(),
@@ -360,6 +368,52 @@ class Task2Vec:
             beta=self.beta,
             init_fisher=init,
             seed=self.seed,
+        )
+
+
+def _check_finite_inputs(x: torch.Tensor, task: Task, idx: Any) -> None:
+    """Refuse a batch with NaN or infinite inputs (before the Fisher turns them into NaN filters)."""
+    if not (torch.is_tensor(x) and x.is_floating_point()):
+        return
+    finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+    if bool(finite.all()):
+        return
+    bad = [int(idx[i]) for i in torch.nonzero(~finite).flatten().tolist()]
+    shown = ", ".join(str(b) for b in bad[:5]) + (" ..." if len(bad) > 5 else "")
+    raise TaskError(
+        f"task {task.name!r}: the inputs are not finite (NaN or infinity) in row {shown}; clean or drop those "
+        "examples (e.g. torch.nan_to_num, or dataset.filter) and embed again"
+    )
+
+
+def _check_class_sizes(task: Task, max_samples: int | None) -> None:
+    """A task whose classes have one example each, or a sample too small to hold every class, would
+    embed without a word and mean nothing: refuse it."""
+    counts = task.class_counts()
+    present = counts[counts > 0]
+    if max_samples is not None and max_samples < present.size:
+        raise TaskError(
+            f"max_samples={max_samples} is smaller than the {present.size} classes of task {task.name!r}: every "
+            f"class needs examples; use max_samples of at least {2 * present.size}"
+        )
+    single = [task.label_names[i] for i in np.nonzero(counts == 1)[0]]
+    if single and len(single) == present.size:
+        raise TaskError(
+            f"task {task.name!r} has 1 example per class ({len(task)} examples): a task needs at least 2 examples "
+            "per class (the head fit and the Fisher learn nothing from one each). Add examples"
+        )
+    if single:
+        shown = ", ".join(repr(n) for n in single[:5]) + (" ..." if len(single) > 5 else "")
+        logger.warning("task %r: class %s has a single example; at least 2 per class are advised", task.name, shown)
+
+
+def _check_finite_result(values: np.ndarray, task: Task) -> None:
+    bad = ~np.isfinite(np.asarray(values))
+    if bad.any():
+        raise TaskError(
+            f"the Fisher of task {task.name!r} came out non-finite in {int(bad.sum())} of {bad.size} filters: the "
+            "probe overflowed on these inputs. Check their scale (normalised images, no huge values) and use "
+            "precision='fp32'"
         )
 
 
@@ -437,7 +491,7 @@ def domain_embedding(
         handles.append(modules[g.name].register_forward_hook(hook))
     try:
         for x, _ in embedder.batches(task, indices, desc=f"domain {task.name}"):
-            probe_.features(x.to(embedder.device, probe_.dtype))
+            probe_.features(to_device(x, embedder.device, probe_.dtype))
     finally:
         for h in handles:
             h.remove()

@@ -38,6 +38,12 @@ DATA_FILE_BUILDERS = {
 }
 _INPUT_NAMES = ("image", "img", "images", "pixel_values", "picture", "photo")
 _LABEL_NAMES = ("label", "labels", "class", "target", "y", "fine_label", "category")
+#: Column names read as the text of a text task (when no other string column decides it).
+_TEXT_NAMES = ("text", "sentence", "content", "document", "review", "comment", "body", "tweet", "passage", "question")
+#: Column pairs read as a text-pair task (encoded as one sequence with the tokenizer's separator).
+_PAIR_NAMES = (("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"), ("text_a", "text_b"))
+#: String columns that are never text (file paths of images, ids).
+_NOT_TEXT_NAMES = ("path", "file", "filename", "file_name", "image_path", "img_path", "id", "idx", "uid", "url")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -163,8 +169,12 @@ class Task:
         split: str = "",
         config: str = "",
         validate: bool = True,
+        modality: str = "image",
+        pair_column: str | None = None,
     ) -> None:
         self.name = name
+        self.modality = "tensor" if inputs is not None else modality
+        self.pair_column = pair_column
         self.label_names = [str(n) for n in label_names]
         self._labels = np.asarray(labels, dtype=np.int64)
         self.dataset = dataset
@@ -191,7 +201,7 @@ class Task:
     ) -> Task:
         """A task over in-memory inputs ``[N, ...]`` and integer labels ``[N]`` (toy and analytic checks)."""
         x = torch.as_tensor(inputs)
-        y = np.asarray(torch.as_tensor(labels).cpu().numpy(), dtype=np.int64).reshape(-1)
+        y = _integer_labels(labels, name)
         if x.shape[0] != y.shape[0]:
             raise TaskError(f"task {name!r}: {x.shape[0]} inputs but {y.shape[0]} labels; give one label per input")
         if y.size == 0:
@@ -215,7 +225,12 @@ class Task:
 
     @property
     def is_image(self) -> bool:
-        return self.inputs is None
+        return self.inputs is None and self.modality == "image"
+
+    @property
+    def is_text(self) -> bool:
+        """A text (or text-pair) task: inputs are strings, tokenised by the probe's tokenizer."""
+        return self.modality == "text"
 
     def class_counts(self) -> np.ndarray:
         return np.bincount(self._labels, minlength=self.num_classes)
@@ -235,6 +250,7 @@ class Task:
             "label_column": self.label_column or "",
             "label_names": json.dumps(self.label_names),
             "num_classes": str(self.num_classes),
+            **({"modality": "text", "pair_column": self.pair_column or ""} if self.is_text else {}),
         }
 
     # -- sub-tasks ---------------------------------------------------------------------------
@@ -274,6 +290,8 @@ class Task:
             revision=self.revision,
             split=self.split,
             config=self.config,
+            modality=self.modality,
+            pair_column=self.pair_column,
         )
 
     # -- reading inputs ----------------------------------------------------------------------
@@ -285,6 +303,13 @@ class Task:
         idx = [int(i) for i in indices]
         if self.inputs is not None:
             return self.inputs[torch.as_tensor(idx, dtype=torch.long)]
+        if self.is_text:
+            return self._text_inputs(idx, transform)
+        if getattr(transform, "modality", "image") == "text":
+            raise TaskError(
+                f"task {self.name!r} holds images but the probe is a text probe: embed it with an image probe "
+                "(e.g. 'embedded')"
+            )
         if transform is None:
             raise TaskError(f"task {self.name!r} holds images: a probe with an image preprocessing config is needed")
         try:
@@ -304,6 +329,19 @@ class Task:
                 )
             out.append(transform(to_rgb(img)))
         return torch.stack(out)
+
+
+    def _text_inputs(self, idx: list[int], transform: Callable[..., Any] | None) -> Any:
+        """Tokenised texts (or text pairs) of rows ``idx``: the probe's text transform's output."""
+        if transform is None or getattr(transform, "modality", "image") != "text":
+            raise TaskError(
+                f"task {self.name!r} holds text (column {self.input_column!r}): embed it with a text probe such as "
+                "'embedded-text' (or any transformers text encoder)"
+            )
+        rows = self.dataset[idx]
+        texts = [t if t is not None else "" for t in rows[self.input_column]]
+        pairs = [t if t is not None else "" for t in rows[self.pair_column]] if self.pair_column else None
+        return transform(texts, pairs)
 
 
 def _find_bad_row(dataset: Any, column: str, idx: list[int]) -> int | str:
@@ -338,6 +376,29 @@ def _pick_split(dsd: Any, split: str, source: str) -> Any:
     return dsd[split]
 
 
+def _integer_labels(labels: Any, name: str) -> np.ndarray:
+    """Labels as int64 ``[N]``; fractional, non-finite or multi-column labels are refused, not truncated."""
+    raw = np.asarray(torch.as_tensor(labels).cpu().numpy() if torch.is_tensor(labels) else labels)
+    if raw.ndim > 1 and not (raw.ndim == 2 and raw.shape[1] == 1):
+        raise TaskError(f"task {name!r}: labels have shape {raw.shape}; give one label per input (shape [N])")
+    raw = raw.reshape(-1)
+    if raw.dtype.kind == "f":
+        if not np.isfinite(raw).all():
+            raise TaskError(f"task {name!r}: labels are not finite (NaN or infinity); give integer class ids 0..K-1")
+        frac = raw[raw != np.round(raw)]
+        if frac.size:
+            raise TaskError(
+                f"task {name!r}: labels are not whole numbers (e.g. {frac[0]!r}); give integer class ids 0..K-1 "
+                "(bin continuous targets into classes first)"
+            )
+    elif raw.dtype.kind not in "iub":
+        raise TaskError(f"task {name!r}: labels have dtype {raw.dtype}; give integer class ids 0..K-1")
+    y = raw.astype(np.int64)
+    if y.size and y.min() < 0:
+        raise TaskError(f"task {name!r}: labels must lie in 0..K-1 (non-negative); found {int(y.min())}")
+    return y
+
+
 def _load_local(path: Path, split: str, streaming: bool = False) -> Any:
     import datasets
 
@@ -345,15 +406,52 @@ def _load_local(path: Path, split: str, streaming: bool = False) -> Any:
         builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise TaskError(f"{str(path)!r}: unsupported file type; use one of {sorted(DATA_FILE_BUILDERS)}")
-        return datasets.load_dataset(builder, data_files={split: str(path)}, streaming=streaming)
+        if path.stat().st_size == 0:
+            raise TaskError(f"{str(path)!r} is empty (0 bytes): write the {builder} file again")
+        try:
+            return datasets.load_dataset(builder, data_files={split: str(path)}, streaming=streaming)
+        except Exception as exc:
+            raise TaskError(
+                f"{str(path)!r} cannot be read as a {builder} file ({type(exc).__name__}: {str(exc)[:200]}); "
+                "check that it is complete and write it again"
+            ) from exc
     files = [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in DATA_FILE_BUILDERS]
     if files:
         builder = DATA_FILE_BUILDERS[files[0].suffix.lower()]
         return datasets.load_dataset(builder, data_dir=str(path), streaming=streaming)
-    return datasets.load_dataset("imagefolder", data_dir=str(path), streaming=streaming)
+    ds = datasets.load_dataset("imagefolder", data_dir=str(path), streaming=streaming)
+    _check_class_folders(ds, path)
+    return ds
 
 
-def _resolve_hub_revision(source: str, revision: str | None, token: str | bool | None = None) -> str:
+def _check_class_folders(ds: Any, path: Path) -> None:
+    """An imagefolder with a single class folder gets no label column from `datasets`: say so."""
+    first = next(iter(ds.values())) if hasattr(ds, "values") else ds
+    features = getattr(first, "features", None)
+    if features is None or "label" in features:
+        return
+    folders = sorted({p.parent.name for p in path.rglob("*") if p.is_file() and p.parent != path})
+    if len(folders) == 1:
+        raise TaskError(
+            f"folder {str(path)!r} holds a single class ({folders[0]!r}): a task needs at least two classes. "
+            "Add a folder with images of another class next to it (<folder>/<class>/<image>)"
+        )
+
+
+def _looks_like_path(text: str) -> bool:
+    """A source that cannot be a Hub id, or whose first folder exists here: a path, not a Hub dataset."""
+    if "://" in text:
+        return False
+    if "\\" in text or text.count("/") > 1 or Path(text).suffix.lower() in DATA_FILE_BUILDERS:
+        return True
+    head = text.split("/", 1)[0]
+    return "/" in text and Path(head).is_dir()
+
+
+def _resolve_hub_revision(
+    source: str, revision: str | None, token: str | bool | None = None, *, raise_unavailable: bool = False,
+    attempts: int | None = None,
+) -> str:
     """The commit sha a Hub dataset id (at ``revision``, default ``main``) resolves to.
 
     Asked through `hf_task2vec.gateway` (retries). A missing or inaccessible repo, an unknown
@@ -366,9 +464,11 @@ def _resolve_hub_revision(source: str, revision: str | None, token: str | bool |
     target = HubTarget(f"Hub dataset {source!r}", revision=revision, token=token)
     try:
         info = hub_call("", lambda: HfApi().dataset_info(source, revision=revision, token=token), target,
-                        error=HubDatasetError)
+                        error=HubDatasetError, attempts=attempts)
     except HubError as exc:
         if exc.reason in ("not_found", "revision", "gated", "auth", "forbidden"):
+            raise
+        if raise_unavailable and exc.reason == "unavailable":
             raise
         logger.info("could not resolve the revision of %r (%s); loading it anyway", source, exc)
         return revision or ""
@@ -405,6 +505,119 @@ def _detect_columns(features: Any, input_column: str | None, label_column: str |
     if inp == lab:
         raise TaskError(f"{source!r}: the input and label column are both {inp!r}; pass input_column/label_column")
     return inp, lab
+
+
+def _is_string(feature: Any) -> bool:
+    import datasets
+
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def _detect_text_columns(
+    features: Any, input_column: str | None, label_column: str | None, source: str
+) -> tuple[str, str | None] | None:
+    """``(text_column, pair_column)`` when the features describe a text task, else ``None``.
+
+    A text task has no ``Image`` column and either a text pair (``sentence1``/``sentence2``,
+    ``premise``/``hypothesis``...), a column named like text (``text``, ``sentence``,
+    ``content``...) or exactly one other string column next to its label column.
+    """
+    import datasets
+
+    names = list(features)
+    if input_column is not None:
+        if input_column not in names or isinstance(features[input_column], datasets.Image):
+            return None
+        if input_column.lower() in _INPUT_NAMES:
+            return None  # image paths
+        if not _is_string(features[input_column]):
+            if input_column.lower() in _TEXT_NAMES:
+                raise TaskError(
+                    f"{source!r}: column {input_column!r} has type {features[input_column]}, not strings; a text task "
+                    "needs a string column (cast it with dataset.cast_column(col, datasets.Value('string')))"
+                )
+            return None
+        return input_column, None
+    if any(isinstance(f, datasets.Image) for f in features.values()):
+        return None
+    lower = {n.lower(): n for n in names}
+    for first, second in _PAIR_NAMES:
+        if first in lower and second in lower:
+            a, b = lower[first], lower[second]
+            for col in (a, b):
+                if not _is_string(features[col]):
+                    raise TaskError(
+                        f"{source!r}: column {col!r} of the text pair ({a!r}, {b!r}) has type {features[col]}, not "
+                        "strings; cast it with dataset.cast_column(col, datasets.Value('string'))"
+                    )
+            return a, b
+    candidates = [n for n in names if n != label_column and n.lower() not in _LABEL_NAMES]
+    named = [n for n in candidates if n.lower() in _TEXT_NAMES]
+    if len(named) == 1:
+        col = named[0]
+        if not _is_string(features[col]):
+            raise TaskError(
+                f"{source!r}: column {col!r} has type {features[col]}, not strings; a text task needs a string column "
+                "(cast it with dataset.cast_column(col, datasets.Value('string')), or pass input_column=...)"
+            )
+        return col, None
+    strings = [
+        n for n in candidates if _is_string(features[n]) and n.lower() not in _INPUT_NAMES + _NOT_TEXT_NAMES
+    ]
+    if len(strings) == 1:
+        return strings[0], None
+    if len(strings) > 1:
+        raise TaskError(f"{source!r} has several string columns {strings}: pass input_column=... to choose the text")
+    return None
+
+
+def _detect_label_column(features: Any, label_column: str | None, source: str) -> str:
+    """The label column of a text task: the one given, the one ``ClassLabel``, or one named like a label."""
+    import datasets
+
+    names = list(features)
+    if label_column is not None:
+        if label_column not in names:
+            raise TaskError(f"{source!r} has no column {label_column!r}; its columns are {names}")
+        return label_column
+    typed = [n for n in names if isinstance(features[n], datasets.ClassLabel)]
+    if len(typed) == 1:
+        return typed[0]
+    if len(typed) > 1:
+        raise TaskError(f"{source!r} has several ClassLabel columns {typed}: pass label_column=... to choose one")
+    named = [n for n in names if n.lower() in _LABEL_NAMES]
+    if len(named) == 1:
+        return named[0]
+    raise TaskError(f"cannot tell the label column of {source!r} (columns {names}): pass label_column=...")
+
+
+def _detect_task_columns(
+    features: Any, input_column: str | None, label_column: str | None, source: str
+) -> tuple[str, str, str | None, str]:
+    """``(modality, input_column, pair_column, label_column)`` of a dataset: text or image."""
+    text = _detect_text_columns(features, input_column, label_column, source)
+    if text is None:
+        inp, lab = _detect_columns(features, input_column, label_column, source)
+        return "image", inp, None, lab
+    lab = _detect_label_column(features, label_column, source)
+    if lab in text:
+        raise TaskError(f"{source!r}: the text and label column are both {lab!r}; pass input_column/label_column")
+    return "text", text[0], text[1], lab
+
+
+def _check_text_columns(ds: Any, columns: Sequence[str], source: str) -> None:
+    """Refuse a text column that holds nothing but empty strings (or nulls)."""
+    import pyarrow.compute as pc
+
+    for col in columns:
+        table_col = ds.data.column(col) if ds._indices is None else ds.select_columns([col]).data.column(col)
+        lengths = pc.utf8_length(pc.utf8_trim_whitespace(table_col))
+        longest = pc.max(lengths).as_py()
+        if not longest:
+            raise TaskError(
+                f"{source!r}: text column {col!r} holds only empty strings (or nulls) in {len(ds)} rows: there is no "
+                "text to embed; check the column (input_column=...) and the split"
+            )
 
 
 def load_task(source: Any, *, token: str | bool | None = None, **fields: Any) -> Task:
@@ -444,15 +657,17 @@ def load_task(source: Any, *, token: str | bool | None = None, **fields: Any) ->
             from .sampling import take_balanced
 
             features = ds.features if ds.features is not None else ds._resolve_features().features
-            _, lab_stream = _detect_columns(features, spec.input_column, spec.label_column, src_label)
+            *_, lab_stream = _detect_task_columns(features, spec.input_column, spec.label_column, src_label)
             prefix = take_balanced(
                 ds, lab_stream, spec.max_examples, classes=classes, max_scan=spec.max_scan, source=src_label
             )
             ds, stream_stats = prefix.dataset, {"rows_read": prefix.rows_read, "exhausted": prefix.exhausted}
         if len(ds) == 0:
             raise TaskError(f"{src_label!r} (split {spec.split!r}) is empty: nothing to embed")
-        inp, lab = _detect_columns(ds.features, spec.input_column, spec.label_column, src_label)
-        ds = _prepare_columns(ds, inp, lab, src_label)
+        modality, inp, pair, lab = _detect_task_columns(ds.features, spec.input_column, spec.label_column, src_label)
+        if modality == "text":
+            _check_text_columns(ds, [c for c in (inp, pair) if c], src_label)
+        ds = _prepare_columns(ds, inp, lab, src_label, modality=modality)
         label_names = list(ds.features[lab].names)
         labels = np.array(ds.data.column(lab).to_numpy() if ds._indices is None else ds[lab], dtype=np.int64)
         default_name = src_label.rstrip("/").split("/")[-1] or "task"
@@ -468,6 +683,8 @@ def load_task(source: Any, *, token: str | bool | None = None, **fields: Any) ->
             split=spec.split,
             config=spec.config or "",
             validate=classes is None,  # a class filter comes next; check the sub-task instead
+            modality=modality,
+            pair_column=pair,
         )
     if classes is not None:
         task = task.subtask(classes, name=spec.name)
@@ -497,9 +714,20 @@ def _open_source(spec: TaskSpec, token: str | bool | None = None) -> tuple[str, 
     path = Path(text)
     if path.exists():
         return str(path), "", _load_local(path, split, streaming)
-    if text.startswith(("/", "./", "../", "file://")):
-        raise TaskError(f"local path {text!r} does not exist")
-    resolved = _resolve_hub_revision(text, revision, token)
+    if text.startswith(("/", "./", "../", "file://", "~")) or _looks_like_path(text):
+        raise TaskError(f"local path {text!r} does not exist (relative to {os.getcwd()!r}): check the path")
+    try:
+        # a missing relative path also reads as a Hub id: two tries, not a long round of retries
+        resolved = _resolve_hub_revision(text, revision, token, raise_unavailable=True, attempts=2)
+    except HubError as exc:
+        if exc.reason not in ("unavailable", "not_found"):
+            raise
+        # a relative path that does not exist looks like a Hub id: say both, at once (no second round of retries)
+        raise HubDatasetError(
+            f"no local file or folder {text!r} exists (relative to {os.getcwd()!r}), and as a Hub dataset id: {exc}",
+            reason=exc.reason,
+            status=exc.status,
+        ) from exc
     try:
         ds = datasets.load_dataset(
             text, config, split=split, revision=resolved or revision, streaming=streaming, token=token
@@ -513,12 +741,13 @@ def _open_source(spec: TaskSpec, token: str | bool | None = None) -> tuple[str, 
     return text, resolved, ds
 
 
-def _prepare_columns(ds: Any, inp: str, lab: str, source: str) -> Any:
-    """Make the input column an ``Image`` feature (paths/bytes are cast) and the label a ``ClassLabel``."""
+def _prepare_columns(ds: Any, inp: str, lab: str, source: str, *, modality: str = "image") -> Any:
+    """Make the input column an ``Image`` feature (paths/bytes are cast; text columns stay strings)
+    and the label a ``ClassLabel``."""
     import datasets
 
     feat = ds.features[inp]
-    if not isinstance(feat, datasets.Image):
+    if modality == "image" and not isinstance(feat, datasets.Image):
         is_text = isinstance(feat, datasets.Value) and feat.dtype in ("string", "large_string")
         is_struct = isinstance(feat, dict) and {"bytes", "path"} <= set(feat)
         if is_text or is_struct:
@@ -528,6 +757,18 @@ def _prepare_columns(ds: Any, inp: str, lab: str, source: str) -> Any:
                 f"{source!r}: column {inp!r} has type {feat}; an image column (datasets.Image, file paths or bytes) "
                 "is needed. For non-image inputs use Task.from_tensors"
             )
+    lab_feat = ds.features[lab]
+    if isinstance(lab_feat, datasets.Value) and lab_feat.dtype.startswith("float"):
+        column = ds.data.column(lab).to_numpy(zero_copy_only=False) if ds._indices is None else ds[lab]
+        values = np.asarray(column, dtype=np.float64)
+        bad = values[~np.isfinite(values) | (values != np.round(values))]
+        if bad.size:
+            raise TaskError(
+                f"{source!r}: label column {lab!r} holds floats that are not whole numbers (e.g. {bad[0]!r}); a task "
+                "needs class labels: integers or strings. Bin continuous targets into classes first, or pass "
+                "label_column=... if another column holds the classes"
+            )
+        ds = ds.cast_column(lab, datasets.Value("int64"))
     if not isinstance(ds.features[lab], datasets.ClassLabel):
         try:
             ds = ds.class_encode_column(lab)

@@ -57,10 +57,28 @@ def _embedder(args: argparse.Namespace):
     return Task2Vec(args.probe, **options)
 
 
+def _expected_file_bytes(embedder) -> int:
+    """About how large the embedding file will be: two float32 tensors per filter plus metadata."""
+    return 8 * embedder.probe.dim + 64 * 1024
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
+    from ..checks import check_output_dir, check_output_file
+
+    # everything that can be checked is checked before the work: the options (Task2Vec), the output
+    # location (not a directory, writable), the task source, then the room for the file (needs the probe)
+    embedder = _embedder(args)
+    def check_out(expected_bytes: int = 0) -> None:
+        if args.out:
+            check_output_file(args.out, option="--out", expected_bytes=expected_bytes)
+        else:
+            check_output_dir(".", option="--out (default: the current folder)", expected_bytes=expected_bytes)
+
+    check_out()
     task = task_spec(args).load()
+    check_out(_expected_file_bytes(embedder))
     start = time.perf_counter()
-    emb = _embedder(args).embed(task)
+    emb = embedder.embed(task)
     out = Path(args.out) if args.out else Path(f"{_slug(task.name)}.safetensors")
     emb.save(out)
     print(
@@ -75,7 +93,9 @@ def cmd_distance(args: argparse.Namespace) -> int:
     from ..embedding import TaskEmbedding
 
     if len(args.files) < 2:
-        raise SystemExit("distance needs at least two embedding files")
+        from ..errors import OptionError
+
+        raise OptionError(f"distance needs at least two embedding files, got {len(args.files)}: give two or more")
     embs = [TaskEmbedding.load(f) for f in args.files]
     m = distance_matrix(embs, kind=args.kind, alpha=args.alpha)
     if len(embs) == 2:

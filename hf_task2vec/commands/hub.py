@@ -10,10 +10,20 @@ import argparse
 from pathlib import Path
 
 
-def _store(args: argparse.Namespace, *, private: bool | None = None):
+def _store(args: argparse.Namespace, *, private: bool | None = None, must_exist: bool = True):
+    """The store of ``--repo``. Reading commands need an existing local folder (a typo must not
+    read as an empty store); ``push`` creates it."""
+    from ..errors import HubError
     from ..hub import EmbeddingStore
 
-    return EmbeddingStore(args.repo, token=args.token, revision=getattr(args, "revision", None), private=private)
+    store = EmbeddingStore(args.repo, token=args.token, revision=getattr(args, "revision", None), private=private)
+    if must_exist and store.is_local and store.path is not None and not store.path.is_dir():
+        raise HubError(
+            f"--repo {args.repo!r}: the local store folder {str(store.path)!r} does not exist; check the path "
+            "(a store is created by `hf-task2vec push`)",
+            reason="not_found",
+        )
+    return store
 
 
 def _table(frame, columns: list[str]) -> str:
@@ -32,7 +42,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     missing = [f for f in args.files if not Path(f).is_file()]
     if missing:
         raise FileNotFoundError(f"no such embedding file(s): {', '.join(missing)}")
-    store = _store(args, private=True if args.private else None)
+    store = _store(args, private=True if args.private else None, must_exist=False)
     result = store.push([Path(f) for f in args.files], key=args.key, message=args.message)
     if result.changed:
         where = f" in commit {result.commit[:12]}" if result.commit else ""

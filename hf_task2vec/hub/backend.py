@@ -64,6 +64,12 @@ class LocalBackend:
         return None, None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _replace(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
@@ -84,6 +90,7 @@ def _transactional_write(root: Path, uploads: dict[str, bytes]) -> None:
             made_dirs.extend(reversed(missing))
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
             staged.append((target, Path(tmp)))
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600: a shared store must be readable by its group
             with os.fdopen(fd, "wb") as fh:
                 fh.write(uploads[rel])
                 fh.flush()

@@ -35,10 +35,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from ..checks import check_int
 from ..distance import DEFAULT_ALPHA, KINDS, Kind, pairwise_distances
 from ..embedding import COMPATIBILITY_KEYS, TaskEmbedding, atomic_write_bytes
 from ..errors import EmbeddingNotFoundError, HubError, IncompatibleEmbeddingsError
 from ..gateway import HubTarget, hub_call, status_of
+from ..locking import StoreLock
 from .backend import HubBackend, LocalBackend, Snapshot, parse_location
 from .card import DEFAULT_LICENSE, render_card
 from .index import (
@@ -115,6 +117,9 @@ class EmbeddingStore:
             its visibility).
         license: the license written in the generated dataset card.
         endpoint: the Hub URL (default: ``HF_ENDPOINT`` or https://huggingface.co).
+        lock_timeout: a local store has one writer at a time (`hf_task2vec.locking.StoreLock`): a
+            push waits this many seconds for another writer, then raises `StoreLockedError`
+            (default ``HF_TASK2VEC_LOCK_TIMEOUT`` or 600).
 
     Example::
 
@@ -133,8 +138,10 @@ class EmbeddingStore:
         private: bool | None = None,
         license: str = DEFAULT_LICENSE,
         endpoint: str | None = None,
+        lock_timeout: float | None = None,
     ) -> None:
         kind, where = parse_location(repo_or_path)
+        self.lock_timeout = lock_timeout
         self.is_local = kind == "local"
         self.private = private
         self.license = license
@@ -319,8 +326,7 @@ class EmbeddingStore:
 
         if kind not in KINDS:
             raise ValueError(f"unknown distance kind {kind!r}; use one of {', '.join(KINDS)}")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        check_int("k", k)
         query = embedding if isinstance(embedding, TaskEmbedding) else TaskEmbedding.load(embedding)
         snap = self._snapshot()
         frame = self._read_index(snap)
@@ -475,4 +481,17 @@ class EmbeddingStore:
         def concurrent(exc: BaseException) -> bool:  # someone committed since we read: read again
             return status_of(exc) == 412
 
+        if self.is_local:  # one writer at a time: the index is read, extended and written under the lock
+            assert self.path is not None
+            with self.lock(purpose="push"):
+                self._index_cache = None
+                return self._retry("push", lambda: self._push_once(items, message), extra=concurrent)
         return self._retry("push", lambda: self._push_once(items, message), extra=concurrent)
+
+    def lock(self, *, purpose: str = "", timeout: float | None = None) -> StoreLock:
+        """The write lock of a local store (a context manager; re-entrant in one process). A batch
+        run holds it for the whole run. Hub stores have none (commits are checked against their base
+        revision instead)."""
+        if not self.is_local or self.path is None:
+            raise HubError(f"{self._backend.label} is a Hub repo: only local stores have a lock")
+        return StoreLock(self.path, timeout=self.lock_timeout if timeout is None else timeout, purpose=purpose)

@@ -1,0 +1,334 @@
+"""Bad options and inputs on the command line: each ends with exit status 2 and ONE line on stderr
+(``hf-task2vec COMMAND: error: ...``) that names the input and the fix, before any computation,
+and writes nothing."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.bad_inputs.common import REPO, assert_says, error_line, run_cli, run_main, snapshot, tiny_embedding
+
+FAST = ["--max-samples", "16", "--image-size", "32"]
+
+
+def png(seed: int, size: int = 12) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_folder(root: Path, counts: dict[str, int]) -> Path:
+    for c, n in counts.items():
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (root / c / f"{c}{i}.png").write_bytes(png(hash((c, i)) % 1000))
+    return root
+
+
+# -- options, validated before anything is loaded ------------------------------------------------
+OPTION_CASES = {
+    "max-samples-0": (["--max-samples", "0"], ["--max-samples", "at least 1", "got 0"]),
+    "batch-size-0": (["--batch-size", "0"], ["--batch-size", "at least 1", "got 0"]),
+    "n-samples-0": (["--n-samples", "0"], ["--n-samples", "at least 1", "got 0"]),
+    "image-size-0": (["--image-size", "0"], ["--image-size", "at least", "got 0"]),
+    "image-size-1": (["--image-size", "1"], ["--image-size", "at least", "got 1"]),
+    "seed-negative": (["--seed", "-1"], ["--seed", "got -1"]),
+    "device-bogus": (["--device", "bogus"], ["--device", "'bogus'", "cpu", "cuda"]),
+}
+
+
+@pytest.mark.parametrize("case", list(OPTION_CASES), ids=list(OPTION_CASES))
+def test_bad_embed_option(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    extra, needles = OPTION_CASES[case]
+    argv = ["embed", "offline:digits", "--classes", "0,1", "--max-samples", "16", *extra]
+    rc, err = run_main(argv, capsys)
+    assert rc == 2
+    assert_says(error_line(err), *needles)
+    assert snapshot(tmp_path) == {}
+
+
+def test_device_cuda_without_a_gpu(tmp_path, capsys, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    monkeypatch.chdir(tmp_path)
+    rc, err = run_main(["embed", "offline:digits", "--classes", "0,1", *FAST, "--device", "cuda"], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "--device", "cuda", "no CUDA GPU", "cpu")
+    assert snapshot(tmp_path) == {}
+
+
+def test_fewer_samples_than_classes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, err = run_main(["embed", "offline:digits", "--classes", "0,1,2", "--max-samples", "2"], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "max_samples", "3 classes", "at least")
+    assert snapshot(tmp_path) == {}
+
+
+@pytest.mark.parametrize("alpha", ["nan", "inf", "-inf"])
+def test_distance_alpha_not_finite(alpha, tmp_path, capsys):
+    a = tiny_embedding("a", 0).save(tmp_path / "a.safetensors")
+    b = tiny_embedding("b", 1).save(tmp_path / "b.safetensors")
+    before = snapshot(tmp_path)
+    rc, err = run_main(["distance", str(a), str(b), "--kind", "asymmetric", f"--alpha={alpha}"], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "--alpha", alpha, "finite")
+    assert capsys.readouterr().out == ""
+    assert snapshot(tmp_path) == before
+
+
+def test_distance_needs_two_files(tmp_path, capsys):
+    a = tiny_embedding("a", 0).save(tmp_path / "a.safetensors")
+    rc, err = run_main(["distance", str(a)], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "two embedding files")
+
+
+def test_distance_missing_file(tmp_path, capsys):
+    a = tiny_embedding("a", 0).save(tmp_path / "a.safetensors")
+    rc, err = run_main(["distance", str(a), str(tmp_path / "nope.safetensors")], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "nope.safetensors", "does not exist")
+
+
+def test_distance_incompatible_embeddings(tmp_path, capsys):
+    a = tiny_embedding("a", 0).save(tmp_path / "a.safetensors")
+    b = tiny_embedding("b", 1, probe="other").save(tmp_path / "b.safetensors")
+    rc, err = run_main(["distance", str(a), str(b)], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "cannot compare", "re-embed")
+
+
+def test_nearest_k_zero(tmp_path, capsys):
+    q = tiny_embedding("q", 0).save(tmp_path / "q.safetensors")
+    store = tmp_path / "store"
+    assert run_main(["push", str(q), "--repo", str(store)], capsys)[0] == 0
+    before = snapshot(tmp_path)
+    rc, err = run_main(["nearest", str(q), "--repo", str(store), "-k", "0"], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "-k", "at least 1", "got 0")
+    assert snapshot(tmp_path) == before
+
+
+def test_pull_from_a_missing_local_store(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, err = run_main(["pull", "--repo", "./typo", "--out", "got"], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "./typo", "does not exist")
+    assert snapshot(tmp_path) == {}
+
+
+# -- sources ---------------------------------------------------------------------------------------
+def test_missing_relative_path_is_reported_quickly(tmp_path):
+    """``data/cats`` looks like a Hub id; with the Hub unreachable the command must still say, within
+    seconds, that no such local path exists (not retry the Hub for half a minute)."""
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0"}
+    start = time.monotonic()
+    out = run_cli(["embed", "data/cats", *FAST], cwd=tmp_path, env=env, timeout=120)
+    took = time.monotonic() - start
+    assert out.returncode == 2, out.stderr
+    assert_says(error_line(out.stderr), "data/cats", "no local", "hub")
+    assert took < 20, f"took {took:.0f} s"  # a fresh process imports torch first (~5 s on a busy machine)
+    assert snapshot(tmp_path) == {}
+
+
+def test_missing_dot_path(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, err = run_main(["embed", "./cats", *FAST], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "./cats", "does not exist")
+
+
+def test_single_class_folder(tmp_path, capsys, monkeypatch):
+    data = image_folder(tmp_path / "data", {"cat": 4})
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    rc, err = run_main(["embed", str(data), *FAST, "--out", "x.safetensors"], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "single class", "cat", "another class")
+    assert snapshot(tmp_path) == before
+
+
+def test_one_example_per_class(tmp_path, capsys, monkeypatch):
+    data = image_folder(tmp_path / "data", {"cat": 1, "dog": 1})
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    rc, err = run_main(["embed", str(data), *FAST, "--out", "x.safetensors"], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "1 example", "at least 2")
+    assert snapshot(tmp_path) == before
+
+
+def test_zero_byte_parquet(tmp_path, capsys, monkeypatch):
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    rc, err = run_main(["embed", "empty.parquet", *FAST], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "empty.parquet", "empty")
+    assert snapshot(tmp_path) == before
+
+
+def test_float_label_column(tmp_path, capsys, monkeypatch):
+    import pandas as pd
+
+    frame = pd.DataFrame({"image": [{"bytes": png(i), "path": None} for i in range(6)],
+                          "label": [0.1, 0.7, 1.3, 0.2, 1.9, 2.5]})
+    frame.to_parquet(tmp_path / "floats.parquet")
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    rc, err = run_main(["embed", "floats.parquet", *FAST], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "'label'", "float", "integer")
+    assert snapshot(tmp_path) == before
+
+
+def test_unknown_class(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, err = run_main(["embed", "offline:digits", "--classes", "0,ten", *FAST], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "'ten'", "its classes are")
+    assert snapshot(tmp_path) == {}
+
+
+# -- the output location, checked before the computation -------------------------------------------
+def _corrupt_folder(root: Path) -> Path:
+    """Two classes whose images fail to decode only when the embedding starts: a run that checks
+    ``--out`` late reports the image, one that checks it first reports ``--out``."""
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            (root / c / f"{c}{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return root
+
+
+def test_out_is_a_directory(tmp_path, capsys, monkeypatch):
+    data = _corrupt_folder(tmp_path / "data")
+    (tmp_path / "out.safetensors").mkdir()
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    rc, err = run_main(["embed", str(data), *FAST, "--out", "out.safetensors"], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "--out", "out.safetensors", "directory")
+    assert snapshot(tmp_path) == before
+
+
+def test_out_parent_is_a_file(tmp_path, capsys, monkeypatch):
+    data = _corrupt_folder(tmp_path / "data")
+    (tmp_path / "file.txt").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    rc, err = run_main(["embed", str(data), *FAST, "--out", "file.txt/e.safetensors"], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "--out", "file.txt", "not a directory")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """``mount(name, options)``: a fresh tmpfs under tmp_path (root only), unmounted afterwards."""
+    mounted: list[Path] = []
+
+    def mount(name: str, options: str) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("a read-only or full target needs a tmpfs mount, which needs root")
+        target = tmp_path / name
+        target.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
+        if res.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in mounted:
+        subprocess.run(["umount", str(target)], check=False)
+
+
+def test_out_on_a_read_only_file_system(tmp_path, capsys, monkeypatch, mount_tmpfs):
+    data = _corrupt_folder(tmp_path / "data")
+    ro = mount_tmpfs("ro", "ro,size=1m")
+    monkeypatch.chdir(tmp_path)
+    rc, err = run_main(["embed", str(data), *FAST, "--out", str(ro / "e.safetensors")], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "--out", "read-only", "another")
+    assert snapshot(ro) == {}
+
+
+def test_out_on_a_full_disk(tmp_path, capsys, monkeypatch, mount_tmpfs):
+    """A 64 KiB file system cannot take a 21,008-filter embedding (~170 KB): refused up front."""
+    data = _corrupt_folder(tmp_path / "data")
+    full = mount_tmpfs("full", "size=64k")
+    (full / "keep.bin").write_bytes(b"k" * 1000)
+    before = snapshot(full)
+    monkeypatch.chdir(tmp_path)
+    rc, err = run_main(["embed", str(data), *FAST, "--out", str(full / "e.safetensors")], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "--out", "free", "space")
+    assert snapshot(full) == before
+
+
+def test_embed_fails_on_the_data_when_out_is_fine(tmp_path, capsys, monkeypatch):
+    """The control of the tests above: with a good ``--out`` the same folder fails on its images."""
+    data = _corrupt_folder(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    rc, err = run_main(["embed", str(data), *FAST, "--out", "e.safetensors"], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "cannot be decoded", "remove or replace")
+    assert snapshot(tmp_path) == before
+
+
+# -- interruption ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sigint_during_a_run(tmp_path):
+    """Ctrl-C in the middle of the Fisher pass: exit status 130, one line, no output file, no temp file."""
+    import threading
+
+    out = tmp_path / "e.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hf_task2vec", "embed", "offline:digits", "--max-samples", "1500", "--image-size", "64",
+         "--method", "exact", "--out", str(out)],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    chunks: list[bytes] = []
+
+    def pump() -> None:
+        while data := os.read(proc.stderr.fileno(), 4096):
+            chunks.append(data)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            seen = b"".join(chunks)
+            if b"features" in seen or b"fisher" in seen:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the run ended before it could be interrupted: {b''.join(chunks)!r}"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = b"".join(chunks).decode(errors="replace").replace("\r", "\n")
+    assert proc.returncode == 130, err
+    assert_says(error_line(err), "interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
