@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .errors import ProbeError, TaskError
 from .selection import ExpertMatch
@@ -383,6 +384,7 @@ def two_stage_select(
     root: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
     batch_size: int = 64,
+    progress: bool = False,
 ) -> Selection:
     """Shortlist ``shortlist`` experts by the index's ``metric``, re-rank them by ``rerank`` computed
     from one forward pass of each shortlisted expert over the task's examples; what
@@ -403,6 +405,7 @@ def two_stage_select(
         seed: seed of that subsample.
         root: folder that relative checkpoint paths are resolved against.
         device, batch_size: where and in what batches the experts run.
+        progress: show a progress bar over the shortlisted experts.
 
     Returns:
         A `Selection` (a list of `RerankedMatch`, best first) with the shortlist, the skipped experts
@@ -447,7 +450,7 @@ def two_stage_select(
 
     skipped: dict[str, str] = {}
     scored: list[tuple[float, ExpertMatch]] = []
-    for match in stage1:
+    for match in tqdm(stage1, desc=f"re-ranking by {key}", unit="expert", disable=not progress, leave=False):
         start = time.perf_counter()
         try:
             expert = load_expert(match.model_id, match.info, image_size=image_size, root=root)

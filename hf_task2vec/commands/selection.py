@@ -97,6 +97,7 @@ def _select_rerank(args: argparse.Namespace, index: Any) -> int:
         examples=task,
         max_examples=args.max_examples,
         device=args.device or "cpu",
+        progress=not args.json,
     )
     result.cost.embed_s = embed_s  # the probe embedding of the task (stage 1)
     if args.json:
