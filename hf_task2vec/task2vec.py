@@ -89,7 +89,20 @@ PROVENANCE: tuple[Recorded, ...] = (
     Recorded("n_samples", "n_samples", int, resume=False, in_method_options=True),
     Recorded("epochs", "variational_epochs", int, resume=False, in_method_options=True),
     Recorded("beta", "beta", float, resume=False, in_method_options=True),
+    Recorded("max_length", "max_length", _optional_int),  # text probes: truncation length (tokens)
+    Recorded("pooling", None),  # text probes: how token features are pooled (a fact of the probe)
 )
+
+#: The probe `embed` uses for a text task when given the default (image) probe.
+DEFAULT_TEXT_PROBE = "embedded-text"
+
+
+def _probe_for(task: Task, probe: Any) -> Any:
+    """The default image probe ``"embedded"`` stands for its text counterpart on a text task."""
+    if task.is_text and isinstance(probe, str) and probe == "embedded":
+        logger.info("task %r is text: using the offline text probe %r", task.name, DEFAULT_TEXT_PROBE)
+        return DEFAULT_TEXT_PROBE
+    return probe
 
 
 def _method_options(meta: Mapping[str, str]) -> dict[str, str]:
@@ -130,6 +143,7 @@ class Task2Vec:
         seed: seeds sampling and label draws; results are deterministic on one machine.
         device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
         image_size: resize images to this side (default: the probe's pretrained input size).
+        max_length: text probes: truncate texts to this many tokens (default: the probe's own).
         variational_epochs, beta: options of the variational estimator.
         strategy: per-sample gradient strategy (see `fisher_diagonal`).
         precision, channels_last: ``"bf16"`` autocast and NHWC layout for the Fisher pass (GPU speed;
@@ -157,7 +171,12 @@ class Task2Vec:
         precision: Literal["fp32", "bf16"] = "fp32",
         channels_last: bool = False,
         progress: bool = True,
+        max_length: int | None = None,
     ) -> None:
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                       or max_length < 2):
+            raise ValueError(f"max_length must be an integer >= 2 (tokens), got {max_length!r}")
+        self.max_length = max_length
         # every option is checked here, before any probe or data is loaded (OptionError names it)
         checked = check_embedder_options(dict(
             method=method, n_samples=n_samples, max_samples=max_samples, head_epochs=head_epochs, head_l2=head_l2,
@@ -187,11 +206,20 @@ class Task2Vec:
     def probe(self) -> Probe:
         """The probe, loaded on first use (a given `Probe` with ``image_size`` set is copied, not changed)."""
         if not isinstance(self.probe_spec, Probe):
-            return load_probe(self.probe_spec, image_size=self.image_size)
+            probe = load_probe(self.probe_spec, image_size=self.image_size)
+            return self._with_max_length(probe)
         if self.image_size is None or self.probe_spec.image_size == self.image_size:
-            return self.probe_spec
+            return self._with_max_length(self.probe_spec)
         probe = _own_head(self.probe_spec)
         probe.image_size = self.image_size
+        return self._with_max_length(probe)
+
+    def _with_max_length(self, probe: Probe) -> Probe:
+        """A text probe truncating at ``max_length`` (a copy when it differs; the given one is kept)."""
+        if self.max_length is None or getattr(probe, "max_length", None) in (None, self.max_length):
+            return probe
+        probe = _own_head(probe)
+        probe.max_length = self.max_length  # type: ignore[attr-defined]
         return probe
 
     def __repr__(self) -> str:
@@ -208,6 +236,10 @@ class Task2Vec:
             return self.probe.revision
         if row.key == "image_size":
             return str(self.probe.input_resolution or "")
+        if row.key == "max_length":
+            return str(getattr(self.probe, "max_length", "") or "")
+        if row.key == "pooling":
+            return str(getattr(self.probe, "pooling", "") or "")
         return str(getattr(self, row.option))  # type: ignore[arg-type]
 
     def provenance(self) -> dict[str, str]:
@@ -220,6 +252,9 @@ class Task2Vec:
             if self.method == "variational"
             else f"constant prior_fisher={self.probe.prior_fisher!r}"
         )
+        settings = getattr(self.probe, "settings", None)
+        if settings:  # text probes: tokenizer, padding, truncation, pooling
+            out["text_settings"] = json.dumps(settings, sort_keys=True)
         out.update({"library": "hf_task2vec", "library_version": __version__, "torch_version": torch.__version__})
         return out
 
@@ -232,10 +267,11 @@ class Task2Vec:
         ``overrides`` (any `Task2Vec` option) replace recorded settings."""
         if probe is None:
             name = meta.get("probe") or "embedded"
+            text = {"pooling": meta["pooling"]} if meta.get("pooling") in ("mean", "cls") else {}
             if name.endswith("-random-init"):
-                probe = load_probe(name[: -len("-random-init")], pretrained=False)
+                probe = load_probe(name[: -len("-random-init")], pretrained=False, **text)
             else:
-                probe = load_probe(name)
+                probe = load_probe(name, **text)
         method_options = _method_options(meta)
         options: dict[str, Any] = {}
         for row in PROVENANCE:
@@ -435,7 +471,7 @@ def embed(
     of it (large Hub datasets).
     """
     task, options = _task_and_options(source, spec, options)
-    return Task2Vec(probe, method=method, **options).embed(task)
+    return Task2Vec(_probe_for(task, probe), method=method, **options).embed(task)
 
 
 def _task_and_options(
@@ -464,8 +500,9 @@ def domain_embedding(
     """The domain-embedding baseline: per filter, the mean absolute activation of the probe over
     the task's inputs. It depends on p(x) only (labels are ignored), has the same dimension and
     layers as the task embedding, and is compared with ``kind="cosine"``."""
+    task = task if isinstance(task, Task) else load_task(task)
     embedder = Task2Vec(
-        probe,
+        _probe_for(task, probe),
         max_samples=max_samples,
         batch_size=batch_size,
         seed=seed,
@@ -474,7 +511,6 @@ def domain_embedding(
         progress=progress,
     )
     probe_ = embedder.probe.to(embedder.device).eval()
-    task = task if isinstance(task, Task) else load_task(task)
     indices = embedder.sample(task)
     modules = dict(probe_.backbone.named_modules())
     sums = torch.zeros(probe_.dim, dtype=torch.float64)

@@ -89,6 +89,19 @@ class CausalLMBackbone(nn.Module):
         return self.model(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).last_hidden_state
 
 
+class TextTransform:
+    """A text probe's input transform: a batch of texts (and optional pair texts) -> token tensors.
+    ``modality = "text"`` tells tasks (and image tasks) what it reads."""
+
+    modality = "text"
+
+    def __init__(self, probe: TextProbe) -> None:
+        self.probe = probe
+
+    def __call__(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        return self.probe.tokenize(texts, pairs)
+
+
 class TextProbe(Probe):
     """A text probe: `TextEncoderBackbone` (pooled features -> head ``[B, K]``) or, with
     ``causal=True``, `CausalLMBackbone` (hidden states -> the LM head ``[B, T, V]``).
@@ -183,10 +196,9 @@ class TextProbe(Probe):
             out["loss_mask"] = loss_mask
         return out
 
-    def transform(self) -> Any:
-        raise ProbeError(
-            f"probe {self.name!r} is a text probe: it reads text columns (tokenised by probe.tokenize), not images"
-        )
+    def transform(self) -> TextTransform:
+        """The preprocessing of text tasks: ``transform(texts, pairs=None)`` -> `tokenize` output."""
+        return TextTransform(self)
 
     # -- computation -------------------------------------------------------------------------
     def features(self, x: Mapping[str, torch.Tensor]) -> torch.Tensor:  # type: ignore[override]

@@ -218,3 +218,88 @@ def test_exact_fisher_hooks_match_vmap_reference_on_minilm(minilm64):
     hooks = fisher_diagonal(minilm64, [(x, y)], method="exact").values
     ref = fisher_diagonal(minilm64, [(x, y)], method="exact", strategy="functional").values
     np.testing.assert_allclose(hooks, ref, rtol=1e-8, atol=1e-12 * ref.max())
+
+
+# -- text tasks ------------------------------------------------------------------------------------
+def _text_ds(**columns):
+    import datasets
+
+    return datasets.Dataset.from_dict(columns)
+
+
+def test_load_task_detects_text_and_label_columns():
+    from hf_task2vec.tasks import load_task
+
+    ds = _text_ds(
+        id=["a", "b", "c", "d"],
+        sentence=["good film", "bad film", "great plot", "awful plot"],
+        label=["pos", "neg", "pos", "neg"],
+    )
+    task = load_task(ds)
+    assert task.is_text and not task.is_image
+    assert (task.input_column, task.label_column, task.pair_column) == ("sentence", "label", None)
+    assert sorted(task.label_names) == ["neg", "pos"]
+    assert task.meta()["modality"] == "text"
+
+
+def test_load_task_text_pairs(minilm):
+    from hf_task2vec.tasks import load_task
+
+    ds = _text_ds(
+        premise=["a man sleeps", "a dog runs", "it rains"],
+        hypothesis=["a person rests", "a cat flies", "the street is wet"],
+        label=[0, 1, 0],
+    )
+    task = load_task(ds)
+    assert (task.input_column, task.pair_column) == ("premise", "hypothesis")
+    x = task.get_inputs([0, 1], minilm.transform())
+    assert set(x) >= {"input_ids", "attention_mask", "token_type_ids"}
+    assert int(x["token_type_ids"].max()) == 1  # the hypothesis is the second segment
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"text": ["", "  ", ""], "label": [0, 1, 0]}, "only empty strings"),
+        ({"text": [1, 2, 3], "label": [0, 1, 0]}, "not strings"),
+        ({"text": ["one", "two", "three"], "label": [1, 1, 1]}, "single class"),
+        ({"premise": ["a", "b"], "hypothesis": [3, 4], "label": [0, 1]}, "not strings"),
+        ({"title": ["x", "y"], "summary": ["x", "y"], "label": [0, 1]}, "several string columns"),
+    ],
+)
+def test_bad_text_tasks_get_clear_errors(columns, message):
+    from hf_task2vec.errors import TaskError
+    from hf_task2vec.tasks import load_task
+
+    with pytest.raises(TaskError, match=message):
+        load_task(_text_ds(**columns))
+
+
+def test_text_task_needs_a_text_probe():
+    from hf_task2vec.errors import TaskError
+    from hf_task2vec.task2vec import Task2Vec
+    from hf_task2vec.tasks import load_task
+
+    task = load_task(_text_ds(text=["a b", "c d", "e f", "g h"], label=[0, 1, 0, 1]))
+    with pytest.raises(TaskError, match="text probe"):
+        Task2Vec("embedded", progress=False, device="cpu").embed(task)
+
+
+def test_embed_offline_fortunes_end_to_end():
+    import hf_task2vec as t2v
+
+    e = t2v.embed("offline:fortunes", classes=["computers", "science"], max_samples=16, max_length=32,
+                  progress=False, device="cpu")
+    assert e.values.shape == (20_736,) and np.isfinite(e.values).all() and e.values.max() > 0
+    assert e.meta["probe"] == "embedded-text" and e.meta["modality"] == "text"
+    assert e.meta["max_length"] == "32" and e.meta["pooling"] == "mean"
+    assert json_loads(e.meta["text_settings"])["tokenizer"] == "BertTokenizer"
+    assert json_loads(e.meta["label_names"]) == ["computers", "science"]
+    again = t2v.Task2Vec.from_provenance(e.meta)
+    assert again.provenance_differences(e.meta) == [] and again.probe.max_length == 32
+
+
+def json_loads(text: str):
+    import json
+
+    return json.loads(text)
