@@ -31,8 +31,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hf_task2vec.fisher import fisher_diagonal, fisher_variational  # noqa: E402
+from hf_task2vec.fisher import fisher_diagonal  # noqa: E402
 from hf_task2vec.probes import Probe, load_probe  # noqa: E402
+from hf_task2vec.robust import fisher_variational  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

@@ -31,9 +31,10 @@ from ._version import __version__
 from .checks import check_embedder_options
 from .embedding import TaskEmbedding
 from .errors import TaskError
-from .fisher import FisherResult, Strategy, fisher_diagonal, fisher_variational, to_device
+from .fisher import FisherResult, Strategy, fisher_diagonal, to_device
 from .head import fit_linear_head, set_head
 from .probes import Probe, load_probe
+from .robust import fisher_variational
 from .sampling import balanced_sample
 from .tasks import Task, TaskSpec, load_task
 
