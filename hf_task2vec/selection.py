@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
+from ._dsym_kernels import ScaledRows
+from .ann import TwoStageIndex
 from .distance import DEFAULT_ALPHA, sym_rows
 from .embedding import COMPATIBILITY_KEYS, LayerSlice, TaskEmbedding, atomic_write_bytes
 from .errors import EmbeddingFileError, IncompatibleEmbeddingsError, Task2VecError
@@ -52,11 +54,7 @@ INDEX_FORMAT = "hf_task2vec.expert_index"
 INDEX_FORMAT_VERSION = "1"
 TENSORS_FILE = "experts.safetensors"
 TABLE_FILE = "experts.json"
-
-
-def _sym_to_query(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """``d_sym(rows[i], query)`` for every expert row."""
-    return sym_rows(rows, np.asarray(query).reshape(1, -1))
+EXACT_MAX_EXPERTS = 2_000  # select() scores every expert below this size (a fused pass: ~30 ms at 2,000)
 
 
 def _complexity(values: np.ndarray, trivial: np.ndarray) -> np.ndarray:
@@ -146,7 +144,7 @@ class ExpertIndex:
         self._layers: list[LayerSlice] = []
         self._dim: int | None = None
         self.model2vec_info: dict[str, Any] = {}
-        self._cache: dict[str, np.ndarray] = {}
+        self._cache: dict[str, Any] = {}  # stacked arrays, prepared search rows, two-stage indexes
 
     # -- basic facts ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -342,6 +340,22 @@ class ExpertIndex:
             self._cache["m2v"] = np.maximum(self._values() + self._offsets(), 0.0)
         return self._cache["m2v"]
 
+    def _prepared(self, metric: str) -> ScaledRows:
+        """The expert rows of ``metric`` prepared once for the fused kernel (no copy of float32 rows)."""
+        key = f"prepared:{metric}"
+        if key not in self._cache:
+            self._cache[key] = ScaledRows(self._m2v_vectors() if metric == "model2vec" else self._values())
+        return self._cache[key]
+
+    def _two_stage(self, metric: str, bias: np.ndarray | None, alpha: float) -> TwoStageIndex:
+        """The two-stage (faiss HNSW + exact re-ranking) index of ``metric`` (and its ``alpha``: the
+        graph ranks by ``d_sym + bias``), built on first use and kept until the experts change."""
+        key = f"ann:{metric}:{alpha!r}"
+        if key not in self._cache:
+            rows = self._m2v_vectors() if metric == "model2vec" else self._values()
+            self._cache[key] = TwoStageIndex.build(rows, bias=bias, exact_values=rows)
+        return self._cache[key]
+
     def _complexities(self, metric: str) -> np.ndarray:
         key = f"complexity:{metric}"
         if key not in self._cache:
@@ -371,6 +385,15 @@ class ExpertIndex:
                 "`hf-task2vec select` does it for you."
             )
 
+    def _check_query(self, task_embedding: TaskEmbedding, metric: str) -> None:
+        if metric not in SELECTION_METRICS:
+            raise ValueError(f"unknown selection metric {metric!r}; use one of {', '.join(SELECTION_METRICS)}")
+        if not self._ids:
+            raise ValueError("the expert index is empty: add experts first (ExpertIndex.add / add_hub_models)")
+        if not isinstance(task_embedding, TaskEmbedding):
+            raise TypeError(f"select needs a TaskEmbedding, got {type(task_embedding).__name__}")
+        self._check_compatible(task_embedding, what="the query embedding")
+
     def distances(
         self, task_embedding: TaskEmbedding, metric: Metric = "asymmetric", *, alpha: float | None = None
     ) -> np.ndarray:
@@ -381,13 +404,7 @@ class ExpertIndex:
         * ``"model2vec"``: the asymmetric distance from the learned ``m_j = F_j + b_j`` (`fit_model2vec`),
           with the alpha used in that fit.
         """
-        if metric not in SELECTION_METRICS:
-            raise ValueError(f"unknown selection metric {metric!r}; use one of {', '.join(SELECTION_METRICS)}")
-        if not self._ids:
-            raise ValueError("the expert index is empty: add experts first (ExpertIndex.add / add_hub_models)")
-        if not isinstance(task_embedding, TaskEmbedding):
-            raise TypeError(f"select needs a TaskEmbedding, got {type(task_embedding).__name__}")
-        self._check_compatible(task_embedding, what="the query embedding")
+        self._check_query(task_embedding, metric)
         query = task_embedding.values.astype(np.float64)
         if metric == "model2vec":
             if not self.has_model2vec:
@@ -396,8 +413,8 @@ class ExpertIndex:
                     "or use metric='asymmetric'"
                 )
             a = float(self.model2vec_info.get("alpha", self.alpha)) if alpha is None else float(alpha)
-            return _sym_to_query(self._m2v_vectors(), query) - a * self._complexities("model2vec")
-        sym = _sym_to_query(self._values(), query)
+            return self._prepared("model2vec").to_query(query) - a * self._complexities("model2vec")
+        sym = self._prepared("values").to_query(query)
         if metric == "symmetric":
             return sym
         a = self.alpha if alpha is None else float(alpha)
@@ -413,6 +430,8 @@ class ExpertIndex:
         rerank: str | None = None,
         shortlist: int | None = None,
         examples: Task | None = None,
+        exact: bool | None = None,
+        candidates: int | None = None,
         **rerank_options: Any,
     ) -> list[ExpertMatch]:
         """The ``k`` experts nearest to a task, best first.
@@ -430,6 +449,11 @@ class ExpertIndex:
                 Unloadable experts are skipped with an `ExpertSkippedWarning`.
             shortlist: stage-1 size with ``rerank`` (default ``max(k, 4)``).
             examples: the task whose examples are run (default: ``task_embedding`` when it is a `Task`).
+            exact: ``True`` scores every expert (one fused pass over all of them); ``False`` uses the
+                two-stage search of `hf_task2vec.ann` (faiss HNSW candidates on a PCA of the log Fisher,
+                re-ranked by the exact distance; built on first use). Default: exact below
+                `EXACT_MAX_EXPERTS` experts or with ``k=None``, two-stage above.
+            candidates: stage-1 size of the two-stage search (default ``max(128, 8 * k)``).
             **rerank_options: ``max_examples``, ``seed``, ``root``, ``device``, ``batch_size`` of the re-ranking.
 
         Returns:
@@ -451,6 +475,12 @@ class ExpertIndex:
             )
         if shortlist is not None or examples is not None or rerank_options:
             raise ValueError("shortlist=, examples= and re-ranking options need rerank=... (e.g. rerank='leep')")
+        if exact is None:
+            exact = k is None or len(self) < EXACT_MAX_EXPERTS
+        if not exact:
+            if k is None:
+                raise ValueError("exact=False needs a k (the two-stage search returns the k best experts)")
+            return self._select_two_stage(task_embedding, k, metric, alpha, candidates)
         d = self.distances(task_embedding, metric, alpha=alpha)
         n = d.size if k is None else min(k, d.size)
         if n < d.size:
@@ -461,6 +491,26 @@ class ExpertIndex:
         return [
             ExpertMatch(self._ids[i], float(d[i]), r + 1, metric, dict(self._info[i]))
             for r, i in enumerate(cand[:n].tolist())
+        ]
+
+    def _select_two_stage(
+        self, task_embedding: TaskEmbedding, k: int, metric: Metric, alpha: float | None, candidates: int | None
+    ) -> list[ExpertMatch]:
+        self._check_query(task_embedding, metric)
+        if metric == "model2vec" and not self.has_model2vec:
+            raise ValueError("this index has no Model2Vec offsets: fit them with index.fit_model2vec(...)")
+        bias, a = None, 0.0
+        if metric != "symmetric":
+            default = float(self.model2vec_info.get("alpha", self.alpha)) if metric == "model2vec" else self.alpha
+            a = default if alpha is None else float(alpha)
+            bias = -a * self._complexities(metric)
+        k = min(k, len(self))
+        idx, scores = self._two_stage(metric, bias, a).search(
+            task_embedding.values, k, candidates=candidates or max(128, 8 * k), bias=bias
+        )
+        return [
+            ExpertMatch(self._ids[i], float(s), r + 1, metric, dict(self._info[i]))
+            for r, (i, s) in enumerate(zip(idx.tolist(), scores.tolist(), strict=True))
         ]
 
     # -- embedding queries like the experts ----------------------------------------------------
