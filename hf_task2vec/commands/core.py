@@ -119,6 +119,7 @@ def cmd_probes(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from ..checks import check_output_dir, check_output_file
     from ..data import load_offline
     from ..distance import distance_matrix
     from ..plots import distance_heatmap
@@ -126,6 +127,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     embedder = _embedder(args)
+    check_output_file(args.out, option="--out")  # before the 12 embeddings, not after
+    if args.embeddings_dir:
+        check_output_dir(args.embeddings_dir, option="--embeddings-dir")
     print(
         f"probe {embedder.probe.name} ({embedder.probe.dim} filters), {args.image_size}px, "
         f"{args.max_samples} examples per task, {args.method} Fisher"

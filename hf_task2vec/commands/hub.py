@@ -55,7 +55,10 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    from ..checks import check_output_dir
+
     store = _store(args)
+    check_output_dir(args.out, option="--out")
     keys = args.key or store.keys()
     if not keys:
         print(f"{store.name} holds no embeddings")

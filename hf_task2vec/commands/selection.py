@@ -56,6 +56,10 @@ def _query_embedding(args: argparse.Namespace, index: Any, task: Any = None):
 
 
 def cmd_select(args: argparse.Namespace) -> int:
+    from ..checks import check_float, check_int
+
+    check_int("k", args.k)  # before the query is embedded
+    check_float("alpha", args.alpha, allow_none=True)
     index = _open_index(args.experts)
     if args.rerank is not None:
         return _select_rerank(args, index)
