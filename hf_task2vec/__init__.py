@@ -11,6 +11,7 @@ from ._version import __version__
 from .batch import run_batch
 from .distance import distance, distance_matrix, taxonomic_distance
 from .distributed import DistributedTask2Vec, embed_distributed
+from .diversity import DiversityResult, cross_diversity, diversity  # the function shadows the module name
 from .embedding import LayerSlice, TaskEmbedding
 from .errors import (
     EmbeddingFileError,
@@ -28,6 +29,7 @@ from .rerank import ExpertSkippedWarning, Selection, expert_weights
 from .selection import ExpertIndex
 from .task2vec import Task2Vec, domain_embedding, embed
 from .tasks import Task, TaskSpec, load_task, split_tasks
+from .text_probes import TextProbe
 
 __all__ = [
     "__version__",
@@ -44,6 +46,10 @@ __all__ = [
     "FilterGroup",
     "load_probe",
     "list_probes",
+    "TextProbe",
+    "diversity",
+    "cross_diversity",
+    "DiversityResult",
     "distance",
     "distance_matrix",
     "taxonomic_distance",

@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hf_task2vec.commands.hub",
     "hf_task2vec.commands.selection",
     "hf_task2vec.commands.distributed",
+    "hf_task2vec.commands.text",
 )
 
 

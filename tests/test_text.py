@@ -303,3 +303,15 @@ def json_loads(text: str):
     import json
 
     return json.loads(text)
+
+
+def test_cli_embed_text_task(tmp_path):
+    from hf_task2vec.cli import main
+    from hf_task2vec.embedding import TaskEmbedding
+
+    out = tmp_path / "fortunes.safetensors"
+    rc = main(["embed", "offline:fortunes", "--classes", "computers,science", "--max-samples", "8", "--max-length",
+               "16", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    e = TaskEmbedding.load(out)
+    assert e.meta["probe"] == "embedded-text" and e.meta["max_length"] == "16" and e.dim == 20_736

@@ -44,9 +44,13 @@ def _add_embed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="peak memory grows with it (activations)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="text tasks: truncate texts to this many tokens (default: the probe's, 128)")
 
 
-_EMBED_OPTIONS = ("method", "max_samples", "n_samples", "image_size", "batch_size", "seed", "device")
+_EMBED_OPTIONS = (
+    "method", "max_samples", "n_samples", "image_size", "batch_size", "seed", "device", "max_length"
+)
 
 
 def _embedder(args: argparse.Namespace):
@@ -76,6 +80,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     check_out()
     task = task_spec(args).load()
+    if task.is_text and args.probe == "embedded":  # the default image probe: use its text counterpart
+        args.probe = "embedded-text"
+        embedder = _embedder(args)
     check_out(_expected_file_bytes(embedder))
     start = time.perf_counter()
     emb = embedder.embed(task)
@@ -167,7 +174,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embed a task (Hub id, folder, file or offline:<name>) to a .safetensors file")
-    p.add_argument("source", help="Hub dataset id, local folder/file, or offline:fashion-mnist|animal-mnist|digits")
+    p.add_argument("source", help="Hub dataset id, local folder/file, or offline:<name> (fashion-mnist, animal-mnist, "
+                   "digits; text: fortunes, spamassassin, spamassassin-lists, wordnet)")
     add_task_arguments(p)
     p.add_argument("--out", default=None, help="output file (default: <task>.safetensors)")
     _add_embed_options(p)
