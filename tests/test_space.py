@@ -93,6 +93,8 @@ def class_folder_zip(path: Path, classes=tuple(QUERY_CLASSES), per_class: int = 
 
 # -- the search on real images ------------------------------------------------------------------------
 def test_zip_of_real_images_ranks_experts(tmp_path, expert_index):
+    import plotly.graph_objects as go
+
     zpath = class_folder_zip(tmp_path / "my-animals.zip")
     prepared = finder.task_from_upload(zpath, tmp_path / "work", Limits())
     task = prepared.task
@@ -100,9 +102,11 @@ def test_zip_of_real_images_ranks_experts(tmp_path, expert_index):
     assert np.bincount(task.labels).tolist() == [20, 20, 20]
     assert task.name == "my-animals" and task.source == "upload:my-animals.zip"
 
-    result = finder.search(prepared, expert_index, tmp_path / "out", max_samples=MAX_SAMPLES, k=4, progress=False)
+    steps = []
+    result = finder.search(prepared, expert_index, tmp_path / "out", max_samples=MAX_SAMPLES, k=4,
+                           on_step=lambda f, t: steps.append((f, t)))
     table = result.table
-    assert list(table.columns) == ["rank", "expert", "score", "trained on"]
+    assert list(table.columns) == ["rank", "expert", "score", "rank in resamples", "trained on"]
     assert table["rank"].tolist() == [1, 2, 3, 4]
     # the scores are the paper's asymmetric distances, expert task -> new task (brute force here)
     brute = {
@@ -111,20 +115,77 @@ def test_zip_of_real_images_ranks_experts(tmp_path, expert_index):
     }
     expected = sorted(EXPERTS, key=brute.get)
     assert [r.model_id for r in result.records] == expected
-    np.testing.assert_allclose(table["score"], [round(brute[m], 4) for m in expected], atol=1e-4)
+    assert table["score"].tolist() == [f"{brute[m]:.3f}" for m in expected]  # three decimals, as shown
     # the expert trained on the same three animals (other images) is the nearest
     assert expected[0] == "test-experts/lite0-animal-quadrupeds"
     assert table["expert"][0] == "test-experts/lite0-animal-quadrupeds"  # not a Hub model: no link
     assert table["trained on"][0].startswith("animal-mnist-cat-dog-horse (cat, dog, horse)")
+    # confidence: the shown embedding and two resamples (bootstraps: 60 images < max samples), each
+    # scored against every expert; the shown row is the table's
+    conf = result.confidence
+    assert conf.scores.shape == (3, len(EXPERTS)) and conf.per_class == 20
+    pos = [expert_index.model_ids.index(m) for m in expected]
+    np.testing.assert_allclose(conf.scores[0, pos], [brute[m] for m in expected], atol=1e-6)
+    assert not np.allclose(conf.scores[1], conf.scores[0]), "a resample is another embedding"
+    for p, r in zip(pos, result.records, strict=True):
+        assert conf.rank_lo[p] <= r.rank <= conf.rank_hi[p]
+    assert table["rank in resamples"][0] in {"always #1"} | {f"#1–#{i} (tied)" for i in range(2, 5)}
+    assert not any("Too few images" in w for w in conf.warnings)  # 20 per class: as advised
+    # human progress text, never tqdm's internals
+    texts = [t for _, t in steps]
+    assert any(t.startswith("Embedding your 60 images") for t in texts)
+    assert any("Resampling your images" in t for t in texts) and all("%" not in t for t in texts)
+    assert "Best expert: test-experts/lite0-animal-quadrupeds" in result.status and "asymmetric" in result.status
+    # the figures: Plotly; the heatmap's first column is the table's scores (the ranking's metric)
+    assert isinstance(result.map_figure, go.Figure) and isinstance(result.heatmap_figure, go.Figure)
+    np.testing.assert_allclose(result.heatmap_values[:, 0], [brute[m] for m in expected], atol=1e-6)
     # the embedding made like the experts', saved as a verified safetensors file
     emb = t2v.TaskEmbedding.load(result.embedding_path)
     np.testing.assert_array_equal(emb.values, result.embedding.values)
     expert_index.embedding(expected[0]).check_compatible(emb)
     assert emb.meta["task"] == "my-animals" and json.loads(emb.meta["label_names"]) == QUERY_CLASSES
     assert emb.meta["num_samples"] == "60"  # all 60 images: fewer than max_samples
-    for png in (result.map_png, result.heatmap_png):
-        with Image.open(png) as im:
-            assert im.format == "PNG" and im.width > 400 and im.height > 300
+
+
+def test_symmetric_ranking_uses_its_metric_everywhere(tmp_path, expert_index):
+    prepared = finder.task_from_upload(class_folder_zip(tmp_path / "a.zip", per_class=6), tmp_path / "w", Limits())
+    result = finder.search(prepared, expert_index, tmp_path / "o", max_samples=MAX_SAMPLES, k=3, metric="symmetric",
+                           resamples=1)
+    sym = {m: t2v.distance(expert_index.embedding(m), result.embedding, kind="symmetric") for m in EXPERTS}
+    top = sorted(EXPERTS, key=sym.get)[:3]
+    assert [r.model_id for r in result.records] == top
+    np.testing.assert_allclose(result.heatmap_values[:, 0], [sym[m] for m in top], atol=1e-6)
+    # the heatmap's other columns: the distance from each row's expert to the column's expert's task
+    np.testing.assert_allclose(
+        result.heatmap_values[0, 2], t2v.distance(expert_index.embedding(top[0]), expert_index.embedding(top[1]),
+                                                  kind="symmetric"), atol=1e-6)
+    assert "symmetric Task2Vec distance between" in result.status and "from the expert's" not in result.status
+    assert result.confidence.resamples == 1 and result.table["rank in resamples"][0] == "not measured"
+    assert any("Too few images" in w and "6 image(s)" in w for w in result.confidence.warnings)
+    z = result.heatmap_figure.data[0].z
+    assert np.isnan(z[0][1]) and np.isnan(z[1][2]), "an expert against its own task is left blank"
+
+
+def test_confidence_is_judged_on_ranks_not_on_a_shared_shift():
+    import ranking
+
+    base = np.array([0.30, 0.32, 0.40, 0.41])
+    shift = np.array([[0.0], [0.1], [-0.08]])  # every score moves together: the order does not change
+    conf = ranking.summarize(base + shift, [30, 30])
+    assert conf.tied == [0] and conf.label(0) == "always #1" and conf.label(1) == "always #2"
+    np.testing.assert_allclose(conf.spread, 0.09)
+    assert conf.warnings == [] and "is first in all 3 resamples" in conf.verdict("x")
+    swapped = np.array([[0.30, 0.32, 0.40, 0.41], [0.33, 0.31, 0.40, 0.41], [0.30, 0.32, 0.42, 0.41]])
+    conf = ranking.summarize(swapped, [5, 30])
+    assert conf.tied == [0, 1] and conf.label(1) == "#1–#2 (tied)" and conf.label(2) == "#3–#4"
+    assert "2 experts are tied for first place" in conf.verdict("x")
+    assert any("smallest class has 5 image(s)" in w for w in conf.warnings)
+    equal = np.array([[0.3, 0.3, 0.5]] * 3)  # exactly equal scores are a tie too
+    assert ranking.summarize(equal, [30, 30]).tied == [0, 1]
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    idx = ranking.bootstrap_indices(labels, seed=3)
+    assert np.bincount(labels[idx]).tolist() == [3, 2, 4] and len(set(idx.tolist())) < len(idx)
+    assert ranking.fmt(0.4199) == "0.420" and ranking.fmt(0.39) == "0.390"
 
 
 def test_expert_links(monkeypatch):
@@ -152,27 +213,87 @@ def test_classical_mds_recovers_euclidean_points():
 
 
 @pytest.mark.parametrize("projection", ["mds", "tsne"])
-def test_map_and_heatmap_figures(tmp_path, expert_index, projection):
+def test_task_map_labels_only_the_top_experts_and_your_task(expert_index, projection):
+    import figures
+
     query = expert_index.embedding("test-experts/lite0-digits")
     query.meta["task"] = "query"
     top = ["test-experts/lite0-digits", "test-experts/lite0-animal-wild"]
-    map_png, heat_png = finder.draw_figures(query, expert_index, top, tmp_path, projection=projection)
-    for png in (map_png, heat_png):
-        with Image.open(png) as im:
-            assert im.format == "PNG" and im.width > 400
-            assert np.asarray(im.convert("L")).std() > 10  # something is drawn
-    points = finder._map_points(expert_index, top, max_points=3)
+    fig, data = figures.task_map(query, expert_index, top, projection=projection, labelled=1)
+    texts = [t for trace in fig.data if trace.text is not None for t in trace.text]
+    assert texts == ["#1 digits-0-1-2", "your task: query"]  # one top expert labelled, and yours
+    hover = " ".join(h for trace in fig.data for h in trace.hovertext)
+    for mid in EXPERTS:  # every expert's full id is on hover
+        assert mid in hover
+    assert fig.layout.font.size >= 11 and all(t.textfont.size >= 11 for t in fig.data if t.text is not None)
+    assert data["xy"].shape == (1 + len(EXPERTS), 2) and np.isfinite(data["xy"]).all()
+    points = figures._map_points(expert_index, top, max_points=3)
     assert [mid for _, mid in points] == [*top, "test-experts/lite0-animal-quadrupeds"]
 
 
+def test_short_names_and_label_placement():
+    import figures
+
+    ids = ["bench/efficientnet-lite0-fashion-all", "bench/efficientnet-lite0-digits-0-4", "other/x"]
+    assert figures.short_names(ids[:2]) == {ids[0]: "fashion-all", ids[1]: "digits-0-4"}
+    assert figures.short_names(ids)[ids[2]] == "x"
+    near = np.array([[0.0, 0.0], [0.01, 0.0], [1.0, 1.0]])  # two points on top of each other
+    where = figures.place_labels(near)
+    assert len(where) == 3 and where[0] != where[1]
+
+
+def test_index_options_come_from_the_index(expert_index):
+    from hf_task2vec.task2vec import METHODS
+
+    opts = finder.index_options(expert_index, Limits(max_samples=40))
+    assert opts["probe"] == expert_index.settings["probe"] == "embedded"
+    assert opts["method"] == expert_index.settings["method"] and opts["method"] in METHODS
+    assert opts["image_size"] == str(IMAGE_SIZE) and opts["experts"] == len(EXPERTS)
+    assert opts["max_samples"] == 40  # the index used 64; capped by the limit
+    assert finder.index_options(expert_index)["max_samples"] == MAX_SAMPLES
+    assert opts["metrics"] == ["asymmetric", "symmetric"]  # no Model2Vec offsets in this index
+    assert all(opts["help"][k] for k in ("probe", "method", "image_size", "max_samples", "k", "metric"))
+    listing = finder.expert_table(expert_index)
+    assert listing["expert"].tolist() == list(EXPERTS) and listing["training task"][0] == "animal-mnist-cat-dog-horse"
+
+
+def test_count_examples_caps_the_slider(tmp_path):
+    import pandas as pd
+
+    assert finder.count_examples(class_folder_zip(tmp_path / "a.zip", per_class=7), Limits()) == 21
+    imgs = animal_images(("bird", "zebra"), 5)
+    pd.DataFrame({"image": [{"bytes": d, "path": None} for _, d in imgs], "label": [c for c, _ in imgs]}).to_parquet(
+        tmp_path / "t.parquet")
+    assert finder.count_examples(tmp_path / "t.parquet", Limits()) == 10
+    assert finder.count_examples(tmp_path / "nothing.zip", Limits()) is None
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    assert finder.count_examples(tmp_path / "junk.zip", Limits()) is None
+
+
 def test_wrong_probe_or_estimator_is_refused(tmp_path, expert_index):
+    from hf_task2vec.task2vec import METHODS
+
     prepared = finder.task_from_upload(class_folder_zip(tmp_path / "a.zip", per_class=3), tmp_path / "w", Limits())
-    with pytest.raises(InputError, match="estimator 'exact' \\(the index uses 'montecarlo'\\)"):
-        finder.search(prepared, expert_index, tmp_path / "o", method="exact", progress=False)
+    used = expert_index.settings["method"]
+    other = next(m for m in METHODS if m != used)
+    with pytest.raises(InputError, match=f"estimator '{other}' \\(the index uses '{used}'\\)"):
+        finder.search(prepared, expert_index, tmp_path / "o", method=other)
     with pytest.raises(InputError, match="probe 'embedded-mobilenetv2'"):
-        finder.search(prepared, expert_index, tmp_path / "o", probe="embedded-mobilenetv2", progress=False)
+        finder.search(prepared, expert_index, tmp_path / "o", probe="embedded-mobilenetv2")
     with pytest.raises(InputError, match="max samples"):
-        finder.search(prepared, expert_index, tmp_path / "o", max_samples=10**9, progress=False)
+        finder.search(prepared, expert_index, tmp_path / "o", max_samples=10**9)
+
+
+def test_examples_are_built_from_offline_data(tmp_path):
+    import examples
+
+    built = examples.build_examples(tmp_path / "ex")
+    assert [p.name for p, _ in built] == ["footwear.zip", "digits-3-7-8.zip"]
+    for path, _ in built:
+        assert path.stat().st_size < 200_000
+        task = finder.task_from_upload(path, tmp_path / path.stem, Limits()).task
+        assert len(task) == 90 and np.bincount(task.labels).tolist() == [30, 30, 30]
+    assert examples.build_examples(tmp_path / "ex")[0][0].stat().st_mtime == built[0][0].stat().st_mtime  # reused
 
 
 # -- tables: CSV / parquet --------------------------------------------------------------------------
@@ -509,15 +630,71 @@ def test_hub_dataset_input(tmp_path, hub_server):
 
 
 # -- the app object ---------------------------------------------------------------------------------
-def test_build_app_queues_requests_one_at_a_time(expert_index):
+def _app_fn(demo, name: str):
+    return next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == name)
+
+
+def test_build_app_queues_requests_one_at_a_time(expert_index, tmp_path):
     import app as space_app
     import gradio as gr
 
-    demo = space_app.build_app(expert_index, limits=Limits(max_samples=512))
+    demo = space_app.build_app(expert_index, limits=Limits(max_samples=512), examples_dir=tmp_path / "ex")
     assert isinstance(demo, gr.Blocks)
     assert demo._queue.default_concurrency_limit == 1 and demo._queue.max_size == 16
     texts = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown)]
     assert any("4 experts · probe `embedded`" in str(t) for t in texts)
+    assert [p.name for p, _ in demo.t2v_examples] == ["footwear.zip", "digits-3-7-8.zip"]
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert by_id["example-0"].value.startswith("Footwear")
+    listing = by_id["expert-list"].value
+    assert [row[0] for row in listing["data"]] == list(EXPERTS)  # every expert listed on first load
+    assert by_id["max-samples"].maximum == 512 and by_id["max-samples"].value == MAX_SAMPLES
     missing = space_app.build_app(index_error="No expert index could be loaded (test).")
     texts = [b.value for b in missing.blocks.values() if isinstance(b, gr.Markdown)]
     assert any("No expert index could be loaded (test)." in str(t) for t in texts)
+
+
+def test_errors_stay_in_the_status_and_keep_the_last_result(expert_index, tmp_path):
+    import app as space_app
+    import gradio as gr
+
+    demo = space_app.build_app(expert_index, examples_dir=tmp_path / "ex")
+    find = _app_fn(demo, "find")
+    good = class_folder_zip(tmp_path / "good.zip", per_class=6)
+    args = dict(hub_id="", hub_split="train", hub_config="", mode="upload", image_col="", label_col="",
+                max_samples=MAX_SAMPLES, k=3, metric="asymmetric", projection="mds", token_text="",
+                progress=lambda *a, **k: None)
+    out = find(str(good), last_good=None, **args)
+    status, last = out[0], out[6]
+    assert "Best expert" in status and last == status
+    evil = write_zip(tmp_path / "evil.zip", {**_good_entries(), "../../x.png": b"x"})
+    out = find(str(evil), last_good=last, **args)
+    assert out[0].startswith("### ⛔ Cannot use this input") and "path traversal" in out[0]
+    assert out[0].endswith(last), "the last good result stays below the message"
+    assert all(isinstance(o, type(gr.skip())) for o in out[1:]), "no output is wiped or badged"
+    on_upload = _app_fn(demo, "on_upload")
+    capped = on_upload(str(good))
+    assert capped.maximum == 18 and capped.value == 18 and "holds 18 images" in capped.info
+
+
+def test_offline_hub_wording(expert_index, tmp_path, monkeypatch):
+    import socket
+
+    import app as space_app
+
+    with socket.socket() as sock:  # a port where nothing listens: the Hub cannot be reached
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    demo = space_app.build_app(expert_index, examples_dir=tmp_path / "ex")
+    out = _app_fn(demo, "find")(
+        None, "user/some-dataset", "train", "", "hub", "", "", MAX_SAMPLES, 3, "asymmetric", "mds", "", None,
+        progress=lambda *a, **k: None,
+    )
+    assert "the Hub cannot be reached from this server — upload a zip instead" in out[0]
+    assert "try again" not in out[0]
+    emb = expert_index.embedding("test-experts/lite0-digits")
+    with pytest.raises(InputError) as err:
+        finder.push_embedding(emb, "user/my-embeddings", "a-token")
+    assert "the Hub cannot be reached from this server" in str(err.value) and "HF_HUB_OFFLINE" not in str(err.value)
+    assert "Download the .safetensors file" in str(err.value)

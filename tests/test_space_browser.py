@@ -1,10 +1,16 @@
 """The expert-finder Space in a real headless Chromium (Playwright for Python driving Debian's
-``/usr/bin/chromium``): the app runs on 127.0.0.1 on a free port, a zip of real Animal-MNIST images
-is uploaded through the page, the search runs, and the ranked experts appear; a hostile zip gets a
-clear error on the page. A screenshot goes to ``test-output/space.png``."""
+``/usr/bin/chromium``), as a newcomer meets it: the app runs on 127.0.0.1 on a free port with a real
+expert index of 10 experts; the first load lists the experts and the examples; one click on the
+footwear example (real Fashion-MNIST images) ranks the experts with their confidence and draws the
+figures; a hostile zip gets a message that is still on the page 15 s later while the last result
+stays; and at phone width (390 px) no table column is narrower than its content.
+
+Screenshots go to ``test-output/``; with ``T2V_SPACE_SCREENSHOTS=docs/figures`` (see docs/space.md)
+the desktop and phone screenshots of the docs are written there instead."""
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -15,12 +21,15 @@ import numpy as np
 import pytest
 
 from hf_task2vec import TaskEmbedding
-from tests.test_space import QUERY_CLASSES, build_expert_index, class_folder_zip, png_bytes
+from hf_task2vec.selection import ExpertIndex
+from tests.test_space import EXPERTS, build_expert_index, png_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = os.environ.get("T2V_CHROMIUM", "/usr/bin/chromium")
-OUTPUT = Path(__file__).resolve().parents[1] / "test-output"
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = ROOT / "test-output"
+SHOTS = ROOT / os.environ["T2V_SPACE_SCREENSHOTS"] if os.environ.get("T2V_SPACE_SCREENSHOTS") else OUTPUT
 CHROMIUM_ARGS = [
     "--disable-gpu",
     "--disable-background-networking",
@@ -29,6 +38,22 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
+DESKTOP = {"width": 1400, "height": 1000}
+PHONE = {"width": 390, "height": 844}
+N_EXPERTS = 10
+
+
+@functools.lru_cache(maxsize=1)
+def ten_expert_index() -> ExpertIndex:
+    """The four real experts of `tests.test_space` plus six more made from the same real
+    embeddings under other names (a 10-row table; the layout is what is tested here)."""
+    base = build_expert_index()
+    index = ExpertIndex()
+    for mid in base.model_ids:
+        index.add(mid, base.embedding(mid), **base.info(mid))
+    for i, mid in enumerate((base.model_ids * 2)[: N_EXPERTS - len(base)]):
+        index.add(f"test-experts/copy{i}-{mid.split('/')[-1]}", base.embedding(mid), **base.info(mid))
+    return index
 
 
 def _free_port() -> int:
@@ -38,13 +63,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url():
+def app_url(tmp_path_factory):
     import app as space_app
 
-    demo = space_app.build_app(build_expert_index())
+    demo = space_app.build_app(ten_expert_index(), examples_dir=tmp_path_factory.mktemp("examples"))
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                max_file_size=20 * 2**20)
+                **{**space_app.launch_options(), "max_file_size": 20 * 2**20})
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -65,77 +90,163 @@ def browser():
             b.close()
 
 
-@pytest.fixture
-def page(browser, app_url):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+def _open(browser, url: str, viewport: dict):
+    context = browser.new_context(viewport=viewport)
     pg = context.new_page()
     pg.set_default_timeout(30_000)
-    pg.goto(app_url)
+    pg.goto(url)
     pg.wait_for_selector("#find")
+    return context, pg
+
+
+@pytest.fixture
+def page(browser, app_url):
+    context, pg = _open(browser, app_url, DESKTOP)
     yield pg
     context.close()
 
 
-def _upload(page, path: Path) -> None:
-    page.set_input_files("#upload input[type=file]", str(path))
-    page.wait_for_selector(f"#upload :text('{path.name}')")
+def _status(page) -> str:
+    return page.locator("#status").inner_text()
 
 
-def _wait_for_text(page, locator, timeout_s: float) -> None:
-    """Wait until ``locator`` is visible; fail at once with its text if an error toast shows up."""
+def _wait_for_status(page, text: str, timeout_s: float) -> None:
+    """Wait until the status area holds ``text``; fail at once on a Gradio error toast."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if any(el.is_visible() for el in locator.all()):
+        if text in _status(page):
             return
         toasts = page.locator(".toast-item")
         if toasts.count():
-            pytest.fail(f"the page shows an error: {toasts.first.inner_text()}")
+            pytest.fail(f"the page shows an error toast: {toasts.first.inner_text()}")
         page.wait_for_timeout(250)
-    pytest.fail(f"timed out after {timeout_s} s waiting for {locator}")
+    pytest.fail(f"timed out after {timeout_s} s waiting for {text!r} in the status; it says: {_status(page)!r}")
 
 
-def test_upload_zip_search_and_see_ranked_experts(page, tmp_path):
-    zpath = class_folder_zip(tmp_path / "three-animals.zip", classes=tuple(QUERY_CLASSES), per_class=20)
-    assert "4 experts" in page.locator("#index-line").inner_text()
-    _upload(page, zpath)
-    page.click("#find")
-    table = page.locator("#experts")
-    _wait_for_text(page, table.get_by_text("test-experts/lite0-animal-quadrupeds"), timeout_s=150)
-    rows = [r.inner_text() for r in table.locator("[role=row]").all() if r.is_visible()]
-    assert len(rows) == 5 and rows[0].split() == ["rank", "expert", "score", "trained", "on"]
-    assert rows[1].split()[:2] == ["1", "test-experts/lite0-animal-quadrupeds"]
-    assert "animal-mnist-cat-dog-horse" in rows[1]
-    shown = {r.split()[1] for r in rows[1:]}
-    assert shown == {f"test-experts/lite0-{m}" for m in ("animal-quadrupeds", "animal-wild", "fashion-shoes", "digits")}
-    scores = [float(r.split()[2]) for r in rows[1:]]
-    assert scores == sorted(scores)
-    status = page.locator("#status").inner_text()
-    assert "three-animals" in status and "60 images, 3 classes" in status and "Best expert" in status
-    download = page.locator('#embedding a[download="three-animals.safetensors"]')
+def _rows(page, elem: str) -> list[list[str]]:
+    """The visible rows of a Gradio table, as cell texts (header row first)."""
+    rows = []
+    for r in page.locator(f"#{elem} [role=row]").all():
+        if r.is_visible():
+            cells = [c.inner_text().strip() for c in r.locator("[role=gridcell], [role=columnheader], th").all()]
+            rows.append([c for c in cells if c] or r.inner_text().split("\t"))
+    return rows
+
+
+def _plots_drawn(page) -> None:
+    page.wait_for_function(
+        "['#task-map', '#heatmap'].every(s => document.querySelector(s + ' .js-plotly-plot .main-svg'))"
+    )
+
+
+def _run_example(page) -> None:
+    page.click("#example-0")
+    _wait_for_status(page, "Best expert", timeout_s=240)
+    _plots_drawn(page)
+
+
+def test_first_load_lists_the_experts_and_the_examples(page):
+    assert f"{N_EXPERTS} experts" in page.locator("#index-line").inner_text()
+    listing = page.locator("#expert-list")
+    for mid in EXPERTS:
+        assert listing.get_by_text(mid, exact=True).count() >= 1
+    assert "Footwear" in page.locator("#example-0").inner_text()
+    assert "digits" in page.locator("#example-1").inner_text()
+    assert not page.locator("#experts").is_visible(), "no empty result boxes before the first search"
+    page.locator("#expert-list input").first.fill("fashion")  # the list is searchable
+    page.wait_for_timeout(500)
+    shown = [r for r in _rows(page, "expert-list")[1:] if r]
+    assert shown and all("fashion" in " ".join(r) for r in shown)
+    page.get_by_text("Options", exact=True).click()  # only the index's settings, each explained
+    fixed = page.locator("#fixed-settings").inner_text()
+    settings = ten_expert_index().settings
+    assert f"probe {settings['probe']}" in fixed and f"estimator {settings['method']}" in fixed
+
+
+def test_example_click_ranks_with_confidence_and_readable_figures(page):
+    _run_example(page)
+    rows = _rows(page, "experts")
+    assert rows[0][:4] == ["rank", "expert", "score", "rank in resamples"]
+    body = rows[1:]
+    assert len(body) == 5 and body[0][1] == "test-experts/lite0-fashion-shoes"  # footwear -> the shoe expert
+    scores = [r[2] for r in body]
+    assert all(len(s.split(".")[1]) == 3 for s in scores) and scores == sorted(scores)  # three decimals
+    assert body[0][3].startswith(("always #1", "#1–"))
+    status = _status(page)
+    assert "footwear: 90 images, 3 classes" in status and "How sure:" in status and "asymmetric" in status
+    # the figures are drawn at least 600 px wide with text of at least 11 px
+    for elem in ("task-map", "heatmap"):
+        width = page.locator(f"#{elem} .js-plotly-plot").bounding_box()["width"]
+        assert width >= 600, f"{elem} is drawn {width:.0f} px wide"
+        sizes = page.evaluate(
+            f"[...document.querySelectorAll('#{elem} .main-svg text')].map(t => parseFloat(getComputedStyle(t)"
+            ".fontSize)).filter(s => s > 0)"
+        )
+        assert sizes and min(sizes) >= 11, f"{elem} has {min(sizes)} px text"
+    heat_values = page.evaluate("[...document.querySelectorAll('#heatmap .main-svg text')].map(t => t.textContent)")
+    assert scores[0] in heat_values, "the heatmap shows the table's scores"
+    download = page.locator('#embedding a[download="footwear.safetensors"]')
     download.first.wait_for()
     emb = TaskEmbedding.from_bytes(page.request.get(download.first.get_attribute("href")).body())
-    assert emb.name == "three-animals" and emb.meta["num_samples"] == "60"
-    build_expert_index().embedding("test-experts/lite0-digits").check_compatible(emb)
-    page.wait_for_function("document.querySelectorAll('img[src*=\"task_map\"], img[src*=\"distance_heatmap\"]')"
-                           ".length >= 2")
-    OUTPUT.mkdir(exist_ok=True)
-    page.screenshot(path=str(OUTPUT / "space.png"), full_page=True)
+    assert emb.name == "footwear" and emb.meta["num_samples"] == "90"
+    ten_expert_index().embedding("test-experts/lite0-digits").check_compatible(emb)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "space.png"), full_page=True)
 
 
-def test_hostile_zip_gets_a_clear_error_in_the_page(page, tmp_path):
+def test_ten_experts_visible_and_a_hostile_upload_keeps_its_message(page, tmp_path):
+    page.get_by_text("Options", exact=True).click()
+    page.fill("#k input[type=number]", str(N_EXPERTS))
+    page.keyboard.press("Enter")
+    _run_example(page)
+    good_rows = _rows(page, "experts")
+    body = [r for r in good_rows[1:] if r]
+    assert len(body) == N_EXPERTS, f"{len(body)} of {N_EXPERTS} rows visible"
+    box = page.locator("#experts").bounding_box()
+    last = [r for r in page.locator("#experts [role=row]").all() if r.is_visible()][-1].bounding_box()
+    assert last["y"] + last["height"] <= box["y"] + box["height"] + 1, "the last row is inside the table box"
+
     zpath = tmp_path / "sneaky.zip"
     with zipfile.ZipFile(zpath, "w") as zf:
         zf.writestr("cat/ok.png", png_bytes(np.zeros((8, 8), np.uint8)))
         zf.writestr("../../../tmp/pwned.png", b"evil")
-    _upload(page, zpath)
+    page.set_input_files("#upload input[type=file]", str(zpath))
+    page.wait_for_selector("#upload :text('sneaky.zip')")
     page.click("#find")
-    toast = page.locator(".toast-item")
-    toast.first.wait_for(timeout=60_000)
-    text = toast.first.inner_text()
-    assert text.startswith("Error") and "path traversal" in text and "../../../tmp/pwned.png" in text
+    _wait_for_status(page, "Cannot use this input", timeout_s=60)
+    page.wait_for_timeout(15_000)  # a toast would be gone by now; the message must stay
+    status = _status(page)
+    assert "path traversal" in status and "../../../tmp/pwned.png" in status
+    assert "The last result is still shown below" in status and "Best expert" in status
     assert not Path("/tmp/pwned.png").exists()
+    assert page.locator(".toast-item").count() == 0
+    assert page.get_by_text("Error", exact=True).count() == 0, "no error badges over the outputs"
+    assert _rows(page, "experts") == good_rows, "the last good table stays"
     OUTPUT.mkdir(exist_ok=True)
-    page.wait_for_timeout(600)  # the toast fades in
-    page.screenshot(path=str(OUTPUT / "space-error.png"), animations="disabled")
-    # the server is fine afterwards: the page still answers
+    page.screenshot(path=str(OUTPUT / "space-error.png"), full_page=True)
     assert page.locator("#find").is_enabled()
+
+
+def test_phone_width_no_column_narrower_than_its_content(browser, app_url):
+    context, pg = _open(browser, app_url, PHONE)
+    try:
+        _run_example(pg)
+        for elem in ("experts", "expert-list"):
+            cramped = pg.evaluate(
+                f"""[...document.querySelectorAll('#{elem} [role=gridcell], #{elem} th')]
+                .filter(c => c.offsetParent !== null)
+                .map(c => {{ const t = c.querySelector('p, span') || c;
+                    return [c.innerText.trim(), c.clientWidth, t.scrollWidth]; }})
+                .filter(([text, w, sw]) => text && sw > w + 1)"""
+            )
+            assert not cramped, f"{elem}: cells narrower than their content: {cramped[:3]}"
+        # short columns keep their text on one line (no one-character-per-line wrapping)
+        heights = pg.evaluate(
+            """[...document.querySelectorAll('#experts [role=gridcell][data-col="2"]')].filter(c => c.offsetParent)
+            .map(c => (c.querySelector('span') || c).getBoundingClientRect().height)"""
+        )
+        assert heights and max(heights) < 30, f"score cells wrap: heights {heights}"
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(SHOTS / "space-phone.png"), full_page=False)
+    finally:
+        context.close()

@@ -4,15 +4,22 @@ Run locally (offline, on 127.0.0.1): ``python spaces/expert-finder/app.py`` (or 
 Environment: ``GRADIO_SERVER_PORT`` (default 7860), ``GRADIO_SERVER_NAME`` (default 127.0.0.1; a
 Space sets 0.0.0.0), ``T2V_EXPERT_INDEX_REPO`` (a Hub dataset repo holding the expert index, or a local
 index folder; default: ``./expert_index`` beside this file, else the local index of the
-model-selection benchmark), ``T2V_SPACE_QUEUE_SIZE`` (waiting requests,
-default 16) and ``T2V_SPACE_MAX_*`` limits (see `finder.Limits`).
+model-selection benchmark), ``T2V_SPACE_QUEUE_SIZE`` (waiting requests, default 16),
+``T2V_SPACE_EXAMPLES_DIR`` (where the example zips are written) and ``T2V_SPACE_MAX_*`` limits (see
+`finder.Limits`).
+
+Errors never raise ``gr.Error`` (whose toast fades after a few seconds and puts error badges over
+every output): they are written into the one status area, with the fix, above the last good result,
+which stays on the page.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +29,37 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # `python spaces/expert-finder/app.py` from anywhere
     sys.path.insert(0, _HERE)
 
+import examples as space_examples  # noqa: E402
 import finder  # noqa: E402
 import gradio as gr  # noqa: E402
-from finder import InputError, Limits  # noqa: E402
+from finder import HUB_UNREACHABLE, InputError, Limits  # noqa: E402
 
 logger = logging.getLogger("expert_finder")
 
 TITLE = "Task2Vec expert finder"
 INTRO = """
 # Task2Vec expert finder
-Upload a small labeled image dataset and get the pretrained **experts** whose training task is
-closest to yours - the ones that should transfer best (Achille et al., *Task2Vec*, ICCV 2019).
-Your task is embedded once with a fixed probe network (the diagonal Fisher information of its
-weights); no expert is run on your data.
+**Which pretrained model should I fine-tune for my images?** Give a small labeled image dataset; the
+page ranks the pretrained **experts** below by how close the task each one was trained on is to
+yours. The closest should transfer best (Achille et al., *Task2Vec*, ICCV 2019). Your images are read
+once by a fixed *probe* network; no expert is run on your data.
 
-**Input**: a `.zip` with one folder per class (`cat/001.png`, `dog/002.png`, ...), or a zip with a
-`metadata.csv` (`file_name`, `label`) next to the images, or a `.parquet` / `.csv` holding the images
-themselves (bytes or `data:image/...;base64` URIs) and a label column - or a Hub dataset id.
+**Try it**: click an example, or upload a `.zip` with one folder per class (`cat/001.png`,
+`dog/002.png`, ...), a zip with a `metadata.csv` (`file_name`, `label`), a `.parquet` / `.csv` holding
+the images and labels, or name a Hub dataset. The first search after start-up takes about 20 s (it
+loads the network); later ones take a few seconds.
+"""
+START_STATUS = "Click an example or upload a dataset, then press **Find experts**."
+CSS = """
+#status { min-height: 3em; }
+/* tables: fixed column widths in px (a phone scrolls the table sideways instead of squeezing a
+   column); model ids break at '-' or '/', never in the middle of a word */
+#experts [role=gridcell] *, #expert-list [role=gridcell] * { word-break: normal !important;
+  overflow-wrap: break-word !important; }
+#experts [data-col="0"], #experts [data-col="2"], #experts [data-col="3"] { white-space: nowrap; }
+/* figures are drawn for >= 600 px: a narrower screen scrolls them sideways instead of squeezing them */
+#task-map, #heatmap { overflow-x: auto; }
+#task-map .js-plotly-plot, #heatmap .js-plotly-plot { min-width: 600px; }
 """
 
 
@@ -58,7 +79,34 @@ def _token(text: str | None, oauth_token: Any) -> str | bool | None:
     return False if os.environ.get("SPACE_ID") else None
 
 
-def build_app(index: Any = None, *, limits: Limits | None = None, index_error: str | None = None) -> gr.Blocks:
+def error_status(title: str, message: str, last_good: str | None) -> str:
+    """The status area after an error: the message with its fix, then the last good result (kept)."""
+    text = f"### ⛔ {html.escape(title)}\n\n{html.escape(message)}"
+    if last_good:
+        text += "\n\n---\n\n*The last result is still shown below:*\n\n" + last_good
+    return text
+
+
+def explain(exc: BaseException) -> tuple[str, str]:
+    """``(title, message)`` for an error of a search: the user's input (with the fix), the Hub out of
+    reach (retrying cannot help: upload instead), or a server fault."""
+    if finder.hub_unreachable(exc):
+        return "The Hub cannot be reached", f"{HUB_UNREACHABLE} — upload a zip instead (the Upload tab)."
+    if isinstance(exc, InputError):
+        return "Cannot use this input", str(exc)
+    return (
+        "Something went wrong on the server",
+        f"{type(exc).__name__}: {str(exc)[:200]}. This is a bug, not your input; the server log has the details.",
+    )
+
+
+def build_app(
+    index: Any = None,
+    *,
+    limits: Limits | None = None,
+    index_error: str | None = None,
+    examples_dir: str | os.PathLike[str] | None = None,
+) -> gr.Blocks:
     """The Gradio Blocks of the Space.
 
     Args:
@@ -66,6 +114,8 @@ def build_app(index: Any = None, *, limits: Limits | None = None, index_error: s
             ``experts``); loaded with `finder.load_expert_index` when ``None``. When none can be
             loaded the page still starts and says why.
         limits: per-request limits (default: `Limits.from_env`).
+        index_error: show this instead of an index (the page explains how to build one).
+        examples_dir: where the example zips are written (default `examples.default_folder`).
     """
     limits = limits or Limits.from_env()
     if index is None and index_error is None:
@@ -78,20 +128,17 @@ def build_app(index: Any = None, *, limits: Limits | None = None, index_error: s
                 "repo holding an index (ExpertIndex.push_to_hub)."
             )
             logger.warning(index_error)
-    from hf_task2vec import list_probes
-    from hf_task2vec.task2vec import METHODS
-
-    settings: dict[str, str] = {}
-    if index is not None:
+    opts: dict[str, Any] = {}
+    if index is not None and not index_error:
         try:
-            settings = finder.index_settings(index)
+            opts = finder.index_options(index, limits)
         except InputError as exc:
             index_error = str(exc)
-    index_line = finder.describe_index(index) if index is not None and not index_error else f"**{index_error}**"
-    probes = list_probes()
-    default_probe = settings.get("probe") if settings.get("probe") in probes else probes[0]
-    default_method = settings.get("method") if settings.get("method") in METHODS else "montecarlo"
-    metrics = ["asymmetric", "symmetric"] + (["model2vec"] if getattr(index, "has_model2vec", False) else [])
+    index_line = finder.describe_index(index) if opts else f"**{index_error}**"
+    helps: dict[str, str] = opts.get("help", {})
+    n_experts = int(opts.get("experts", 1))
+    default_samples = int(opts.get("max_samples", min(500, limits.max_samples)))
+    built_examples = space_examples.build_examples(examples_dir) if opts else []
 
     def find(
         upload: str | None,
@@ -101,80 +148,92 @@ def build_app(index: Any = None, *, limits: Limits | None = None, index_error: s
         mode: str,
         image_col: str,
         label_col: str,
-        probe: str,
-        method: str,
         max_samples: float,
         k: float,
         metric: str,
         projection: str,
         token_text: str,
+        last_good: str | None,
         oauth_token: gr.OAuthToken | None = None,
-        progress: gr.Progress = gr.Progress(track_tqdm=True),
+        progress: gr.Progress = gr.Progress(),
     ):
-        if index is None or index_error:
-            raise gr.Error(index_error or "no expert index is loaded")
-        progress(0, desc="checking the input")
-        outdir = finder.output_dir()
+        keep = gr.skip()
         try:
+            if index is None or index_error:
+                raise InputError(index_error or "no expert index is loaded")
+            progress(0.02, desc="Checking your images")
+            outdir = finder.output_dir()
             with finder.scratch_dir() as work:
                 kw = {"image_column": _text(image_col) or None, "label_column": _text(label_col) or None}
                 if mode == "hub":
                     if not _text(hub_id):
                         raise InputError("type a Hub dataset id (user/name), or switch to the Upload tab")
+                    progress(0.05, desc="Reading the Hub dataset")
                     prepared = finder.task_from_hub(
                         _text(hub_id), limits, split=_text(hub_split) or "train", config=_text(hub_config) or None,
                         token=_token(token_text, oauth_token), max_samples=int(max_samples), **kw,
                     )
                 else:
                     if not upload:
-                        raise InputError("upload a .zip of class folders (or a .csv / .parquet) first")
+                        raise InputError("upload a .zip of class folders (or a .csv / .parquet) first, or click an "
+                                         "example")
                     prepared = finder.task_from_upload(upload, work, limits, **kw)
-                progress(0.1, desc="embedding your task")
                 result = finder.search(
-                    prepared, index, outdir, probe=probe, method=method, max_samples=int(max_samples), k=int(k),
-                    metric=metric, projection=projection, limits=limits,
+                    prepared, index, outdir, max_samples=int(max_samples), k=int(k), metric=metric,
+                    projection=projection, limits=limits, on_step=lambda f, t: progress(f, desc=t),
                 )
-        except InputError as exc:
-            raise gr.Error(str(exc), title="Cannot use this input") from exc
-        except gr.Error:
-            raise
         except Exception as exc:
-            logger.exception("search failed")
-            raise gr.Error(f"Something went wrong on the server ({type(exc).__name__}); please try again.") from exc
-        notes = "".join(f"\n- {n}" for n in result.notes)
-        status = (
-            f"{prepared.summary}  \nEmbedded with `{result.embedding.probe}` / `{result.embedding.method}` on "
-            f"{result.embedding.meta.get('num_samples')} images and ranked in {result.seconds:.1f} s. "
-            f"Best expert: **{result.table.iloc[0]['expert'] if len(result.table) else 'none'}** "
-            f"(score = {metric} distance from the expert's training task to yours; lower is better).{notes}"
-        )
+            if not isinstance(exc, InputError) and not finder.hub_unreachable(exc):
+                logger.exception("search failed")
+            title, message = explain(exc)
+            return error_status(title, message, last_good), keep, keep, keep, keep, keep, keep, keep
         return (
-            status,
-            result.table,
-            str(result.map_png),
-            str(result.heatmap_png),
+            result.status,
+            gr.Dataframe(result.table, visible=True),
+            result.map_figure,
+            result.heatmap_figure,
             str(result.embedding_path),
             str(result.embedding_path),
+            result.status,
+            gr.Column(visible=True),
         )
 
     def push(emb_path: str | None, repo_id: str, token_text: str, oauth_token: gr.OAuthToken | None = None) -> str:
         if not emb_path or not Path(emb_path).is_file():
-            raise gr.Error("run a search first: there is no embedding to push yet")
+            return "⛔ Run a search first: there is no embedding to push yet."
         from hf_task2vec import TaskEmbedding
 
         try:
-            return finder.push_embedding(TaskEmbedding.load(emb_path), _text(repo_id), _token(token_text, oauth_token))
+            return "✅ " + finder.push_embedding(
+                TaskEmbedding.load(emb_path), _text(repo_id), _token(token_text, oauth_token)
+            )
         except InputError as exc:
-            raise gr.Error(str(exc), title="Cannot push") from exc
+            return f"⛔ Cannot push: {html.escape(str(exc))}"
+        except Exception as exc:
+            logger.exception("push failed")
+            return f"⛔ Cannot push: {type(exc).__name__}: {html.escape(str(exc)[:200])}"
+
+    def on_upload(path: str | None):
+        """Cap the *max images* slider at the upload's size (and say how many images it holds). The
+        slider's value is not an input here: a stale value above the new maximum would be refused."""
+        n = finder.count_examples(path, limits) if path else None
+        if n is None:
+            return gr.Slider(maximum=limits.max_samples, value=default_samples, info=helps.get("max_samples"))
+        top = max(2, min(n, limits.max_samples))
+        return gr.Slider(
+            maximum=top, value=min(default_samples, top),
+            info=f"{helps.get('max_samples', '')} Your upload holds {n} images.",
+        )
 
     with gr.Blocks(title=TITLE, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO)
         gr.Markdown(f"**Expert index:** {index_line}", elem_id="index-line")
         mode = gr.State("upload")
         emb_state = gr.State(None)
-        with gr.Row():
-            with gr.Column(scale=2):
-                with gr.Tabs():
+        last_good = gr.State(None)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                with gr.Tabs() as tabs:
                     with gr.Tab("Upload", id="upload") as tab_upload:
                         upload = gr.File(
                             label="Dataset (.zip of class folders, .csv or .parquet)",
@@ -183,70 +242,129 @@ def build_app(index: Any = None, *, limits: Limits | None = None, index_error: s
                             elem_id="upload",
                         )
                     with gr.Tab("Hub dataset", id="hub") as tab_hub:
-                        hub_id = gr.Textbox(label="Dataset id", placeholder="user/name", elem_id="hub-id")
+                        hub_id = gr.Textbox(label="Dataset id", placeholder="user/name", elem_id="hub-id",
+                                            info="A dataset on the Hugging Face Hub with an image and a label column.")
                         with gr.Row():
                             hub_split = gr.Textbox(label="Split", value="train")
                             hub_config = gr.Textbox(label="Config (optional)")
-                with gr.Accordion("Options", open=False):
-                    with gr.Row():
-                        image_col = gr.Textbox(label="image column", placeholder="auto")
-                        label_col = gr.Textbox(label="label column", placeholder="auto")
-                    probe = gr.Dropdown(probes, value=default_probe, label="probe network")
-                    method = gr.Dropdown(list(METHODS), value=default_method, label="Fisher estimator")
-                    max_samples = gr.Slider(
-                        16, limits.max_samples, value=min(256, limits.max_samples), step=16, label="max samples"
+                example_buttons = []
+                if built_examples:
+                    gr.Markdown("**Examples** (one click uploads the zip and runs the search):")
+                    for i, (path, ex) in enumerate(built_examples):
+                        example_buttons.append((gr.Button(ex.label, size="sm", elem_id=f"example-{i}"), path))
+                with gr.Accordion("Options", open=False, elem_id="options"):
+                    gr.Markdown(
+                        f"Embedding settings, fixed by the index (the experts were embedded this way, and only "
+                        f"embeddings made the same way can be compared): probe `{opts.get('probe', '?')}` · "
+                        f"estimator `{opts.get('method', '?')}` · image size {opts.get('image_size') or 'default'}."
+                        f"\n\n- **probe**: {helps.get('probe', '')}\n- **estimator**: {helps.get('method', '')}"
+                        f"\n- **image size**: {helps.get('image_size', '')}",
+                        elem_id="fixed-settings",
                     )
-                    k = gr.Slider(1, 20, value=5, step=1, label="experts to show")
-                    metric = gr.Radio(metrics, value="asymmetric", label="ranking distance")
-                    projection = gr.Radio(["mds", "tsne"], value="mds", label="map projection")
+                    max_samples = gr.Slider(
+                        2, limits.max_samples, value=default_samples, step=1, label="max images",
+                        info=helps.get("max_samples"), elem_id="max-samples",
+                    )
+                    k = gr.Slider(1, max(1, n_experts), value=min(5, n_experts), step=1, label="experts to show",
+                                  info=helps.get("k"), elem_id="k")
+                    metric = gr.Radio(opts.get("metrics", ["asymmetric"]), value="asymmetric", label="ranking distance",
+                                      info=helps.get("metric"))
+                    projection = gr.Radio(list(finder.PROJECTIONS), value="mds", label="task map",
+                                          info=helps.get("projection"))
+                    with gr.Row():
+                        image_col = gr.Textbox(label="image column", placeholder="auto",
+                                               info="For a table: the column with the images (found if usual).")
+                        label_col = gr.Textbox(label="label column", placeholder="auto",
+                                               info="For a table: the column with the class labels.")
                 run = gr.Button("Find experts", variant="primary", elem_id="find")
-            with gr.Column(scale=3):
-                status = gr.Markdown("Upload a dataset and press **Find experts**.", elem_id="status")
-                table = gr.Dataframe(
-                    headers=["rank", "expert", "score", "trained on"],
-                    datatype=["number", "markdown", "number", "str"],
-                    label="Best experts (lowest distance first)",
-                    interactive=False,
-                    wrap=True,
-                    column_widths=["8%", "44%", "10%", "38%"],
-                    elem_id="experts",
-                )
-                with gr.Row():
-                    task_map = gr.Image(label="Your task among the experts' tasks", type="filepath", height=440,
-                                        elem_id="task-map")
-                    heatmap = gr.Image(label="Distance heatmap", type="filepath", height=440, elem_id="heatmap")
-                emb_file = gr.File(label="Your task embedding (.safetensors)", interactive=False, elem_id="embedding")
-                with gr.Accordion("Share the embedding on the Hub", open=False):
-                    if os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"):
-                        gr.LoginButton()
-                    repo = gr.Textbox(label="Hub dataset repo", placeholder="user/task2vec-embeddings")
-                    token = gr.Textbox(label="Hub token (write; or log in)", type="password")
-                    push_btn = gr.Button("Push embedding")
-                    push_status = gr.Markdown()
+            with gr.Column(scale=3, min_width=320):
+                status = gr.Markdown(START_STATUS, elem_id="status")
+                with gr.Column(visible=False) as results:
+                    table = gr.Dataframe(
+                        headers=list(finder.TABLE_COLUMNS),
+                        datatype=["number", "markdown", "str", "str", "str"],
+                        label="Best experts, lowest score first (rank in resamples: the ranks each expert takes when "
+                        "your images are resampled)",
+                        interactive=False,
+                        wrap=True,
+                        max_height=2000,
+                        column_widths=["56px", "220px", "70px", "130px", "240px"],
+                        elem_id="experts",
+                    )
+                    task_map = gr.Plot(label="Your task among the experts' tasks", elem_id="task-map")
+                    heatmap = gr.Plot(label="Distances used for the ranking", elem_id="heatmap")
+                    emb_file = gr.File(label="Your task embedding (.safetensors; hf_task2vec.TaskEmbedding.load)",
+                                       interactive=False, elem_id="embedding")
+                    with gr.Accordion("Share the embedding on the Hub", open=False):
+                        if os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"):
+                            gr.LoginButton()
+                        repo = gr.Textbox(label="Hub dataset repo", placeholder="user/task2vec-embeddings")
+                        token = gr.Textbox(label="Hub token (write; or log in)", type="password")
+                        push_btn = gr.Button("Push embedding")
+                        push_status = gr.Markdown(elem_id="push-status")
+                if opts:
+                    gr.Dataframe(
+                        finder.expert_table(index),
+                        datatype=["markdown", "str", "str", "str"],
+                        label=f"The {n_experts} experts in the index and the task each was trained on",
+                        interactive=False,
+                        wrap=True,
+                        max_height=560,
+                        column_widths=["220px", "140px", "210px", "190px"],
+                        show_search="search",
+                        elem_id="expert-list",
+                    )
         tab_upload.select(lambda: "upload", None, mode)
         tab_hub.select(lambda: "hub", None, mode)
-        run.click(
-            find,
-            [upload, hub_id, hub_split, hub_config, mode, image_col, label_col, probe, method, max_samples, k,
-             metric, projection, token],
-            [status, table, task_map, heatmap, emb_file, emb_state],
-            concurrency_id="search",
-        )
+        upload.change(on_upload, upload, max_samples, queue=False, show_progress="hidden")
+        inputs = [upload, hub_id, hub_split, hub_config, mode, image_col, label_col, max_samples, k, metric,
+                  projection, token, last_good]
+        outputs = [status, table, task_map, heatmap, emb_file, emb_state, last_good, results]
+        run.click(find, inputs, outputs, concurrency_id="search", show_progress_on=[status])
+        for button, path in example_buttons:
+            button.click(
+                lambda p=str(path): (p, "upload", gr.Tabs(selected="upload"), on_upload(p)),
+                None, [upload, mode, tabs, max_samples], queue=False,
+            ).then(find, inputs, outputs, concurrency_id="search", show_progress_on=[status])
         push_btn.click(push, [emb_state, repo, token], push_status, concurrency_id="search")
     demo.queue(default_concurrency_limit=1, max_size=int(os.environ.get("T2V_SPACE_QUEUE_SIZE", "16")))
+    demo.t2v_examples = built_examples  # for tests and scripts
     return demo
+
+
+def warm_up(index: Any) -> threading.Thread | None:
+    """Load the index's probe in the background, so that the first search does not wait for it."""
+    try:
+        s = finder.index_settings(index)
+    except Exception:
+        return None
+    thread = threading.Thread(target=finder.get_probe, args=(s["probe"], s.get("image_size", "")), daemon=True,
+                              name="probe-warm-up")
+    thread.start()
+    return thread
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     limits = Limits.from_env()
-    demo = build_app(limits=limits)
+    try:
+        index = finder.load_expert_index()
+    except Exception:
+        index = None
+    demo = build_app(index, limits=limits) if index is not None else build_app(limits=limits)
+    if index is not None:
+        warm_up(index)
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        max_file_size=limits.max_upload_bytes,
-        show_error=True,
+        **launch_options(limits),
     )
+
+
+def launch_options(limits: Limits | None = None) -> dict[str, Any]:
+    """The ``demo.launch`` options the page needs (its CSS, the upload size limit)."""
+    limits = limits or Limits.from_env()
+    return {"css": CSS, "max_file_size": limits.max_upload_bytes, "show_error": True}
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import re
 import shutil
 import stat
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -797,19 +798,31 @@ def _looks_remote(source: str | os.PathLike[str]) -> bool:
 # -- the search ---------------------------------------------------------------------------------------
 @dataclass
 class SearchResult:
-    """Everything the app shows after a search."""
+    """Everything the app shows after a search.
+
+    ``table`` holds the ranked experts as the page shows them (`TABLE_COLUMNS`: scores with three
+    decimals, the range of ranks each expert takes over the resamples); ``records`` the raw
+    `ExpertMatch` records; ``confidence`` how sure the ranking is (`ranking.Confidence`, over the
+    shown embedding and its resamples); ``map_figure`` and ``heatmap_figure`` are Plotly figures
+    (``heatmap_values`` the matrix drawn, in the ranking's metric); ``status`` the markdown summary
+    for the page."""
 
     embedding: Any  # hf_task2vec.TaskEmbedding
     table: Any  # pandas.DataFrame
     records: list[Any]  # hf_task2vec.selection.ExpertMatch
-    map_png: Path
-    heatmap_png: Path
+    confidence: Any  # ranking.Confidence
+    metric: str
+    map_figure: Any
+    heatmap_figure: Any
+    heatmap_values: np.ndarray
     embedding_path: Path
     notes: list[str]
     seconds: float
+    status: str = ""
 
 
 _PROBES: dict[tuple[str, str], Any] = {}
+_PROBES_LOCK = threading.Lock()
 
 
 def get_probe(name: str, image_size: str = "") -> Any:
@@ -820,10 +833,16 @@ def get_probe(name: str, image_size: str = "") -> Any:
     if base not in list_probes():
         raise InputError(f"unknown probe {name!r}; choose one of {list_probes()}")
     key = (name, image_size)
-    if key not in _PROBES:
-        size = int(image_size) if image_size.isdigit() else None
-        _PROBES[key] = load_probe(base, pretrained=base == name, image_size=size)
-    return _PROBES[key]
+    with _PROBES_LOCK:  # the start-up warm-up and a first request may ask at once: load once
+        if key not in _PROBES:
+            size = int(image_size) if image_size.isdigit() else None
+            _PROBES[key] = load_probe(base, pretrained=base == name, image_size=size)
+        return _PROBES[key]
+
+
+def probe_loaded(name: str, image_size: str = "") -> bool:
+    """Whether `get_probe` already holds this probe (the first search after start-up loads it)."""
+    return (name, image_size) in _PROBES
 
 
 def hub_url(model_id: str) -> str:
@@ -844,13 +863,124 @@ def expert_link(model_id: str, info: dict[str, Any] | None = None) -> str:
     return f"[{text}]({url})" if url else text
 
 
-def _trained_on(info: dict[str, Any]) -> str:
+def _trained_on(info: dict[str, Any], max_classes: int | None = 6) -> str:
     task = str(info.get("task") or info.get("dataset") or "")
     classes = info.get("classes")
     if isinstance(classes, list) and classes:
-        shown = ", ".join(str(c) for c in classes[:6]) + (", ..." if len(classes) > 6 else "")
+        cut = classes if max_classes is None else classes[:max_classes]
+        shown = ", ".join(str(c) for c in cut) + (", ..." if len(cut) < len(classes) else "")
         task = f"{task} ({shown})" if task else shown
     return task
+
+
+TABLE_COLUMNS = ("rank", "expert", "score", "rank in resamples", "trained on")
+METHOD_WORDS = {
+    "montecarlo": "Monte Carlo Fisher (labels drawn from the probe's own predictions)",
+    "exact": "exact Fisher (the expectation over every label, no sampling)",
+    "variational": "robust (variational) Fisher of the paper",
+}
+
+
+def index_options(index: Any, limits: Limits | None = None) -> dict[str, Any]:
+    """What the page may offer, all derived from the index: the ``probe``, ``method`` and
+    ``image_size`` its experts were embedded with (the only ones that can be compared with them),
+    the ``max_samples`` they used (the default for a query, capped by ``limits``), the ``metrics``
+    it supports and the number of ``experts``; plus one-line ``help`` texts."""
+    limits = limits or Limits()
+    s = index_settings(index)
+    opts = dict(getattr(index, "embedding_options", {}) or {})
+    try:
+        used = int(opts.get("max_samples") or 0)
+    except ValueError:
+        used = 0
+    default_samples = min(limits.max_samples, used or 500)
+    metrics = ["asymmetric", "symmetric"] + (["model2vec"] if getattr(index, "has_model2vec", False) else [])
+    size = s.get("image_size") or "the probe's own"
+    method = s.get("method", "")
+    return {
+        "probe": s.get("probe", ""),
+        "method": method,
+        "image_size": s.get("image_size", ""),
+        "max_samples": default_samples,
+        "metrics": metrics,
+        "experts": len(index),
+        "help": {
+            "probe": f"The network that reads your images. Fixed: the {len(index)} experts were embedded with it.",
+            "method": f"How the Fisher information is estimated: {METHOD_WORDS.get(method, method)}. Fixed by the "
+            "index, like the probe.",
+            "image_size": f"Images are resized to {size} px, as for the experts.",
+            "max_samples": "At most this many of your images are used (class-balanced); more is slower and surer.",
+            "k": "How many experts the table and the heatmap show.",
+            "metric": "asymmetric: the paper's rule (recommended); symmetric: plain distance"
+            + ("; model2vec: learned from the experts' fine-tuning errors." if "model2vec" in metrics else "."),
+            "projection": "How the task map is drawn: MDS keeps distances as faithfully as 2-D allows; t-SNE "
+            "keeps only neighbours.",
+        },
+    }
+
+
+def expert_table(index: Any) -> Any:
+    """Every expert of the index with its training task (a ``pandas.DataFrame`` for the page):
+    ``expert`` (a link only where the index gives a URL or a Hub source), ``training task``,
+    ``classes``, ``data``."""
+    import pandas as pd
+
+    rows = []
+    for row in index.rows():
+        classes = row.get("classes")
+        rows.append({
+            "expert": expert_link(row["model_id"], row),
+            "training task": str(row.get("task") or ""),
+            "classes": ", ".join(str(c) for c in classes) if isinstance(classes, list) else "",
+            "data": str(row.get("dataset") or row.get("source") or ""),
+        })
+    return pd.DataFrame(rows, columns=["expert", "training task", "classes", "data"])
+
+
+def count_examples(path: str | os.PathLike[str] | None, limits: Limits) -> int | None:
+    """A cheap count of the examples in an upload, to cap the *max images* slider: image entries of
+    a zip (from its central directory, nothing is extracted), rows of a parquet (its footer) or of a
+    CSV (its lines, up to the row limit). ``None`` when it cannot tell (the search says why)."""
+    try:
+        p = check_upload(path, limits)
+        suffix = p.suffix.lower()
+        if suffix == ".zip":
+            with open(p, "rb") as fh:
+                if _zip_entry_count(fh) > limits.max_zip_entries:
+                    return None
+                with zipfile.ZipFile(fh) as zf:
+                    names = [i.filename for i in zf.infolist() if not i.is_dir()]
+            parts = [PurePosixPath(n).parts for n in names]
+            if any(PurePosixPath(n).name.lower() in METADATA_NAMES for n in names):
+                return None  # a table decides which files count
+            return sum(1 for pp in parts if pp and not _is_hidden(pp) and PurePosixPath(pp[-1]).suffix.lower()
+                       in IMAGE_EXTENSIONS) or None
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(p).metadata.num_rows) or None
+        with open(p, "rb") as fh:
+            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+        return max(0, min(lines, limits.max_table_rows)) or None
+    except Exception:  # the search itself reports what is wrong with the upload
+        return None
+
+
+def _status(prepared: PreparedTask, emb: Any, records: list[Any], conf: Any, metric: str, seconds: float,
+            notes: Sequence[str]) -> str:
+    from ranking import score_meaning
+
+    best = records[0].model_id if records else "none"
+    lines = [
+        f"{prepared.summary}",
+        f"Embedded with probe `{emb.probe}` and the `{emb.method}` estimator on {emb.meta.get('num_samples')} images "
+        f"(plus {conf.resamples - 1} resamples for the confidence) in {seconds:.1f} s.",
+        f"**Best expert: {html.escape(best)}** ({score_meaning(metric)}).",
+        conf.verdict(html.escape(best)),
+    ]
+    lines += [f"⚠️ {w}" for w in conf.warnings]
+    lines += [f"- {n}" for n in notes]
+    return "\n\n".join(lines)
 
 
 def search(
@@ -865,26 +995,35 @@ def search(
     metric: str = "asymmetric",
     projection: str = "mds",
     limits: Limits | None = None,
-    progress: bool = True,
+    progress: bool = False,
+    resamples: int | None = None,
+    on_step: Any = None,
 ) -> SearchResult:
-    """Embed the task like the index's experts and rank the experts.
+    """Embed the task like the index's experts, rank the experts, and measure how sure the ranking is.
 
     Args:
         prepared: the task (`task_from_upload` / `task_from_hub`).
         index: the expert index (`hf_task2vec.selection.ExpertIndex`).
-        outdir: where the embedding and the figures are written.
+        outdir: where the embedding file is written.
         probe, method: default to the index's; a different choice is refused with the reason
             (embeddings made differently cannot be compared).
         max_samples: images used at most (class-balanced).
         k: number of experts in the table.
         metric: ``"asymmetric"`` (the paper's rule), ``"symmetric"`` or ``"model2vec"``.
         projection: ``"mds"`` (classical MDS) or ``"tsne"`` for the 2-D map.
+        progress: tqdm bars (for a terminal; the page gets ``on_step`` texts).
+        resamples: embeddings for the confidence, the shown one included (default `ranking.RESAMPLES`;
+            1 = no confidence).
+        on_step: ``(fraction, text)`` callback with human progress text.
     """
     import pandas as pd
+    import ranking
+    from figures import distance_heatmap, task_map
 
     from hf_task2vec import IncompatibleEmbeddingsError, Task2VecError
 
     limits = limits or Limits()
+    step = on_step or (lambda fraction, text: None)
     start = time.perf_counter()
     settings = index_settings(index)
     probe = probe or settings["probe"]
@@ -903,39 +1042,69 @@ def search(
         raise InputError(f"unknown map {projection!r}; choose one of {PROJECTIONS}")
     if not 2 <= int(max_samples) <= limits.max_samples:
         raise InputError(f"max samples must lie in 2..{limits.max_samples}, got {max_samples}")
-    embedder = index.embedder(
-        probe=get_probe(probe, settings.get("image_size", "")), max_samples=int(max_samples), progress=progress
-    )
+    n_emb = max(1, int(ranking.RESAMPLES if resamples is None else resamples))
+    size = settings.get("image_size", "")
+    if not probe_loaded(probe, size):
+        step(0.12, "Loading the probe network (only the first search after start-up; about 20 s)")
+    probe_obj = get_probe(probe, size)
+
+    def make_embedder(seed: int | None = None) -> Any:
+        extra = {} if seed is None else {"seed": seed}
+        return index.embedder(probe=probe_obj, max_samples=int(max_samples), progress=progress, **extra)
+
+    embedder = make_embedder()
+    used = embedder.sample(prepared.task)
+    counts = np.bincount(prepared.task.labels[used], minlength=prepared.task.num_classes)
+    step(0.2, f"Embedding your {len(used)} images (1 of {n_emb})")
     try:
         emb = embedder.embed(prepared.task)
         records = list(index.select(emb, k=int(k), metric=metric))
+        shown = np.asarray(index.distances(emb, metric), np.float64)
+        extra = ranking.resample_scores(
+            prepared.task, make_embedder, lambda e: index.distances(e, metric), max_samples=int(max_samples),
+            base_seed=int(getattr(embedder, "seed", 0)), resamples=n_emb - 1,
+            on_step=lambda r: step(0.2 + 0.6 * r / n_emb, f"Resampling your images to see how sure the ranking is "
+                                   f"({r + 1} of {n_emb})"),
+        )
     except IncompatibleEmbeddingsError as exc:
         raise InputError(str(exc)) from exc
     except (Task2VecError, ValueError) as exc:
         raise InputError(f"cannot rank the experts: {exc}") from exc
-    rows = [
-        {
+    scores = np.vstack([shown[None], extra]) if extra.size else shown[None]
+    conf = ranking.summarize(scores, counts)
+    pos = {mid: i for i, mid in enumerate(index.model_ids)}
+    rows = []
+    for r in records:
+        rows.append({
             "rank": r.rank,
             "expert": expert_link(r.model_id, dict(r.info)),
-            "score": round(r.score, 4),
+            "score": ranking.fmt(r.score),
+            "rank in resamples": conf.label(pos[r.model_id]),
             "trained on": _trained_on(dict(r.info)),
-        }
-        for r in records
-    ]
-    table = pd.DataFrame(rows, columns=["rank", "expert", "score", "trained on"])
+        })
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    step(0.85, "Drawing the figures")
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     emb_path = emb.save(out / f"{safe_task_name(prepared.task.name)}.safetensors")
-    map_png, heat_png = draw_figures(emb, index, [r.model_id for r in records], out, projection=projection)
+    top = [r.model_id for r in records]
+    map_fig, _ = task_map(emb, index, top, projection=projection)
+    heat_fig, heat = distance_heatmap(emb, index, top, metric=metric)
+    seconds = time.perf_counter() - start
+    notes = list(prepared.notes)
     return SearchResult(
         embedding=emb,
         table=table,
         records=records,
-        map_png=map_png,
-        heatmap_png=heat_png,
+        confidence=conf,
+        metric=metric,
+        map_figure=map_fig,
+        heatmap_figure=heat_fig,
+        heatmap_values=heat,
         embedding_path=emb_path,
-        notes=list(prepared.notes),
-        seconds=time.perf_counter() - start,
+        notes=notes,
+        seconds=seconds,
+        status=_status(prepared, emb, records, conf, metric, seconds, notes),
     )
 
 
@@ -962,96 +1131,30 @@ def classical_mds(d: np.ndarray, dims: int = 2) -> tuple[np.ndarray, float]:
     return coords, float(kept.sum()) / positive if positive > 0 else 1.0
 
 
-def _map_points(index: Any, top: Sequence[str], max_points: int) -> list[tuple[str, str]]:
-    """``(task label, a model id trained on it)`` for the experts' distinct training tasks: the top
-    experts' tasks first, then the others in index order, at most ``max_points``."""
-    task_of = {row["model_id"]: _trained_on(row) or row["model_id"] for row in index.rows()}
-    by_task: dict[str, str] = {}
-    for mid in [*top, *task_of]:
-        by_task.setdefault(task_of[mid], mid)
-        if len(by_task) >= max_points:
-            break
-    return list(by_task.items())
-
-
-def draw_figures(
-    embedding: Any,
-    index: Any,
-    top: Sequence[str],
-    outdir: Path,
-    *,
-    projection: str = "mds",
-    seed: int = 0,
-    max_points: int = 200,
-    max_heatmap: int = 20,
-) -> tuple[Path, Path]:
-    """The 2-D map of the task among the experts' training tasks and the symmetric-distance
-    heatmap of the task and its nearest experts' tasks; PNG files in ``outdir``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    from hf_task2vec.distance import pairwise_distances
-
-    points = _map_points(index, top, max_points)
-    top_tasks = {task for task, mid in points if mid in set(top)}
-    values = np.stack([embedding.values] + [index.embedding(mid).values for _, mid in points]).astype(np.float64)
-    labels = [f"{embedding.name} (yours)"] + [task for task, _ in points]
-    d = pairwise_distances(values, values, kind="symmetric")
-    d = 0.5 * (d + d.T)
-    np.fill_diagonal(d, 0.0)
-    if projection == "tsne" and len(labels) >= 4:
-        from sklearn.manifold import TSNE
-
-        xy = TSNE(
-            n_components=2, metric="precomputed", init="random", perplexity=max(1.0, min(30.0, (len(labels) - 1) / 3)),
-            random_state=seed,
-        ).fit_transform(d)
-        title = "t-SNE of symmetric Task2Vec distances"
-    else:
-        xy, kept = classical_mds(d)
-        title = f"Classical MDS of symmetric Task2Vec distances\n(the 2-D picture keeps {kept:.0%} of the variance)"
-    fig = Figure(figsize=(6, 5.4), dpi=110)
-    ax = fig.subplots()
-    is_top = np.array([False] + [task in top_tasks for task, _ in points])
-    ax.scatter(xy[1:, 0][~is_top[1:]], xy[1:, 1][~is_top[1:]], c="#9aa5b1", s=30, label="experts' tasks")
-    ax.scatter(xy[1:, 0][is_top[1:]], xy[1:, 1][is_top[1:]], c="#2b7bba", s=45, label="top experts' tasks")
-    ax.scatter(xy[0, 0], xy[0, 1], c="#d62728", marker="*", s=260, label="your task", zorder=5)
-    for i, name in enumerate(labels):
-        if i == 0 or is_top[i] or len(labels) <= 30:
-            ax.annotate(name[:32], xy[i], fontsize=7, xytext=(4, 3), textcoords="offset points")
-    ax.set_title(title, fontsize=10)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=3, frameon=False)
-    ax.margins(0.15)
-    fig.tight_layout()
-    map_png = outdir / "task_map.png"
-    fig.savefig(map_png)
-
-    n = min(len(labels), max_heatmap)
-    sub = d[:n, :n]
-    fig = Figure(figsize=(6, 5.4), dpi=110)
-    ax = fig.subplots()
-    im = ax.imshow(sub, cmap="viridis_r")
-    short = [s[:24] for s in labels[:n]]
-    ax.set_xticks(range(n), short, rotation=70, ha="right", fontsize=7)
-    ax.set_yticks(range(n), short, fontsize=7)
-    if n <= 12:
-        for i in range(n):
-            for j in range(n):
-                dark = sub[i, j] > 0.5 * sub.max()
-                ax.text(j, i, f"{sub[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w" if dark else "k")
-    fig.colorbar(im, ax=ax, label="symmetric Task2Vec distance")
-    ax.set_title("Distances: your task and the nearest experts' tasks", fontsize=10)
-    fig.tight_layout()
-    heat_png = outdir / "distance_heatmap.png"
-    fig.savefig(heat_png)
-    return map_png, heat_png
-
-
 # -- pushing -------------------------------------------------------------------------------------------
+HUB_UNREACHABLE = "the Hub cannot be reached from this server"
+_TRANSPORT_NAMES = frozenset({
+    "ConnectError", "ConnectTimeout", "ReadTimeout", "TimeoutException", "NetworkError", "ConnectionError",
+    "NewConnectionError", "MaxRetryError", "OfflineModeIsEnabled", "RemoteProtocolError", "ProxyError",
+    "gaierror", "ConnectionRefusedError", "ConnectionResetError",
+})
+
+
+def hub_unreachable(exc: BaseException | None) -> bool:
+    """Whether an error (or one it was raised from) means the Hub could not be reached at all: a
+    connection/timeout error of the HTTP client, ``HF_HUB_OFFLINE``, or a `HubError` whose reason
+    says so. Retrying cannot help; the page says so and suggests an upload."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "reason", None) in ("unavailable", "offline") and getattr(exc, "status", None) is None:
+            return True
+        if any(t.__name__ in _TRANSPORT_NAMES for t in type(exc).__mro__):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def push_embedding(embedding: Any, repo_id: str, token: str | bool | None) -> str:
     """Push the embedding to a Hub dataset repo (created if missing) with
     `hf_task2vec.hub.EmbeddingStore`; returns a short confirmation.
@@ -1068,9 +1171,14 @@ def push_embedding(embedding: Any, repo_id: str, token: str | bool | None) -> st
 
     try:
         result = EmbeddingStore(repo_id, token=token).push(embedding)
-    except Task2VecError as exc:  # HubError: names the repo and the fix
-        raise InputError(str(exc)) from exc
     except Exception as exc:
+        if hub_unreachable(exc):
+            raise InputError(
+                f"{HUB_UNREACHABLE}, so the embedding was not pushed to {repo_id!r}. Download the .safetensors file "
+                "above and push it from a machine that can reach the Hub (`hf-task2vec` or EmbeddingStore.push)."
+            ) from exc
+        if isinstance(exc, Task2VecError):  # HubError: names the repo and the fix
+            raise InputError(str(exc)) from exc
         raise InputError(f"could not push to {repo_id!r}: {type(exc).__name__}: {str(exc)[:300]}") from exc
     keys = ", ".join(result.keys)
     if not result.changed:
@@ -1109,7 +1217,8 @@ def describe_index(index: Any) -> str:
     except InputError as exc:
         return str(exc)
     return (
-        f"{len(index)} experts · probe `{s['probe']}` · estimator `{s['method']}` · image size {s['image_size']}"
+        f"{len(index)} experts · probe `{s['probe']}` · estimator `{s['method']}` · image size "
+        f"{s['image_size'] or 'the probe default'}"
     )
 
 
@@ -1124,8 +1233,11 @@ __all__ = [
     "classical_mds",
     "default_index_paths",
     "describe_index",
-    "draw_figures",
+    "count_examples",
     "expert_link",
+    "expert_table",
+    "hub_unreachable",
+    "index_options",
     "index_settings",
     "load_expert_index",
     "output_dir",
