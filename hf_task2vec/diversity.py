@@ -184,12 +184,12 @@ def fit_lm_head(
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(head(h), y)
-        first = float(loss) if first is None else first
+        first = loss.item() if first is None else first
         loss.backward()
         opt.step()
     for p in params:
         p.requires_grad_(False)
-    return {"loss_before": first if first is not None else float("nan"), "loss_after": float(loss)}
+    return {"loss_before": first if first is not None else float("nan"), "loss_after": loss.item()}
 
 
 def _next_token_embedding(

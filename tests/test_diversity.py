@@ -119,16 +119,15 @@ def test_next_token_diversity_properties(tiny_gpt2):
     import hf_task2vec as t2v
 
     fortunes = _two_class("fortunes", ["computers", "science"], 12)["text"]
-    glosses = _two_class("wordnet", ["noun.animal", "noun.plant"], 12)["text"]
     copies = fortunes[:8] * 3
     zero = t2v.diversity(copies, tiny_gpt2, shuffle=False, **NT)
     assert zero.options["objective"] == "next-token"
-    assert zero.coefficient < 1e-6
-    df = t2v.diversity(fortunes, tiny_gpt2, **NT)
-    dg = t2v.diversity(glosses, tiny_gpt2, **NT)
-    cross = t2v.cross_diversity(fortunes, glosses, tiny_gpt2, **NT)
-    assert df.coefficient > 100 * max(zero.coefficient, 1e-9)
-    assert cross.coefficient > max(df.coefficient, dg.coefficient)
+    assert zero.coefficient < 1e-6  # identical batches, same token draws: identical embeddings
+    real = t2v.diversity(fortunes, tiny_gpt2, **NT)
+    assert real.coefficient > 100 * max(zero.coefficient, 1e-9)
+    for e in real.embeddings:  # the LM head was fine-tuned on each batch
+        assert float(e.meta["head_loss_after"]) < float(e.meta["head_loss_before"])
+        assert e.meta["objective"] == "next-token" and np.isfinite(e.values).all() and e.values.max() > 0
 
 
 @pytest.mark.slow
