@@ -81,7 +81,7 @@ class BatchConfig:
 
     tasks: list[TaskSpec]
     probe: str = "embedded"
-    method: Method = "montecarlo"
+    method: Method = "variational"
     options: dict[str, Any] = field(default_factory=dict)
     store: str | None = None
     shard: ShardMode = "auto"
@@ -201,7 +201,7 @@ def load_batch_config(config: str | os.PathLike[str] | Mapping[str, Any] | Batch
                 "give them distinct 'name's"
             )
         seen[key] = spec.name
-    method = config.get("method", "montecarlo")
+    method = config.get("method", "variational")
     if method not in METHODS:
         raise BatchConfigError(f"{where}: unknown method {method!r}; use one of {list(METHODS)}")
     shard = config.get("shard", "auto")

@@ -39,7 +39,7 @@ from torch import nn
 
 from .embedding import TaskEmbedding
 from .errors import Task2VecError
-from .fisher import FisherResult, fisher_diagonal
+from .fisher import FisherResult
 from .probes import Probe
 from .task2vec import Method, Task2Vec, _task_and_options
 from .tasks import Task, TaskSpec
@@ -232,7 +232,7 @@ class DistributedTask2Vec(Task2Vec):
         self._sync_head(probe)
         if comm.world == 1:
             return super()._fisher(probe, task, indices)
-        if self.method == "variational":
+        if self.method == "variational" and self.variational_epochs > 0:
             # An optimisation over the whole sample: run it on the main process, broadcast the result.
             dim = probe.dim
             packed = torch.zeros(2 * dim + 2, dtype=torch.float64)
@@ -253,17 +253,10 @@ class DistributedTask2Vec(Task2Vec):
                 trivial=None if np.isnan(trivial).all() else trivial.copy(),
             )
         mine = shard_indices(indices, comm.rank, comm.world)
-        result = fisher_diagonal(
-            probe,
-            self.batches(task, mine, desc=f"fisher {task.name}"),
-            method=self.method,  # type: ignore[arg-type]
-            n_samples=self.n_samples,
-            seed=rank_seed(self.seed, comm.rank),
-            strategy=self.strategy,
-            reduce=comm.reduce_sum,
-            precision=self.precision,
-            channels_last=self.channels_last,
-        )
+        batches = self.batches(task, mine, desc=f"fisher {task.name}")
+        result = self.fisher_pass(probe, batches, reduce=comm.reduce_sum, seed=rank_seed(self.seed, comm.rank))
+        if self.method == "variational":  # the closed form of the summed exact Fisher: the same on every rank
+            result = self.robust(probe, result, len(indices))
         result.options["seed_per_process"] = "seed on the main process, SeedSequence([seed, rank]) elsewhere"
         return result
 
@@ -272,7 +265,7 @@ class DistributedTask2Vec(Task2Vec):
         emb.meta["fisher_processes"] = str(self.comm.world)
         if self.comm.world == 1:
             sharding = "none"
-        elif self.method == "variational":
+        elif self.method == "variational" and self.variational_epochs > 0:
             sharding = "features sharded; variational optimisation on the main process"
         else:
             sharding = "examples sharded, Fisher sums reduced"
@@ -283,7 +276,7 @@ class DistributedTask2Vec(Task2Vec):
 def embed_distributed(
     source: Task | TaskSpec | Any,
     probe: Probe | str | nn.Module = "embedded",
-    method: Method = "montecarlo",
+    method: Method = "variational",
     *,
     accelerator: Any = None,
     spec: TaskSpec | None = None,

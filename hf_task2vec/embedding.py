@@ -126,6 +126,12 @@ class TaskEmbedding:
         ]
         if self.dim != other.dim:
             problems.append(f"dimension: {self.dim} vs {other.dim}")
+        elif self.method == other.method == "variational" and not np.allclose(self.trivial, other.trivial, rtol=1e-5):
+            # robust embeddings on different priors (floors): d_sym would measure the floors, not the tasks
+            problems.append(
+                "robust-Fisher prior (trivial embedding): prior_examples "
+                f"{_prior_examples(self)} vs {_prior_examples(other)} (embed both with the same prior_examples)"
+            )
         if problems:
             raise IncompatibleEmbeddingsError(
                 f"cannot compare embedding {self.name!r} with {other.name!r}: "
@@ -313,3 +319,10 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _prior_examples(embedding: TaskEmbedding) -> str:
+    try:
+        return str(json.loads(embedding.meta.get("method_options") or "{}").get("prior_examples", "?"))
+    except ValueError:
+        return "?"

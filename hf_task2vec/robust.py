@@ -51,6 +51,28 @@ def prior_precision(probe: Probe) -> np.ndarray:
     return out
 
 
+def robust_fisher(
+    probe: Probe, fisher: FisherResult, *, prior_examples: int, beta: float = 1.0
+) -> FisherResult:
+    """The optimum of the robust-Fisher objective in closed form: values ``F + (beta / 2N) lambda^2``
+    and the trivial embedding ``(beta / 2N) lambda^2``, with ``F`` the given (exact) Fisher,
+    ``lambda^2`` the probe's `prior_precision` and ``N = prior_examples``.
+
+    ``N`` weighs the prior against the data. It is the embedder's sample budget (``max_samples``),
+    the same for every task an embedder embeds, so that all its embeddings share one trivial
+    embedding and stay comparable (``d_sym`` of two embeddings on different floors measures the
+    floors, not the tasks). A filter the data say nothing about sits at the prior in every task:
+    its ratio in ``d_sym`` is exactly 1/2 and adds no noise.
+    """
+    if prior_examples < 1:
+        raise ValueError(f"prior_examples must be >= 1, got {prior_examples}")
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    trivial = beta / (2.0 * prior_examples) * prior_precision(probe)
+    options = {**fisher.options, "beta": repr(float(beta)), "prior_examples": str(int(prior_examples))}
+    return FisherResult(fisher.values + trivial, fisher.num_inputs, fisher.num_draws, options, trivial=trivial)
+
+
 class _NoisyWeights:
     """Forward hooks that add the local-reparametrisation noise of N(w_hat, diag(exp(-L))) to every
     filter layer's output: ``out + sqrt(var) * eps`` with ``var = sigma2_filter * (a^2 conv 1)``."""
@@ -104,54 +126,49 @@ def fisher_variational(
     epochs: int = 3,
     beta: float = 1.0,
     init_fisher: np.ndarray | None = None,
+    prior_examples: int | None = None,
     lr_precision: float = 1e-2,
     lr_head: float = 1e-4,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> FisherResult:
-    """The paper's robust Fisher: minimise
-    ``E_{w ~ N(w_hat, Lambda^-1)}[CE] + (beta / 2N) * KL(N(0, Lambda^-1) || N(0, lambda^-2 I))``
-    over a per-filter precision ``Lambda = exp(L)`` (local reparametrisation trick) and a
-    per-layer prior ``lambda^2`` trained jointly; the head keeps training at ``lr_head``.
-    At the optimum ``(beta / 2N) Lambda = F + (beta lambda^2 / 2N)``, so the returned values are
-    ``(beta / 2N) Lambda`` and the trivial embedding ``(beta / 2N) lambda^2`` per layer.
+    """The robust Fisher by stochastic optimisation (the paper's procedure): minimise
+    ``E_{w ~ N(w_hat, Lambda^-1)}[CE] + (beta / 2N) KL(N(w_hat, Lambda^-1) || N(0, lambda^-2 I))``
+    over a per-filter precision ``Lambda = exp(L)`` with the local reparametrisation trick; the head
+    keeps training at ``lr_head``. The prior ``lambda^2`` is the probe's `prior_precision` (fixed:
+    trained jointly, the KL term alone drives it up without bound, see docs/robust_fisher.md).
+    Returns ``(beta / 2N) Lambda`` and the trivial embedding ``(beta / 2N) lambda^2``.
 
     Args:
         make_batches: ``epoch -> iterable of (x, y)`` over the task's sampled examples (y = true labels).
-        num_examples: N.
-        init_fisher: per-filter Fisher to start ``Lambda`` from (e.g. a montecarlo estimate); the
-            optimisation then only has to refine it. Without it ``Lambda`` starts at the prior.
+        num_examples: the number of examples the batches cover.
+        init_fisher: per-filter Fisher to start from (`Task2Vec` passes the exact one, so ``Lambda``
+            starts at the closed-form optimum of the quadratic model); without it, at the prior.
+        prior_examples: the ``N`` of the prior's weight (default ``num_examples``); see `robust_fisher`.
     """
     device, dtype = probe.device, probe.dtype
     if probe.head is None:
         raise ValueError("the probe needs a head before the variational Fisher")
-    scale = beta / (2.0 * num_examples)
-    layer_index = torch.empty(probe.dim, dtype=torch.long)
+    n_prior = num_examples if prior_examples is None else prior_examples
+    scale = beta / (2.0 * n_prior)
     weights_per_filter = torch.empty(probe.dim, dtype=dtype)
-    modules = dict(probe.backbone.named_modules())
-    log_prior = torch.empty(len(probe.filters), dtype=dtype)
-    for i, g in enumerate(probe.filters):
-        layer_index[g.start : g.stop] = i
+    for g in probe.filters:
         weights_per_filter[g.start : g.stop] = g.weights_per_filter
-        w2 = modules[g.name].weight.detach().double().square().mean().clamp_min(1e-12)
-        log_prior[i] = -torch.log(w2)  # prior precision matched to the layer's weight scale
-    log_prior = log_prior.to(device).requires_grad_(True)
-    layer_index = layer_index.to(device)
     weights_per_filter = weights_per_filter.to(device)
+    log_prior = torch.log(torch.as_tensor(prior_precision(probe), dtype=dtype, device=device))
     with torch.no_grad():
-        init = log_prior[layer_index].clone()
+        init = log_prior.clone()
         if init_fisher is not None:
             f0 = torch.as_tensor(init_fisher, dtype=dtype, device=device).clamp_min(0)
-            init = torch.log(f0 / scale + torch.exp(init))
+            init = torch.log(f0 / scale + torch.exp(log_prior))
     log_precision = init.clone().requires_grad_(True)
     generator = torch.Generator().manual_seed(seed)
-    optim = None
     with frozen(probe):
         for p in probe.head.parameters():
             p.requires_grad_(True)
         optim = torch.optim.Adam(
             [
-                {"params": [log_precision, log_prior], "lr": lr_precision},
+                {"params": [log_precision], "lr": lr_precision},
                 {"params": list(probe.head.parameters()), "lr": lr_head},
             ]
         )
@@ -160,7 +177,7 @@ def fisher_variational(
                 for x, y in make_batches(epoch):
                     x, y = to_device(x, device, dtype), y.to(device)
                     ce = F.cross_entropy(probe(x), y)
-                    lam2 = torch.exp(log_prior[layer_index] - log_precision)  # lambda^2 * sigma^2
+                    lam2 = torch.exp(log_prior - log_precision)  # lambda^2 * sigma^2
                     kl = 0.5 * (weights_per_filter * (lam2 - 1.0 - torch.log(lam2))).sum()
                     loss = ce + scale * kl
                     optim.zero_grad(set_to_none=True)
@@ -169,6 +186,12 @@ def fisher_variational(
                     if progress is not None:
                         progress(batch_size_of(x))
     values = (scale * torch.exp(log_precision.detach())).double().cpu().numpy()
-    trivial = (scale * torch.exp(log_prior.detach()[layer_index])).double().cpu().numpy()
-    opts = {"beta": repr(beta), "epochs": str(epochs), "lr_precision": repr(lr_precision), "lr_head": repr(lr_head)}
+    trivial = (scale * torch.exp(log_prior)).double().cpu().numpy()
+    opts = {
+        "beta": repr(float(beta)),
+        "epochs": str(epochs),
+        "prior_examples": str(int(n_prior)),
+        "lr_precision": repr(lr_precision),
+        "lr_head": repr(lr_head),
+    }
     return FisherResult(values, num_examples, num_examples * epochs, opts, trivial=trivial)

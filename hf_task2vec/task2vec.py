@@ -34,7 +34,7 @@ from .errors import TaskError
 from .fisher import FisherResult, Strategy, fisher_diagonal, to_device
 from .head import fit_linear_head, set_head
 from .probes import Probe, load_probe
-from .robust import fisher_variational
+from .robust import fisher_variational, robust_fisher
 from .sampling import balanced_sample
 from .tasks import Task, TaskSpec, load_task
 
@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 Method = Literal["montecarlo", "exact", "variational"]
 METHODS: tuple[str, ...] = ("montecarlo", "exact", "variational")
+#: Label directions per input of the default (variational) estimator: exact up to 5 classes; for
+#: more, the leading 4 directions of ``diag(p) - p p^T`` (most of its trace once the head is confident).
+VARIATIONAL_RANK = 4
 
 
 def default_device() -> torch.device:
@@ -50,6 +53,11 @@ def default_device() -> torch.device:
 
 def _optional_int(text: str) -> int | None:
     return None if text in ("", "None") else int(text)
+
+
+def _optional_rank(text: str) -> int | None:
+    """``"K-1"`` (every direction, exact) is recorded for ``rank=None``."""
+    return None if text in ("", "None", "K-1") else int(text)
 
 
 def _boolean(text: str) -> bool:
@@ -90,6 +98,8 @@ PROVENANCE: tuple[Recorded, ...] = (
     Recorded("n_samples", "n_samples", int, resume=False, in_method_options=True),
     Recorded("epochs", "variational_epochs", int, resume=False, in_method_options=True),
     Recorded("beta", "beta", float, resume=False, in_method_options=True),
+    Recorded("rank", "rank", _optional_rank, resume=False, in_method_options=True),
+    Recorded("prior_examples", "prior_examples", _optional_int, in_method_options=True),
     Recorded("max_length", "max_length", _optional_int),  # text probes: truncation length (tokens)
     Recorded("pooling", None),  # text probes: how token features are pooled (a fact of the probe)
 )
@@ -132,8 +142,16 @@ class Task2Vec:
 
     Args:
         probe: a `Probe` or anything `load_probe` accepts (default: the offline ``"embedded"``).
-        method: ``"montecarlo"`` (default), ``"exact"`` or ``"variational"`` (DESIGN.md).
+        method: ``"variational"`` (default: the paper's robust Fisher, in closed form from the exact
+            Fisher; docs/robust_fisher.md), ``"exact"`` or ``"montecarlo"`` (DESIGN.md).
         n_samples: label draws per input for ``montecarlo``.
+        rank: ``exact`` and ``variational``: backward passes per input along the leading directions
+            of the label covariance ``diag(p) - p p^T`` (see `fisher_diagonal`); ``K - 1`` of them are
+            exact. Default: all ``K - 1`` for ``exact``, at most `VARIATIONAL_RANK` (4) for
+            ``variational`` — the cost stays about 2.5x a one-draw montecarlo pass for any K.
+        prior_examples: ``variational``: the ``N`` weighing the prior against the data (default:
+            ``max_samples``, or the task's size when that is ``None``): embeddings are comparable
+            when they share it (one trivial embedding).
         max_samples: examples used at most, class-balanced when the task is larger; when it is
             not larger every example is used exactly once.
         fit_head: retrain the linear head on the task (``False`` keeps the probe's head, e.g. for
@@ -145,7 +163,9 @@ class Task2Vec:
         device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
         image_size: resize images to this side (default: the probe's pretrained input size).
         max_length: text probes: truncate texts to this many tokens (default: the probe's own).
-        variational_epochs, beta: options of the variational estimator.
+        variational_epochs, beta: options of the variational estimator: stochastic refinement epochs
+            after the closed form (default 0: the closed form is the optimum of the quadratic model)
+            and the KL weight.
         strategy: per-sample gradient strategy (see `fisher_diagonal`).
         precision, channels_last: ``"bf16"`` autocast and NHWC layout for the Fisher pass (GPU speed;
             see the README for the measured effect on the embedding).
@@ -156,8 +176,10 @@ class Task2Vec:
         self,
         probe: Probe | str | nn.Module = "embedded",
         *,
-        method: Method = "montecarlo",
+        method: Method = "variational",
         n_samples: int = 1,
+        rank: int | None = None,
+        prior_examples: int | None = None,
         max_samples: int | None = 10_000,
         fit_head: bool = True,
         head_epochs: int = 500,
@@ -166,7 +188,7 @@ class Task2Vec:
         seed: int = 0,
         device: str | torch.device | None = None,
         image_size: int | None = None,
-        variational_epochs: int = 3,
+        variational_epochs: int = 0,
         beta: float = 1.0,
         strategy: Strategy | Literal["functional"] = "auto",
         precision: Literal["fp32", "bf16"] = "fp32",
@@ -182,13 +204,16 @@ class Task2Vec:
         checked = check_embedder_options(dict(
             method=method, n_samples=n_samples, max_samples=max_samples, head_epochs=head_epochs, head_l2=head_l2,
             batch_size=batch_size, seed=seed, device=device, image_size=image_size,
-            variational_epochs=variational_epochs, beta=beta, precision=precision,
+            variational_epochs=variational_epochs, beta=beta, precision=precision, rank=rank,
+            prior_examples=prior_examples,
         ))
         device = checked["device"]
         self.probe_spec = probe
         self.image_size = image_size
         self.method = method
         self.n_samples = n_samples
+        self.rank = rank
+        self.prior_examples = prior_examples
         self.max_samples = max_samples
         self.fit_head = fit_head
         self.head_epochs = head_epochs
@@ -249,7 +274,7 @@ class Task2Vec:
         and the facts of the run (samples used, estimator options, head accuracy, time)."""
         out = {row.key: self._recorded_value(row) for row in PROVENANCE if not row.in_method_options}
         out["trivial"] = (
-            "variational prior (beta/2N) lambda^2"
+            "robust-Fisher prior (beta/2N) lambda^2, lambda^2 = 1/mean(w^2) per layer"
             if self.method == "variational"
             else f"constant prior_fisher={self.probe.prior_fisher!r}"
         )
@@ -379,33 +404,53 @@ class Task2Vec:
 
     def _fisher(self, probe: Probe, task: Task, indices: np.ndarray) -> FisherResult:
         """The Fisher of ``probe`` (this call's copy, head fitted) on the examples ``indices``."""
-        if self.method in ("montecarlo", "exact"):
-            return fisher_diagonal(
-                probe,
-                self.batches(task, indices, desc=f"fisher {task.name}"),
-                method=self.method,  # type: ignore[arg-type]
-                n_samples=self.n_samples,
-                seed=self.seed,
-                strategy=self.strategy,
-                precision=self.precision,
-                channels_last=self.channels_last,
-            )
-        init_batches = self.batches(task, indices, desc=f"fisher init {task.name}")
-        init = fisher_diagonal(probe, init_batches, seed=self.seed).values
+        result = self.fisher_pass(probe, self.batches(task, indices, desc=f"fisher {task.name}"))
+        if self.method != "variational":
+            return result
+        result = self.robust(probe, result, len(indices))
+        if self.variational_epochs == 0:
+            return result
         rng = np.random.default_rng(self.seed)
 
         def make_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             return self.batches(task, rng.permutation(indices), desc=f"variational {task.name} epoch {epoch + 1}")
 
-        return fisher_variational(
+        refined = fisher_variational(
             probe,
             make_batches,
             len(indices),
             epochs=self.variational_epochs,
             beta=self.beta,
-            init_fisher=init,
+            init_fisher=result.values - result.trivial,
+            prior_examples=int(result.options["prior_examples"]),
             seed=self.seed,
         )
+        refined.options = {**result.options, **refined.options}
+        return refined
+
+    def fisher_pass(self, probe: Probe, batches: Any, reduce: Any = None, seed: int | None = None) -> FisherResult:
+        """The Fisher pass of this embedder's estimator over ``batches`` (the variational estimator
+        starts from the exact Fisher, at most `VARIATIONAL_RANK` label directions per input)."""
+        rank = self.rank
+        if self.method == "variational" and rank is None:
+            rank = VARIATIONAL_RANK
+        return fisher_diagonal(
+            probe,
+            batches,
+            method="montecarlo" if self.method == "montecarlo" else "exact",
+            n_samples=self.n_samples,
+            rank=rank,
+            seed=self.seed if seed is None else seed,
+            strategy=self.strategy,
+            reduce=reduce,
+            precision=self.precision,
+            channels_last=self.channels_last,
+        )
+
+    def robust(self, probe: Probe, fisher: FisherResult, num_examples: int) -> FisherResult:
+        """The closed-form robust Fisher (`robust_fisher`) of an exact Fisher over ``num_examples``."""
+        n_prior = self.prior_examples or self.max_samples or num_examples
+        return robust_fisher(probe, fisher, prior_examples=n_prior, beta=self.beta)
 
 
 def _check_finite_inputs(x: torch.Tensor, task: Task, idx: Any) -> None:
@@ -457,7 +502,7 @@ def _check_finite_result(values: np.ndarray, task: Task) -> None:
 def embed(
     source: Task | TaskSpec | Any,
     probe: Probe | str | nn.Module = "embedded",
-    method: Method = "montecarlo",
+    method: Method = "variational",
     *,
     spec: TaskSpec | None = None,
     **options: Any,

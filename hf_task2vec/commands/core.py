@@ -37,7 +37,8 @@ def _slug(text: str) -> str:
 
 def _add_embed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe", default="embedded", help="probe spec for load_probe (default: embedded)")
-    p.add_argument("--method", default="montecarlo", choices=["montecarlo", "exact", "variational"])
+    p.add_argument("--method", default="variational", choices=["montecarlo", "exact", "variational"],
+                   help="Fisher estimator (default variational: the robust Fisher, exact labels + the prior)")
     p.add_argument("--max-samples", type=int, default=10_000, help="examples used at most (class-balanced)")
     p.add_argument("--n-samples", type=int, default=1, help="label draws per input (montecarlo)")
     p.add_argument("--image-size", type=int, default=None, help="resize images to this side (default: probe's)")
@@ -195,8 +196,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embeddings-dir", default=None, help="also save the embeddings here")
     p.add_argument("--probe", default="embedded")
     p.add_argument("--max-samples", type=int, default=200)
-    p.add_argument("--method", default="exact", choices=["montecarlo", "exact", "variational"],
-                   help="Fisher estimator (exact: the expectation over labels, lowest variance for few classes)")
+    p.add_argument("--method", default="variational", choices=["montecarlo", "exact", "variational"],
+                   help="Fisher estimator (default variational: the robust Fisher, exact labels + the prior)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
