@@ -18,9 +18,11 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -130,60 +132,227 @@ def section_speed(args, device, results):
 
 
 MEMORY_WORKER = r"""
-import json, resource, sys, time
+import json, resource, sys, threading, time
 sys.path.insert(0, {root!r})
+import torch
+torch.set_num_threads({threads})
 import hf_task2vec as t2v
 from hf_task2vec.data import load_offline
+
+def rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+start = time.perf_counter()
+def report():  # a killed run still leaves its peak so far
+    while True:
+        time.sleep(15)
+        row = {{"partial": True, "seconds": time.perf_counter() - start, "peak_rss_mb": rss_mb()}}
+        print(json.dumps(row), flush=True)
+threading.Thread(target=report, daemon=True).start()
 n, res = {n}, {res}
 ds = load_offline({dataset!r}, {split!r})
 task = t2v.load_task(ds, name={dataset!r})
-emb = t2v.Task2Vec("embedded", max_samples=n, image_size=res, batch_size=32, progress=False, device={device!r})
+emb = t2v.Task2Vec("embedded", max_samples=n, image_size=res, progress=True, device={device!r}{extra})
+before = rss_mb()
 t = time.perf_counter()
 e = emb.embed(task)
-print(json.dumps({{"n": n, "seconds": time.perf_counter() - t,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+print(json.dumps({{"n": n, "resolution": res, "seconds": time.perf_counter() - t, "batch_size": emb.batch_size,
+                  "rss_before_embed_mb": before, "peak_rss_mb": rss_mb(), "num_samples": int(e.meta["num_samples"]),
+                  "method": e.meta.get("method", "")}}),
+      flush=True)
 """
 
 
+def _memory_child(args, device, n: int, res: int) -> tuple[subprocess.Popen, Path]:
+    code = MEMORY_WORKER.format(
+        root=str(ROOT),
+        n=n,
+        res=res,
+        dataset=args.memory_dataset,
+        split=args.memory_split,
+        device=str(device),
+        threads=args.memory_threads,
+        extra=f", batch_size={args.memory_batch}" if args.memory_batch else "",
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.memory_threads)}
+    log = Path(tempfile.mkdtemp(prefix="t2v_mem_")) / "child"
+    with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:  # files: no pipe can fill up
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=err, text=True, env=env)
+    return proc, log
+
+
 def section_memory(args, device, results):
+    """Peak RSS of one whole embed (head fit + Fisher) per (N, resolution), each in a fresh child process
+    (`--memory-jobs` at a time, largest first; a child past `--memory-timeout` s is stopped and its peak
+    so far is reported as unfinished)."""
+    # the largest N of every resolution starts at once (one slot each), the others share the last slot, smallest first
+    biggest = max(args.memory_sizes)
+    jobs = [(n, r) for r in args.memory_resolutions for n in args.memory_sizes]
+    jobs.sort(key=lambda j: (j[0] != biggest, j[0] * j[1] ** 2))
+    running: list[tuple[tuple[int, int], subprocess.Popen, Path, float]] = []
     rows = []
-    for n in args.memory_sizes:
-        code = MEMORY_WORKER.format(
-            root=str(ROOT),
-            n=n,
-            res=args.memory_resolution,
-            dataset=args.memory_dataset,
-            split=args.memory_split,
-            device=str(device),
-        )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        row["images_per_s"] = n / row["seconds"]
-        rows.append(row)
-        print(row, flush=True)
     results["memory"] = {
-        "resolution": args.memory_resolution,
-        "dataset": f"{args.memory_dataset} ({args.memory_split})",
+        "dataset": f"{args.memory_dataset} ({args.memory_split}; real 28x28 images resized by the probe's transform)",
         "device": str(device),
+        "threads_per_child": args.memory_threads,
+        "load_at_start": os.getloadavg(),
         "rows": rows,
     }
+    section_start = time.perf_counter()
+    while jobs or running:
+        while jobs and len(running) < args.memory_jobs and time.perf_counter() - section_start < args.memory_deadline:
+            job = jobs.pop(0)
+            running.append((job, *_memory_child(args, device, *job), time.perf_counter()))
+        if jobs and time.perf_counter() - section_start >= args.memory_deadline:
+            left = "not started (deadline)"
+            rows += [{"n": n, "resolution": r, "finished": False, "stopped_in": left} for n, r in jobs]
+            jobs.clear()
+        time.sleep(2)
+        for item in list(running):
+            (n, res), proc, log, started = item
+            now = time.perf_counter()
+            timed_out = now - started > args.memory_timeout or now - section_start > args.memory_deadline
+            if proc.poll() is None and not timed_out:
+                continue
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            out, err = Path(f"{log}.out").read_text(), Path(f"{log}.err").read_text()
+            running.remove(item)
+            lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+            final = [x for x in lines if not x.get("partial")]
+            if final:
+                row = final[-1]
+                row["images_per_s"] = n / row["seconds"]
+                row["finished"] = True
+            else:
+                last = lines[-1] if lines else {}
+                bars = re.findall(r"(features|fisher)[^|\r\n]*\|[^|\r\n]*\|\s*(\d+)/(\d+)", err)
+                stage = f"{bars[-1][0]} pass at {bars[-1][1]}/{bars[-1][2]} images" if bars else "not started"
+                row = {"n": n, "resolution": res, "finished": False, "seconds": last.get("seconds"),
+                       "peak_rss_mb": last.get("peak_rss_mb"), "stopped_in": stage,
+                       "error": [] if timed_out else err.strip().splitlines()[-1:]}
+            rows.append(row)
+            print(row, flush=True)
+    rows.sort(key=lambda r: (r["resolution"], r["n"]))
+    growth = {}
+    for res in args.memory_resolutions:
+        done = [r for r in rows if r["resolution"] == res and r.get("peak_rss_mb")]
+        if len(done) >= 2:
+            growth[str(res)] = done[-1]["peak_rss_mb"] - done[0]["peak_rss_mb"]
+    results["memory"]["growth_mb_smallest_to_largest"] = growth
+
+
+def old_sym_matrix(a: np.ndarray, b: np.ndarray, block_bytes: int = 256 * 2**20) -> np.ndarray:
+    """The previous CPU kernel of `distance_matrix` (float64 broadcasting blocks), kept as the baseline."""
+    ta, tb = torch.from_numpy(np.asarray(a, np.float64)), torch.from_numpy(np.asarray(b, np.float64))
+    dim = max(a.shape[1], 1)
+    cols = min(b.shape[0], max(1, block_bytes // (8 * dim * 4)))
+    rows = max(1, block_bytes // (8 * dim * 4 * cols))
+    out = torch.empty(a.shape[0], b.shape[0], dtype=torch.float64)
+    for i in range(0, a.shape[0], rows):
+        for j in range(0, b.shape[0], cols):
+            x, y = ta[i : i + rows, None, :], tb[None, j : j + cols, :]
+            s = x + y
+            both_zero = s == 0
+            w = s.square_().reciprocal_()
+            w.masked_fill_(both_zero, 0.0)
+            uv = (x * y * w).sum(-1)
+            uu = (x.square() * w).sum(-1)
+            vv = (y.square() * w).sum(-1)
+            extra = both_zero.sum(-1).to(uv.dtype) * 0.25
+            uv, uu, vv = uv + extra, uu + extra, vv + extra
+            out[i : i + rows, j : j + cols] = 1.0 - uv / torch.sqrt(uu * vv).clamp_min(torch.finfo(torch.float64).tiny)
+    return out.numpy()
 
 
 def section_distance(args, device, results):
+    """``pairwise_distances`` (the fused kernel on the CPU) on n x n embeddings of 21,008 filters, against
+    the previous float64 kernel timed in the same run on the first ``--distance-baseline-rows`` rows (its
+    cost is linear in the number of pairs; the ratio is of pairs per second) and checked to agree."""
     from hf_task2vec.distance import pairwise_distances
 
     rows = []
     rng = np.random.default_rng(0)
     for n in args.distance_sizes:
-        a = rng.gamma(0.5, size=(n, 21_008)).astype(np.float32)
+        a = (rng.gamma(0.5, size=(n, 21_008)) * np.exp(rng.normal(0, 3, size=21_008))).astype(np.float32)
+        a[:, :500] *= rng.random((n, 500)) < 0.7  # some zeros, some filters zero in both
         t = time.perf_counter()
-        pairwise_distances(a, a, device=device if device.type == "cuda" else None)
+        new = pairwise_distances(a, a, device=device if device.type == "cuda" else None)
         if device.type == "cuda":
             torch.cuda.synchronize()
         sec = time.perf_counter() - t
-        rows.append({"n": n, "dim": 21_008, "seconds": sec, "pairs_per_s": n * n / sec, "device": str(device)})
+        row = {"n": n, "dim": 21_008, "seconds": sec, "pairs_per_s": n * n / sec, "device": str(device)}
+        if device.type == "cpu" and args.distance_baseline_rows:
+            m = min(n, args.distance_baseline_rows)
+            t = time.perf_counter()
+            old = old_sym_matrix(a[:m], a)
+            old_sec = time.perf_counter() - t
+            row.update(
+                baseline_pairs=m * n,
+                baseline_seconds=old_sec,
+                baseline_pairs_per_s=m * n / old_sec,
+                speedup=(n * n / sec) / (m * n / old_sec),
+                max_abs_diff=float(np.abs(old - new[:m]).max()),
+            )
+        rows.append(row)
         print(rows[-1], flush=True)
     results["distance_matrix"] = rows
+
+
+def _photo_task(n: int):
+    """``n`` rows of real JPEG photos (scikit-learn's two sample photos, 427 x 640, re-encoded at four
+    qualities and flipped, so rows differ) in a `datasets.Dataset` with an Image column."""
+    import io
+
+    import datasets
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    import hf_task2vec as t2v
+
+    photos = []
+    for arr in load_sample_images().images:
+        for q in (70, 80, 90, 95):
+            for flip in (False, True):
+                img = Image.fromarray(arr[:, ::-1] if flip else arr)
+                buf = io.BytesIO()
+                img.save(buf, format="JPEG", quality=q)
+                photos.append(buf.getvalue())
+    images = [{"bytes": photos[i % len(photos)], "path": None} for i in range(n)]
+    rows = {"image": images, "label": [i % 2 for i in range(n)]}
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    return t2v.load_task(datasets.Dataset.from_dict(rows, features=features), name="photos")
+
+
+def section_pipeline(args, device, results):
+    """Images/s of the input pipeline alone (decode + probe transform to 224 px, batches of 32, in order)
+    with 0, 1 and 2 worker processes, on real Fashion-MNIST (28 x 28 PNG) and on real JPEG photos
+    (427 x 640); ratios against 0 workers in the same run."""
+    import hf_task2vec as t2v
+    from hf_task2vec.data import load_offline
+
+    tasks = {
+        "fashion-mnist (28x28 PNG)": t2v.load_task(load_offline("fashion-mnist", "train"), name="fashion"),
+        "photos (427x640 JPEG)": _photo_task(args.pipeline_images),
+    }
+    rows = []
+    for name, task in tasks.items():
+        indices = np.arange(min(args.pipeline_images, len(task)))
+        base = None
+        for workers in args.pipeline_workers:
+            emb = t2v.Task2Vec("embedded", image_size=224, num_workers=workers, progress=False, device="cpu")
+            emb.probe  # noqa: B018  (load the probe outside the timing)
+            list(emb.batches(task, indices[:64]))  # warm-up (worker start-up is timed below)
+            t = time.perf_counter()
+            count = sum(int(x.shape[0]) for x, _ in emb.batches(task, indices))
+            sec = time.perf_counter() - t
+            ips = count / sec
+            base = base or ips
+            rows.append({"data": name, "workers": workers, "images": count, "seconds": sec, "images_per_s": ips,
+                         "vs_0_workers": ips / base})
+            print(rows[-1], flush=True)
+    results["pipeline"] = {"load_at_start": os.getloadavg(), "rows": rows}
 
 
 def section_gpu(args, device, results):
@@ -259,26 +428,52 @@ def write_markdown(results: dict, path: Path) -> None:
     if "memory" in results:
         m = results["memory"]
         lines += [
-            f"## Peak memory and time vs number of images ({m['resolution']} px, embedded probe, {m['dataset']}, "
-            f"device {m['device']})",
+            f"## Peak RSS of one embed vs number of images (embedded probe, {m['dataset']}, device {m['device']}, "
+            f"{m['threads_per_child']} thread(s) per child, load average at start "
+            f"{', '.join(f'{x:.1f}' for x in m['load_at_start'])})",
             "",
-            "| images | seconds | images/s | peak RSS (MB) |",
-            "|---|---|---|---|",
+            "| px | images | batch | finished | seconds | peak RSS (MB) | RSS before embed (MB) |",
+            "|---|---|---|---|---|---|---|",
         ]
-        lines += [
-            f"| {r['n']} | {r['seconds']:.1f} | {r['images_per_s']:.1f} | {r['peak_rss_mb']:.0f} |" for r in m["rows"]
-        ]
+        for r in m["rows"]:
+            sec = f"{r['seconds']:.0f}" if r.get("seconds") else "-"
+            peak = f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-"
+            before = f"{r['rss_before_embed_mb']:.0f}" if r.get("rss_before_embed_mb") else "-"
+            done = "yes" if r["finished"] else f"no: stopped in the {r.get('stopped_in', '?')}"
+            lines.append(
+                f"| {r['resolution']} | {r['n']:,} | {r.get('batch_size', '-')} | {done} | {sec} | {peak} | {before} |"
+            )
+        for res, g in m.get("growth_mb_smallest_to_largest", {}).items():
+            lines.append(f"\nGrowth of peak RSS from the smallest to the largest N at {res} px: **{g:+.0f} MB**.")
         lines.append("")
     if "distance_matrix" in results:
         lines += [
-            "## distance_matrix (symmetric, D = 21,008)",
+            "## distance_matrix (symmetric, D = 21,008): fused kernel vs the previous float64 kernel, same run",
             "",
-            "| n | device | seconds | pairs/s |",
-            "|---|---|---|---|",
+            "| n | device | seconds | pairs/s | previous kernel pairs/s (on rows x n) | speed-up | max abs diff |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in results["distance_matrix"]:
+            base = (
+                f"{r['baseline_pairs_per_s']:.0f} ({r['baseline_pairs'] // r['n']} x {r['n']}) | "
+                f"**{r['speedup']:.0f}x** | {r['max_abs_diff']:.1e}"
+                if "speedup" in r
+                else "- | - | -"
+            )
+            lines.append(f"| {r['n']} | {r['device']} | {r['seconds']:.2f} | {r['pairs_per_s']:.0f} | {base} |")
+        lines.append("")
+    if "pipeline" in results:
+        p = results["pipeline"]
+        lines += [
+            "## Input pipeline alone: decode + transform to 224 px, batches of 32, in order (load average at start "
+            f"{', '.join(f'{x:.1f}' for x in p['load_at_start'])})",
+            "",
+            "| data | workers | images | images/s | vs 0 workers |",
+            "|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r['n']} | {r['device']} | {r['seconds']:.2f} | {r['pairs_per_s']:.0f} |"
-            for r in results["distance_matrix"]
+            f"| {r['data']} | {r['workers']} | {r['images']} | {r['images_per_s']:.1f} | {r['vs_0_workers']:.2f}x |"
+            for r in p["rows"]
         ]
         lines.append("")
     if "gpu" in results:
@@ -305,7 +500,7 @@ def write_markdown(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--sections", default="speed,memory,distance,gpu")
+    parser.add_argument("--sections", default="speed,memory,distance,pipeline,gpu")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--name", default="fisher_speed", help="results file stem")
@@ -313,7 +508,16 @@ def main() -> None:
     parser.add_argument("--memory-dataset", default="fashion-mnist")
     parser.add_argument("--memory-split", default="train")
     parser.add_argument("--memory-sizes", dest="memory_sizes_arg", default=None, help="comma-separated image counts")
+    parser.add_argument("--memory-resolutions", default="112,224", help="comma-separated image sides")
+    parser.add_argument("--memory-jobs", type=int, default=1, help="child processes at once")
+    parser.add_argument("--memory-threads", type=int, default=1, help="torch threads per child")
+    parser.add_argument("--memory-timeout", type=float, default=7200.0, help="seconds before a child is stopped")
+    parser.add_argument("--memory-deadline", type=float, default=1e9, help="seconds for the whole section")
+    parser.add_argument("--memory-batch", type=int, default=None, help="batch size (default: the embedder's)")
     parser.add_argument("--distance-sizes", dest="distance_sizes_arg", default=None, help="comma-separated counts")
+    parser.add_argument("--distance-baseline-rows", type=int, default=20, help="rows timed with the old kernel")
+    parser.add_argument("--pipeline-images", type=int, default=512)
+    parser.add_argument("--pipeline-workers", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1, 2])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -322,8 +526,8 @@ def main() -> None:
     args.batch = 32
     args.repeats = 3 if args.quick else 5
     args.all_baselines = False
-    args.memory_resolution = 224
-    args.memory_sizes = [256, 512, 1024] if args.quick else [1000, 5000, 10000]
+    args.memory_resolutions = [int(v) for v in args.memory_resolutions.split(",")]
+    args.memory_sizes = [256, 512] if args.quick else [256, 2048, 10000]
     args.distance_sizes = [100, 300] if args.quick else [100, 300, 1000]
     if args.memory_sizes_arg:
         args.memory_sizes = [int(v) for v in args.memory_sizes_arg.split(",")]
@@ -338,7 +542,13 @@ def main() -> None:
         + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
-    sections = {"speed": section_speed, "memory": section_memory, "distance": section_distance, "gpu": section_gpu}
+    sections = {
+        "speed": section_speed,
+        "memory": section_memory,
+        "distance": section_distance,
+        "pipeline": section_pipeline,
+        "gpu": section_gpu,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.sections.split(","):

@@ -28,11 +28,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._version import __version__
-from .checks import check_embedder_options
+from .checks import check_embedder_options, check_int
 from .embedding import TaskEmbedding
 from .errors import TaskError
 from .fisher import FisherResult, Strategy, fisher_diagonal, to_device
 from .head import fit_linear_head, set_head
+from .pipeline import iter_batches
 from .probes import Probe, load_probe
 from .robust import fisher_variational, robust_fisher
 from .sampling import balanced_sample
@@ -170,6 +171,8 @@ class Task2Vec:
         precision, channels_last: ``"bf16"`` autocast and NHWC layout for the Fisher pass (GPU speed;
             see the README for the measured effect on the embedding).
         progress: show tqdm progress bars.
+        num_workers: worker processes decoding and preprocessing the inputs (`hf_task2vec.pipeline`;
+            0: in this process). Results are identical for any value; batches are pinned on CUDA.
     """
 
     def __init__(
@@ -195,6 +198,7 @@ class Task2Vec:
         channels_last: bool = False,
         progress: bool = True,
         max_length: int | None = None,
+        num_workers: int = 0,
     ) -> None:
         if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
                                        or max_length < 2):
@@ -227,6 +231,7 @@ class Task2Vec:
         self.precision = precision
         self.channels_last = channels_last
         self.progress = progress
+        self.num_workers = check_int("num_workers", num_workers, minimum=0)
 
     @cached_property
     def probe(self) -> Probe:
@@ -337,14 +342,17 @@ class Task2Vec:
         transform = self.probe.transform() if task.is_image or task.is_text else None
         labels = torch.tensor(task.labels)  # a copy: dataset label arrays may be read-only
         bar = tqdm(total=len(indices), desc=desc, unit="ex", disable=not self.progress or desc is None, leave=False)
+        stream = iter_batches(
+            task, indices, self.batch_size, transform, labels,
+            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+        )
         try:
-            for start in range(0, len(indices), self.batch_size):
-                idx = indices[start : start + self.batch_size]
-                x = task.get_inputs(idx, transform)
+            for idx, x, y in stream:
                 _check_finite_inputs(x, task, idx)
-                yield x, labels[torch.as_tensor(idx)]
+                yield x, y
                 bar.update(len(idx))
         finally:
+            stream.close()  # stops the workers when the consumer stops early
             bar.close()
 
     @torch.no_grad()
