@@ -677,24 +677,43 @@ def test_errors_stay_in_the_status_and_keep_the_last_result(expert_index, tmp_pa
     assert capped.maximum == 18 and capped.value == 18 and "holds 18 images" in capped.info
 
 
-def test_offline_hub_wording(expert_index, tmp_path, monkeypatch):
+_OFFLINE_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import app as space_app, finder
+from finder import InputError
+index = finder.load_expert_index(sys.argv[2])
+demo = space_app.build_app(index, examples_dir=sys.argv[3])
+find = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "find")
+out = find(None, "user/some-dataset", "train", "", "hub", "", "", 64, 3, "asymmetric", "mds", "", None,
+           progress=lambda *a, **k: None)
+try:
+    finder.push_embedding(index.embedding(index.model_ids[0]), "user/my-embeddings", "a-token")
+    pushed = "pushed?!"
+except InputError as exc:
+    pushed = str(exc)
+print(json.dumps({"status": out[0], "push": pushed}))
+"""
+
+
+def test_offline_hub_wording(expert_index, tmp_path):
+    """A server that cannot reach the Hub (a port where nothing listens; in a fresh process, since
+    the Hub client reads HF_ENDPOINT once at import): the page says so and suggests an upload."""
     import socket
+    import subprocess
 
-    import app as space_app
-
-    with socket.socket() as sock:  # a port where nothing listens: the Hub cannot be reached
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    demo = space_app.build_app(expert_index, examples_dir=tmp_path / "ex")
-    out = _app_fn(demo, "find")(
-        None, "user/some-dataset", "train", "", "hub", "", "", MAX_SAMPLES, 3, "asymmetric", "mds", "", None,
-        progress=lambda *a, **k: None,
+    expert_index.save(tmp_path / "idx")
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_TOKEN": "", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", _OFFLINE_SCRIPT, str(SPACE_DIR), str(tmp_path / "idx"), str(tmp_path / "ex")],
+        env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
-    assert "the Hub cannot be reached from this server — upload a zip instead" in out[0]
-    assert "try again" not in out[0]
-    emb = expert_index.embedding("test-experts/lite0-digits")
-    with pytest.raises(InputError) as err:
-        finder.push_embedding(emb, "user/my-embeddings", "a-token")
-    assert "the Hub cannot be reached from this server" in str(err.value) and "HF_HUB_OFFLINE" not in str(err.value)
-    assert "Download the .safetensors file" in str(err.value)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "the Hub cannot be reached from this server — upload a zip instead" in got["status"]
+    assert "try again" not in got["status"]
+    assert "the Hub cannot be reached from this server" in got["push"] and "HF_HUB_OFFLINE" not in got["push"]
+    assert "Download the .safetensors file" in got["push"]

@@ -188,7 +188,7 @@ def test_example_click_ranks_with_confidence_and_readable_figures(page):
     download = page.locator('#embedding a[download="footwear.safetensors"]')
     download.first.wait_for()
     emb = TaskEmbedding.from_bytes(page.request.get(download.first.get_attribute("href")).body())
-    assert emb.name == "footwear" and emb.meta["num_samples"] == "90"
+    assert emb.name == "footwear" and emb.meta["num_samples"] == "64"  # the index's max samples, class-balanced
     ten_expert_index().embedding("test-experts/lite0-digits").check_compatible(emb)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "space.png"), full_page=True)

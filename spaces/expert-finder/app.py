@@ -265,7 +265,7 @@ def build_app(
                         2, limits.max_samples, value=default_samples, step=1, label="max images",
                         info=helps.get("max_samples"), elem_id="max-samples",
                     )
-                    k = gr.Slider(1, max(1, n_experts), value=min(5, n_experts), step=1, label="experts to show",
+                    k = gr.Slider(1, max(2, n_experts), value=min(5, n_experts), step=1, label="experts to show",
                                   info=helps.get("k"), elem_id="k")
                     metric = gr.Radio(opts.get("metrics", ["asymmetric"]), value="asymmetric", label="ranking distance",
                                       info=helps.get("metric"))
@@ -310,7 +310,7 @@ def build_app(
                         interactive=False,
                         wrap=True,
                         max_height=560,
-                        column_widths=["220px", "140px", "210px", "190px"],
+                        column_widths=["220px", "140px", "240px", "140px"],
                         show_search="search",
                         elem_id="expert-list",
                     )

@@ -932,7 +932,7 @@ def expert_table(index: Any) -> Any:
             "expert": expert_link(row["model_id"], row),
             "training task": str(row.get("task") or ""),
             "classes": ", ".join(str(c) for c in classes) if isinstance(classes, list) else "",
-            "data": str(row.get("dataset") or row.get("source") or ""),
+            "data": str(row.get("dataset") or row.get("source") or "").removeprefix("offline:"),
         })
     return pd.DataFrame(rows, columns=["expert", "training task", "classes", "data"])
 
