@@ -33,14 +33,14 @@ def _load_script():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(2400)  # ~4 min on 2 free cores; the shared dev machine is much slower
 def test_quick_run_default_reaches_the_quick_snr_floor(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache")],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=1450,
+        timeout=2350,
     )
     report = tmp_path / "embedding_quality_quick.json"
     assert report.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
