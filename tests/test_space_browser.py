@@ -141,7 +141,7 @@ def _plots_drawn(page) -> None:
 
 def _run_example(page) -> None:
     page.click("#example-0")
-    _wait_for_status(page, "Best expert", timeout_s=240)
+    _wait_for_status(page, "Best expert", timeout_s=600)
     _plots_drawn(page)
 
 

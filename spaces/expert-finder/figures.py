@@ -187,7 +187,7 @@ def distance_heatmap(
     shown[np.arange(len(rows)), np.arange(1, len(rows) + 1)] = np.nan  # an expert against its own task: left blank
     names = short_names(index.model_ids)
     ylab = [f"#{i + 1} {names[m]}" for i, m in enumerate(rows)]
-    xlab = ["<b>your task</b>"] + [f"task of #{i + 1}" for i in range(len(rows))]
+    xlab = ["<b>yours</b>"] + [f"#{i + 1}" for i in range(len(rows))]
     hover = [
         [
             f"from expert <b>{html.escape(m)}</b><br>to "
@@ -205,9 +205,11 @@ def distance_heatmap(
     ))
     _layout(
         fig, f"The {metric} distance the ranking uses{_SUB}from each top expert (row) to your task (the scores in "
-        "the table) and to the other experts' training tasks; blank: an expert's own task</span>", 150 + 46 * len(rows),
+        "the table) and to the other experts' training tasks; blank: an expert's own task</span>", 170 + 46 * len(rows),
     )
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=FONT_PX))
-    fig.update_xaxes(side="top", tickfont=dict(size=FONT_PX), tickangle=-45)
-    fig.update_layout(margin=dict(l=10, r=10, t=130, b=10))
+    fig.update_xaxes(side="bottom", tickfont=dict(size=FONT_PX), tickangle=0,
+                     title=dict(text="to: your task, then the training task of expert #1, #2, ...",
+                                font=dict(size=FONT_PX)))
+    fig.update_layout(margin=dict(l=10, r=10, t=90, b=10))
     return fig, z
