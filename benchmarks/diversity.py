@@ -55,11 +55,12 @@ def _two_class(name: str, classes: list[str], per_class: int, seed: int = 0):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-batches", type=int, default=6)
-    parser.add_argument("--max-length", type=int, default=32)
-    parser.add_argument("--per-class", type=int, default=48)
-    parser.add_argument("--gpt2-steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-batches", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=24)
+    parser.add_argument("--per-class", type=int, default=12)
+    parser.add_argument("--gpt2-steps", type=int, default=60, help="tiny GPT-2 training steps (the tests' model)")
+    parser.add_argument("--gpt2-width", type=int, default=32)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "diversity"))
     args = parser.parse_args()
 
@@ -102,7 +103,9 @@ def main() -> None:
 
     # -- next-token, tiny GPT-2 trained here
     t = time.perf_counter()
-    folder = train_tiny_gpt2.cached(steps=args.gpt2_steps)
+    folder = train_tiny_gpt2.cached(
+        steps=args.gpt2_steps, n_embd=args.gpt2_width, n_layer=2, n_head=2, context=32, batch_size=16
+    )
     info = json.loads((folder / "training_info.json").read_text())
     print(f"tiny GPT-2: {info}", flush=True)
     gpt = t2v.load_probe(str(folder), max_length=args.max_length)
