@@ -163,6 +163,38 @@ print(json.dumps({{"n": n, "resolution": res, "seconds": time.perf_counter() - t
 """
 
 
+BATCH_MEMORY_WORKER = r"""
+import json, resource, sys
+sys.path.insert(0, {root!r})
+import torch
+torch.set_num_threads({threads})
+import hf_task2vec as t2v
+from hf_task2vec.fisher import fisher_diagonal
+emb = t2v.Task2Vec("embedded", image_size={res}, batch_size={batch}, device="cpu")
+probe = emb.probe
+probe.reset_head(10, probe.num_features)
+x = torch.rand({batch}, 3, {res}, {res}, generator=torch.Generator().manual_seed(0))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+fisher = emb.fisher_pass(probe, iter([(x, torch.zeros({batch}, dtype=torch.long))]))
+print(json.dumps({{"batch": {batch}, "resolution": {res}, "method": emb.method, "rss_before_mb": before,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}), flush=True)
+"""
+
+
+def section_memory_batch(args, device, results):
+    """Peak RSS of the default estimator's Fisher pass over ONE batch at 224 px per batch size (a child
+    each): with a streamed Fisher this is what sets an embed's peak, whatever N."""
+    rows = []
+    for batch in args.memory_batches:
+        code = BATCH_MEMORY_WORKER.format(root=str(ROOT), threads=args.memory_threads, res=224, batch=batch)
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.memory_threads)}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+        rows.append(lines[-1] if lines else {"batch": batch, "error": out.stderr.strip().splitlines()[-1:]})
+        print(rows[-1], flush=True)
+    results["memory_batch"] = {"load_at_start": os.getloadavg(), "rows": rows}
+
+
 def _memory_child(args, device, n: int, res: int) -> tuple[subprocess.Popen, Path]:
     code = MEMORY_WORKER.format(
         root=str(ROOT),
@@ -237,7 +269,7 @@ def section_memory(args, device, results):
     rows.sort(key=lambda r: (r["resolution"], r["n"]))
     growth = {}
     for res in args.memory_resolutions:
-        done = [r for r in rows if r["resolution"] == res and r.get("peak_rss_mb")]
+        done = [r for r in rows if r["resolution"] == res and r.get("finished")]  # stopped runs: no growth figure
         if len(done) >= 2:
             growth[str(res)] = done[-1]["peak_rss_mb"] - done[0]["peak_rss_mb"]
     results["memory"]["growth_mb_smallest_to_largest"] = growth
@@ -443,8 +475,23 @@ def write_markdown(results: dict, path: Path) -> None:
             lines.append(
                 f"| {r['resolution']} | {r['n']:,} | {r.get('batch_size', '-')} | {done} | {sec} | {peak} | {before} |"
             )
+        if m.get("note"):
+            lines.append(f"\n{m['note']}.")
         for res, g in m.get("growth_mb_smallest_to_largest", {}).items():
             lines.append(f"\nGrowth of peak RSS from the smallest to the largest N at {res} px: **{g:+.0f} MB**.")
+        lines.append("")
+    if "memory_batch" in results:
+        lines += [
+            "## Peak RSS of the Fisher pass over one batch at 224 px (default estimator, CPU, a child each)",
+            "",
+            "| batch | method | RSS before (MB) | peak RSS (MB) |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['batch']} | {r.get('method', '-')} | {r.get('rss_before_mb', 0):.0f} "
+            f"| {r.get('peak_rss_mb', 0):.0f} |"
+            for r in results["memory_batch"]["rows"]
+        ]
         lines.append("")
     if "distance_matrix" in results:
         lines += [
@@ -513,6 +560,7 @@ def main() -> None:
     parser.add_argument("--memory-threads", type=int, default=1, help="torch threads per child")
     parser.add_argument("--memory-timeout", type=float, default=7200.0, help="seconds before a child is stopped")
     parser.add_argument("--memory-deadline", type=float, default=1e9, help="seconds for the whole section")
+    parser.add_argument("--memory-batches", type=lambda v: [int(x) for x in v.split(",")], default=[8, 16, 32])
     parser.add_argument("--memory-batch", type=int, default=None, help="batch size (default: the embedder's)")
     parser.add_argument("--distance-sizes", dest="distance_sizes_arg", default=None, help="comma-separated counts")
     parser.add_argument("--distance-baseline-rows", type=int, default=20, help="rows timed with the old kernel")
@@ -545,6 +593,7 @@ def main() -> None:
     sections = {
         "speed": section_speed,
         "memory": section_memory,
+        "memory_batch": section_memory_batch,
         "distance": section_distance,
         "pipeline": section_pipeline,
         "gpu": section_gpu,
