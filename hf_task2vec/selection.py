@@ -54,7 +54,9 @@ INDEX_FORMAT = "hf_task2vec.expert_index"
 INDEX_FORMAT_VERSION = "1"
 TENSORS_FILE = "experts.safetensors"
 TABLE_FILE = "experts.json"
-EXACT_MAX_EXPERTS = 2_000  # select() scores every expert below this size (a fused pass: ~30 ms at 2,000)
+# select() scores every expert while experts x filters stays below this (one fused pass: ~20 ms, i.e.
+# ~1,600 experts of 21,008 filters); above it, the two-stage search of `hf_task2vec.ann`.
+EXACT_MAX_FILTER_PAIRS = 2**25
 
 
 def _complexity(values: np.ndarray, trivial: np.ndarray) -> np.ndarray:
@@ -451,9 +453,9 @@ class ExpertIndex:
             examples: the task whose examples are run (default: ``task_embedding`` when it is a `Task`).
             exact: ``True`` scores every expert (one fused pass over all of them); ``False`` uses the
                 two-stage search of `hf_task2vec.ann` (faiss HNSW candidates on a PCA of the log Fisher,
-                re-ranked by the exact distance; built on first use). Default: exact below
-                `EXACT_MAX_EXPERTS` experts or with ``k=None``, two-stage above.
-            candidates: stage-1 size of the two-stage search (default ``max(128, 8 * k)``).
+                re-ranked by the exact distance; built on first use). Default: exact while experts x
+                filters < `EXACT_MAX_FILTER_PAIRS` (or with ``k=None``), two-stage above.
+            candidates: stage-1 size of the two-stage search (default ``max(256, 16 * k)``).
             **rerank_options: ``max_examples``, ``seed``, ``root``, ``device``, ``batch_size`` of the re-ranking.
 
         Returns:
@@ -476,7 +478,7 @@ class ExpertIndex:
         if shortlist is not None or examples is not None or rerank_options:
             raise ValueError("shortlist=, examples= and re-ranking options need rerank=... (e.g. rerank='leep')")
         if exact is None:
-            exact = k is None or len(self) < EXACT_MAX_EXPERTS
+            exact = k is None or len(self) * (self._dim or 0) < EXACT_MAX_FILTER_PAIRS
         if not exact:
             if k is None:
                 raise ValueError("exact=False needs a k (the two-stage search returns the k best experts)")
@@ -506,7 +508,7 @@ class ExpertIndex:
             bias = -a * self._complexities(metric)
         k = min(k, len(self))
         idx, scores = self._two_stage(metric, bias, a).search(
-            task_embedding.values, k, candidates=candidates or max(128, 8 * k), bias=bias
+            task_embedding.values, k, candidates=candidates or max(256, 16 * k), bias=bias
         )
         return [
             ExpertMatch(self._ids[i], float(s), r + 1, metric, dict(self._info[i]))

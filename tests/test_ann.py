@@ -100,7 +100,7 @@ def test_expert_index_two_stage_matches_exact_and_is_the_default_for_large_index
             np.testing.assert_allclose([m.score for m in fast], [m.score for m in exact], atol=1e-6)
     import hf_task2vec.selection as selection
 
-    monkeypatch.setattr(selection, "EXACT_MAX_EXPERTS", 100)  # a size knob, not our function
+    monkeypatch.setattr(selection, "EXACT_MAX_FILTER_PAIRS", 1000)  # a size knob, not our function
     built = index._cache.get("ann:asymmetric:0.15")
     index.select(emb, k=3)
     assert index._cache.get("ann:asymmetric:0.15") is built is not None  # the two-stage index served the default call
