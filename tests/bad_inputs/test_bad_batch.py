@@ -72,11 +72,9 @@ def test_store_on_a_read_only_file_system_is_refused_up_front(tmp_path, capsys):
         pytest.skip(f"cannot mount a tmpfs: {res.stderr.decode().strip()}")
     try:
         path = write_config(tmp_path / "c.yaml")
-        start = time.monotonic()
         rc, err = run_main(["batch", str(path), "--out", str(mnt / "store"), "--no-progress"], capsys)
-        assert rc == 2
+        assert rc == 2  # a store failing after the work would end with 1 (the task listed as failed)
         assert_says(error_line(err), "store", "read-only")
-        assert time.monotonic() - start < 30  # refused before the task was embedded
         assert snapshot(mnt) == {}
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
@@ -130,6 +128,7 @@ CHILD = """
 import time
 from hf_task2vec.lifeline import die_with_launcher
 assert die_with_launcher(force=True)
+print("ready", flush=True)
 time.sleep(120)
 """
 
@@ -141,7 +140,7 @@ def test_a_worker_exits_when_its_parent_is_killed(tmp_path):
     parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD], env=env, stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
     try:
-        time.sleep(3)  # let the child import hf_task2vec and start its watch
+        assert parent.stdout.readline().strip() == "ready"  # the child imported hf_task2vec and watches
         assert _alive(child)
         parent.kill()
         parent.wait()

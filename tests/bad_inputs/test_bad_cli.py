@@ -133,15 +133,15 @@ def test_pull_from_a_missing_local_store(tmp_path, capsys, monkeypatch):
 
 # -- sources ---------------------------------------------------------------------------------------
 def test_missing_relative_path_is_reported_quickly(tmp_path):
-    """``data/cats`` looks like a Hub id; with the Hub unreachable the command must still say, within
-    seconds, that no such local path exists (not retry the Hub for half a minute)."""
+    """``data/cats`` looks like a Hub id; with the Hub unreachable the command must still say that no
+    such local path exists, after two tries of the Hub (not four plus a second round of retries
+    inside ``datasets``, ~30 s before). Counted from the retry warnings, not timed."""
     env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0"}
-    start = time.monotonic()
-    out = run_cli(["embed", "data/cats", *FAST], cwd=tmp_path, env=env, timeout=120)
-    took = time.monotonic() - start
+    out = run_cli(["embed", "data/cats", *FAST], cwd=tmp_path, env=env, timeout=600)
     assert out.returncode == 2, out.stderr
-    assert_says(error_line(out.stderr), "data/cats", "no local", "hub")
-    assert took < 20, f"took {took:.0f} s"  # a fresh process imports torch first (~5 s on a busy machine)
+    assert_says(error_line(out.stderr), "data/cats", "no local", "hub", "after 2 tries")
+    assert out.stderr.count("retry 1/") == 1 and "retry 2/" not in out.stderr, out.stderr
+    assert "thrown while requesting" not in out.stderr, out.stderr  # no retries inside datasets/huggingface_hub
     assert snapshot(tmp_path) == {}
 
 
@@ -349,12 +349,10 @@ def test_demo_out_is_checked_before_the_twelve_embeddings(tmp_path, capsys, monk
     (tmp_path / "heat.png").mkdir()
     monkeypatch.chdir(tmp_path)
     before = snapshot(tmp_path)
-    start = time.monotonic()
-    rc, err = run_main(["demo", "--out", "heat.png", "--max-samples", "16"], capsys)
+    rc, err = run_main(["demo", "--out", "heat.png", "--embeddings-dir", "emb", "--max-samples", "16"], capsys)
     assert rc == 2
     assert_says(error_line(err), "--out", "heat.png", "directory")
-    assert time.monotonic() - start < 30
-    assert snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before  # no emb/ folder: refused before the first embedding was saved
 
 
 def test_pull_into_a_file(tmp_path, capsys):

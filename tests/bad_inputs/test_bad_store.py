@@ -44,7 +44,7 @@ def test_live_lock_makes_a_second_writer_refuse(tmp_path):
         start = time.monotonic()
         with pytest.raises(StoreLockedError) as err:
             t2v.EmbeddingStore(store, lock_timeout=1.0).push([tiny_embedding("b", 1)])
-        assert 0.9 < time.monotonic() - start < 10
+        assert time.monotonic() - start >= 0.9  # it waited for the lock before giving up
         assert_says(str(err.value), str(store), f"pid {holder.pid}", socket.gethostname(), "wait", LOCK)
         assert snapshot(store) == before
     finally:
