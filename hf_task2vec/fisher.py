@@ -651,6 +651,7 @@ def fisher_diagonal(
         batches = itertools.chain([first], stream)
         with frozen(probe):
             reason = "requested" if strategy == "functional" else hooks_can_run(probe, first[0])
+            del first  # the chain holds it until it is consumed, then nothing does
             if reason is not None:
                 if strategy != "functional":
                     logger.warning("Fisher hooks cannot handle this probe (%s); using torch.func.vmap(grad)", reason)
