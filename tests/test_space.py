@@ -669,7 +669,7 @@ def test_errors_stay_in_the_status_and_keep_the_last_result(expert_index, tmp_pa
     assert "Best expert" in status and last == status
     evil = write_zip(tmp_path / "evil.zip", {**_good_entries(), "../../x.png": b"x"})
     out = find(str(evil), last_good=last, **args)
-    assert out[0].startswith("### ⛔ Cannot use this input") and "path traversal" in out[0]
+    assert out[0].startswith("### Error: Cannot use this input") and "path traversal" in out[0]
     assert out[0].endswith(last), "the last good result stays below the message"
     assert all(isinstance(o, type(gr.skip())) for o in out[1:]), "no output is wiped or badged"
     on_upload = _app_fn(demo, "on_upload")

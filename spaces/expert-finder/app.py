@@ -81,7 +81,7 @@ def _token(text: str | None, oauth_token: Any) -> str | bool | None:
 
 def error_status(title: str, message: str, last_good: str | None) -> str:
     """The status area after an error: the message with its fix, then the last good result (kept)."""
-    text = f"### ⛔ {html.escape(title)}\n\n{html.escape(message)}"
+    text = f"### Error: {html.escape(title)}\n\n{html.escape(message)}"
     if last_good:
         text += "\n\n---\n\n*The last result is still shown below:*\n\n" + last_good
     return text
@@ -200,18 +200,18 @@ def build_app(
 
     def push(emb_path: str | None, repo_id: str, token_text: str, oauth_token: gr.OAuthToken | None = None) -> str:
         if not emb_path or not Path(emb_path).is_file():
-            return "⛔ Run a search first: there is no embedding to push yet."
+            return "**Error:** run a search first: there is no embedding to push yet."
         from hf_task2vec import TaskEmbedding
 
         try:
-            return "✅ " + finder.push_embedding(
+            return "**Done:** " + finder.push_embedding(
                 TaskEmbedding.load(emb_path), _text(repo_id), _token(token_text, oauth_token)
             )
         except InputError as exc:
-            return f"⛔ Cannot push: {html.escape(str(exc))}"
+            return f"**Error: cannot push:** {html.escape(str(exc))}"
         except Exception as exc:
             logger.exception("push failed")
-            return f"⛔ Cannot push: {type(exc).__name__}: {html.escape(str(exc)[:200])}"
+            return f"**Error: cannot push:** {type(exc).__name__}: {html.escape(str(exc)[:200])}"
 
     def on_upload(path: str | None):
         """Cap the *max images* slider at the upload's size (and say how many images it holds). The

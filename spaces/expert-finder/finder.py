@@ -978,7 +978,7 @@ def _status(prepared: PreparedTask, emb: Any, records: list[Any], conf: Any, met
         f"**Best expert: {html.escape(best)}** ({score_meaning(metric)}).",
         conf.verdict(html.escape(best)),
     ]
-    lines += [f"⚠️ {w}" for w in conf.warnings]
+    lines += [f"**Warning:** {w}" for w in conf.warnings]
     lines += [f"- {n}" for n in notes]
     return "\n\n".join(lines)
 
