@@ -100,7 +100,8 @@ PROVENANCE: tuple[Recorded, ...] = (
     Recorded("epochs", "variational_epochs", int, resume=False, in_method_options=True),
     Recorded("beta", "beta", float, resume=False, in_method_options=True),
     Recorded("rank", "rank", _optional_rank, resume=False, in_method_options=True),
-    Recorded("prior_examples", "prior_examples", _optional_int, in_method_options=True),
+    # resume=False: it defaults to max_samples (checked above); rows in method_options are not compared
+    Recorded("prior_examples", "prior_examples", _optional_int, resume=False, in_method_options=True),
     Recorded("max_length", "max_length", _optional_int),  # text probes: truncation length (tokens)
     Recorded("pooling", None),  # text probes: how token features are pooled (a fact of the probe)
 )

@@ -605,6 +605,15 @@ def _detect_task_columns(
     return "text", text[0], text[1], lab
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def _holds_image_paths(ds: Any, column: str, probe_rows: int = 16) -> bool:
+    """Whether a string column holds image file paths (its first non-empty values end like image files)."""
+    values = [v for v in ds.select(range(min(len(ds), probe_rows)))[column] if isinstance(v, str) and v.strip()]
+    return bool(values) and all(v.strip().lower().endswith(IMAGE_SUFFIXES) for v in values)
+
+
 def _check_text_columns(ds: Any, columns: Sequence[str], source: str) -> None:
     """Refuse a text column that holds nothing but empty strings (or nulls)."""
     import pyarrow.compute as pc
@@ -665,6 +674,8 @@ def load_task(source: Any, *, token: str | bool | None = None, **fields: Any) ->
         if len(ds) == 0:
             raise TaskError(f"{src_label!r} (split {spec.split!r}) is empty: nothing to embed")
         modality, inp, pair, lab = _detect_task_columns(ds.features, spec.input_column, spec.label_column, src_label)
+        if modality == "text" and pair is None and _holds_image_paths(ds, inp):
+            modality = "image"  # a CSV of image file paths: the strings name images, they are not the text
         if modality == "text":
             _check_text_columns(ds, [c for c in (inp, pair) if c], src_label)
         ds = _prepare_columns(ds, inp, lab, src_label, modality=modality)

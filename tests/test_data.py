@@ -109,7 +109,9 @@ def test_registry_and_available() -> None:
         assert cfg.num_classes == 10 and cfg.license and cfg.install_hint and cfg.description
     assert OFFLINE_DATASETS["fashion-mnist"].install_hint == "apt-get install dataset-fashion-mnist"
     # This project's machines install all three sources (Makefile); fail loudly if one is missing.
-    assert available_offline() == ["fashion-mnist", "animal-mnist", "digits"]
+    images = ["fashion-mnist", "animal-mnist", "digits"]
+    assert available_offline()[:3] == images  # then the text datasets (tests/test_text.py checks them)
+    assert set(available_offline()[3:]) == {"fortunes", "spamassassin", "spamassassin-lists", "wordnet"}
 
 
 # ------------------------------------------------------------------------------ fashion-mnist

@@ -162,7 +162,8 @@ def test_one_process_batch_resume_and_settings_check(tmp_path, capsys):
     emb = t2v.TaskEmbedding.load(store / "embeddings" / "embedded" / "d38.safetensors")
     assert emb.name == "d38" and emb.meta["label_names"] == '["3", "8"]' and emb.meta["num_samples"] == "32"
     # the same task embedded directly gives the same values (tasks mode = plain Task2Vec)
-    direct = t2v.embed("offline:digits", split="all", classes=["3", "8"], device="cpu", progress=False, **SMALL)
+    direct = t2v.embed("offline:digits", split="all", classes=["3", "8"], method="montecarlo", device="cpu",
+                       progress=False, **SMALL)  # the config's method
     np.testing.assert_allclose(emb.values, direct.values, rtol=1e-5, atol=1e-6 * np.abs(direct.values).max())
     index = pq.read_table(store / "index.parquet").to_pylist()
     assert [r["key"] for r in index] == ["embedded/d01", "embedded/d38"]

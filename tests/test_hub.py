@@ -523,7 +523,7 @@ def test_embed_a_hub_dataset_end_to_end(hub_server, animals, tmp_path):
     store.push(emb)
     row = store.index().iloc[0]
     assert (row["key"], row["task_source"], row["task_revision"]) == ("embedded/animals", "user/animals", head)
-    assert row["estimator"] == "montecarlo" and row["samples"] == 64
+    assert row["estimator"] == "variational" and row["samples"] == 64  # the default estimator
     back = store.pull("embedded/animals")
     assert np.array_equal(back.values, emb.values) and back.meta == emb.meta
     nearest = store.nearest(emb, k=1, kind="symmetric")

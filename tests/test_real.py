@@ -52,12 +52,14 @@ def test_same_dataset_tasks_are_nearer(real_embeddings):
 
 
 def test_montecarlo_on_real_data_and_one_liner():
-    emb = t2v.embed("offline:digits", classes=["0", "1", "2"], max_samples=60, image_size=32, progress=False)
+    emb = t2v.embed("offline:digits", "embedded", "montecarlo", classes=["0", "1", "2"], max_samples=60, image_size=32,
+                    progress=False)
     assert emb.dim == 21_008 and emb.meta["label_names"] == '["0", "1", "2"]'
     assert emb.meta["method"] == "montecarlo" and emb.meta["num_samples"] == "60"
     assert np.all(np.isfinite(emb.values)) and emb.norm > 0
     # deterministic given a seed
-    again = t2v.embed("offline:digits", classes=["0", "1", "2"], max_samples=60, image_size=32, progress=False)
+    again = t2v.embed("offline:digits", "embedded", "montecarlo", classes=["0", "1", "2"], max_samples=60,
+                      image_size=32, progress=False)
     np.testing.assert_array_equal(emb.values, again.values)
 
 
