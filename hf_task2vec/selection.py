@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ._dsym_kernels import ScaledRows
 from .ann import TwoStageIndex
 from .distance import DEFAULT_ALPHA, sym_rows
 from .embedding import COMPATIBILITY_KEYS, LayerSlice, TaskEmbedding, atomic_write_bytes
-from .errors import EmbeddingFileError, IncompatibleEmbeddingsError, Task2VecError
+from .errors import EmbeddingFileError, IncompatibleEmbeddingsError
 from .model2vec import Model2Vec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -569,51 +568,12 @@ class ExpertIndex:
         Raises:
             Task2VecError: a model card names no dataset (and no mapping is given) or cannot be read.
         """
-        from .hub.experts import read_model_card
-        from .task2vec import Task2Vec
-        from .tasks import load_task
+        from .hub.experts import add_hub_models
 
-        model_ids = list(model_ids)
-        mapping = dict(mapping or {})
-        if self._settings is not None:
-            embedder = self.embedder(probe=probe, **embed_options)
-        else:
-            embedder = Task2Vec(probe if probe is not None else "embedded", **embed_options)
-        embedder.progress = embedder.progress and progress
-        cache: dict[tuple[str, str], TaskEmbedding] = {}
-        added: list[str] = []
-        for model_id in tqdm(model_ids, desc="experts", unit="model", disable=not progress or len(model_ids) < 2):
-            if model_id in self._pos and not replace:
-                raise ValueError(f"expert {model_id!r} is already in the index; pass replace=True to re-embed it")
-            card_info = read_model_card(model_id, token=token)
-            dataset = mapping.get(model_id) or card_info.get("dataset")
-            if not dataset:
-                raise Task2VecError(
-                    f"the model card of {model_id!r} names no training dataset (no `datasets:` entry in its README "
-                    f"metadata); pass mapping={{{model_id!r}: '<dataset id or path>'}} "
-                    f"(CLI: --dataset {model_id}=<dataset>)"
-                )
-            key = (str(dataset), split)
-            if key not in cache:
-                logger.info("embedding %s (split %s), the training data of %s", dataset, split, model_id)
-                cache[key] = embedder.embed(load_task(dataset, split=split))
-            emb = cache[key]
-            info = {
-                "source": "hub",
-                "dataset": str(dataset),
-                "dataset_revision": emb.meta.get("task_revision", ""),
-                "split": split,
-                "model_revision": card_info.get("sha", ""),
-            }
-            for k in ("pipeline_tag", "library_name", "datasets_in_card"):
-                if card_info.get(k):
-                    info[k] = card_info[k]
-            # where the expert's weights come from (what `select(..., rerank=...)` loads)
-            spec = f"hf-hub:{model_id}" if card_info.get("library_name") == "timm" else model_id
-            info["weights"] = {"load_probe": spec, "hub_revision": card_info.get("sha", "")}
-            self.add(model_id, emb, replace=replace, **info)
-            added.append(model_id)
-        return added
+        return add_hub_models(
+            self, model_ids, probe, mapping, split=split, token=token, replace=replace, progress=progress,
+            **embed_options,
+        )
 
     # -- Model2Vec -----------------------------------------------------------------------------
     def fit_model2vec(

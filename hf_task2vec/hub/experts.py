@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from ..gateway import HubTarget, hub_call
 
@@ -130,3 +132,66 @@ def read_model_card(model_id: str, *, token: str | bool | None = None) -> dict[s
         "pipeline_tag": getattr(info, "pipeline_tag", None) or "",
         "library_name": getattr(info, "library_name", None) or getattr(card, "library_name", None) or "",
     }
+
+
+def add_hub_models(
+    index: Any,
+    model_ids: Iterable[str],
+    probe: Any = None,
+    mapping: Mapping[str, str] | None = None,
+    *,
+    split: str = "train",
+    token: str | bool | None = None,
+    replace: bool = False,
+    progress: bool = True,
+    **embed_options: Any,
+) -> list[str]:
+    """`ExpertIndex.add_hub_models`: embed the training dataset named by each model's card and add
+    the model to ``index`` as an expert (see there)."""
+    from ..errors import Task2VecError
+    from ..task2vec import Task2Vec
+    from ..tasks import load_task
+
+
+    model_ids = list(model_ids)
+    mapping = dict(mapping or {})
+    if len(index):
+        embedder = index.embedder(probe=probe, **embed_options)
+    else:
+        embedder = Task2Vec(probe if probe is not None else "embedded", **embed_options)
+    embedder.progress = embedder.progress and progress
+    cache: dict[tuple[str, str], Any] = {}
+    added: list[str] = []
+    for model_id in tqdm(model_ids, desc="experts", unit="model", disable=not progress or len(model_ids) < 2):
+        if model_id in index and not replace:
+            raise ValueError(f"expert {model_id!r} is already in the index; pass replace=True to re-embed it")
+        card_info = read_model_card(model_id, token=token)
+        dataset = mapping.get(model_id) or card_info.get("dataset")
+        if not dataset:
+            raise Task2VecError(
+                f"the model card of {model_id!r} names no training dataset (no `datasets:` entry in its README "
+                f"metadata); pass mapping={{{model_id!r}: '<dataset id or path>'}} "
+                f"(CLI: --dataset {model_id}=<dataset>)"
+            )
+        key = (str(dataset), split)
+        if key not in cache:
+            logger.info("embedding %s (split %s), the training data of %s", dataset, split, model_id)
+            cache[key] = embedder.embed(load_task(dataset, split=split))
+        emb = cache[key]
+        info = {
+            "source": "hub",
+            "dataset": str(dataset),
+            "dataset_revision": emb.meta.get("task_revision", ""),
+            "split": split,
+            "model_revision": card_info.get("sha", ""),
+        }
+        for k in ("pipeline_tag", "library_name", "datasets_in_card"):
+            if card_info.get(k):
+                info[k] = card_info[k]
+        # where the expert's weights come from (what `select(..., rerank=...)` loads)
+        spec = f"hf-hub:{model_id}" if card_info.get("library_name") == "timm" else model_id
+        info["weights"] = {"load_probe": spec, "hub_revision": card_info.get("sha", "")}
+        index.add(model_id, emb, replace=replace, **info)
+        added.append(model_id)
+    return added
+
