@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1] / "hf_task2vec"
 # a module may import its own layer or lower ones, never a higher one
 LAYERS = {
     0: ["_version", "errors", "gateway", "data", "sampling", "head", "embedding", "checks", "lifeline", "locking"],
-    1: ["probes", "text_probes", "tasks", "pipeline"],
+    1: ["probes", "text_probes", "columns", "tasks", "pipeline"],
     2: ["fisher", "robust", "distance", "_dsym_kernels", "ann", "transferability", "task2vec", "model2vec", "plots",
         "diversity"],
     3: ["selection", "rerank", "hub", "distributed", "batch"],
