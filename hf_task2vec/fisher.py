@@ -359,6 +359,14 @@ class FisherResult:
 # copies of a probe: same backbone, own head) restore it only once, when the last one leaves.
 _IN_USE: dict[int, list] = {}
 _IN_USE_LOCK = threading.Lock()
+# torch.func.functional_call swaps tensors into the module itself for the call, so functional
+# passes over one backbone take turns (hooked passes never swap anything).
+_FUNCTIONAL_LOCKS: dict[int, threading.Lock] = {}
+
+
+def _functional_lock(probe: Probe) -> threading.Lock:
+    with _IN_USE_LOCK:
+        return _FUNCTIONAL_LOCKS.setdefault(id(probe.backbone), threading.Lock())
 
 
 def _freeze(module: nn.Module) -> list:
@@ -395,6 +403,7 @@ def frozen(probe: Probe) -> Iterator[None]:
             entry[0] -= 1
             if entry[0] == 0:
                 del _IN_USE[key]
+                _FUNCTIONAL_LOCKS.pop(key, None)  # no user is left to hold it
                 _unfreeze(probe.backbone, entry[1])
 
 
@@ -573,10 +582,13 @@ def hooks_can_run(probe: Probe, first: Inputs) -> str | None:
     if bad:
         return f"layers without hook support: {bad[:5]}"
     calls: dict[str, int] = {}
+    me = threading.get_ident()
 
     def count(name: str) -> Callable:
         def hook(mod: nn.Module, inputs: tuple, output: object) -> None:
-            calls[name] = calls.get(name, 0) + 1
+            # another thread's forward over a shared backbone is not weight sharing
+            if threading.get_ident() == me:
+                calls[name] = calls.get(name, 0) + 1
 
         return hook
 
@@ -655,7 +667,8 @@ def fisher_diagonal(
             if reason is not None:
                 if strategy != "functional":
                     logger.warning("Fisher hooks cannot handle this probe (%s); using torch.func.vmap(grad)", reason)
-                sums, n_inputs, draws = _functional_pass(probe, batches, method, n_samples, generator)
+                with _functional_lock(probe):
+                    sums, n_inputs, draws = _functional_pass(probe, batches, method, n_samples, generator)
             else:
                 layout = _memory_format(probe) if channels_last else None
                 if channels_last:

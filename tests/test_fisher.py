@@ -362,6 +362,38 @@ def test_concurrent_fisher_passes_on_one_backbone(tiny_data):
     assert all(p.requires_grad for p in probe.parameters())
 
 
+def test_another_threads_forward_is_not_weight_sharing(tiny_data):
+    """The hook-support check counts layer calls of its own forward only: a second thread's forward
+    over the same backbone, run while the check's forward is in flight, must not look like a layer
+    applied twice (that sent a concurrent pass to the functional fallback)."""
+    import threading
+
+    from hf_task2vec.fisher import hooks_can_run
+
+    probe = tiny_probe()
+    first = next(m for m in probe.backbone.modules() if isinstance(m, nn.Conv2d))
+    checking = threading.get_ident()
+    other_done = threading.Event()
+
+    def other_forward() -> None:
+        with torch.no_grad():
+            probe(tiny_data[:2])
+        other_done.set()
+
+    def interleave(mod, inputs):  # in the checking thread: let the other forward run in full here
+        if threading.get_ident() == checking and not other_done.is_set():
+            worker = threading.Thread(target=other_forward)
+            worker.start()
+            worker.join()
+
+    handle = first.register_forward_pre_hook(interleave)
+    try:
+        assert hooks_can_run(probe, tiny_data[:3]) is None
+    finally:
+        handle.remove()
+    assert other_done.is_set()
+
+
 def test_channels_last_is_restored(tiny_data):
     probe = tiny_probe()
     fisher_diagonal(probe, [(tiny_data, None)], method="exact", channels_last=True)
