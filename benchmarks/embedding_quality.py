@@ -71,6 +71,7 @@ import hf_task2vec as t2v  # noqa: E402
 from hf_task2vec.distance import distance_matrix, taxonomic_distance  # noqa: E402
 from hf_task2vec.embedding import TaskEmbedding, atomic_write_bytes  # noqa: E402
 from hf_task2vec.sampling import balanced_sample  # noqa: E402
+from hf_task2vec.task2vec import auto_batch_size  # noqa: E402
 
 logger = logging.getLogger("embedding_quality")
 
@@ -192,7 +193,10 @@ def effective_settings(name: str, options: dict[str, Any], px: int, n: int, seed
     except TypeError as exc:
         raise SystemExit(f"estimator {name!r} of ESTIMATORS: Task2Vec refuses its options {options}: {exc}") from exc
     skip = {"probe_spec", "probe", "device", "progress"}
-    return {k: v for k, v in sorted(vars(embedder).items()) if k not in skip and not k.startswith("_")}
+    out = {k: v for k, v in sorted(vars(embedder).items()) if k not in skip and not k.startswith("_")}
+    if out.get("batch_size") is None:  # the automatic size, as the embedder will resolve it at this px
+        out["batch_size"] = auto_batch_size(px, "cpu")
+    return out
 
 
 def code_digest() -> str:
@@ -281,7 +285,7 @@ class Embedder:
 
     def run(self, job: Job) -> tuple[bytes, dict]:
         embedder = t2v.Task2Vec(self.probe(job.px), **embedder_kwargs(dict(job.options), job.px, job.n, job.seed))
-        step = self.step_time(job.px, embedder.batch_size)
+        step = self.step_time(job.px, embedder.pass_batch_size)
         task = self.resample(job)
         c0, w0 = time.process_time(), time.perf_counter()
         emb = embedder.embed(task)

@@ -156,7 +156,7 @@ emb = t2v.Task2Vec("embedded", max_samples=n, image_size=res, progress=True, dev
 before = rss_mb()
 t = time.perf_counter()
 e = emb.embed(task)
-print(json.dumps({{"n": n, "resolution": res, "seconds": time.perf_counter() - t, "batch_size": emb.batch_size,
+print(json.dumps({{"n": n, "resolution": res, "seconds": time.perf_counter() - t, "batch_size": emb.pass_batch_size,
                   "rss_before_embed_mb": before, "peak_rss_mb": rss_mb(), "num_samples": int(e.meta["num_samples"]),
                   "method": e.meta.get("method", "")}}),
       flush=True)

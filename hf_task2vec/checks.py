@@ -187,7 +187,7 @@ def check_embedder_options(options: dict[str, Any]) -> dict[str, Any]:
     rules: dict[str, Any] = {
         "max_samples": lambda v: check_int("max_samples", v, allow_none=True),
         "n_samples": lambda v: check_int("n_samples", v),
-        "batch_size": lambda v: check_int("batch_size", v),
+        "batch_size": lambda v: check_int("batch_size", v, allow_none=True),
         "head_epochs": lambda v: check_int("head_epochs", v),
         "variational_epochs": lambda v: check_int("variational_epochs", v, minimum=0),
         "rank": lambda v: check_int("rank", v, allow_none=True),

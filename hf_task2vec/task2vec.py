@@ -46,6 +46,18 @@ METHODS: tuple[str, ...] = ("montecarlo", "exact", "variational")
 #: Label directions per input of the default (variational) estimator: exact up to 5 classes; for
 #: more, the leading 4 directions of ``diag(p) - p p^T`` (most of its trace once the head is confident).
 VARIATIONAL_RANK = 4
+# The automatic CPU batch size: DEFAULT_BATCH_SIZE images up to AUTO_BATCH_SIDE px, fewer above.
+DEFAULT_BATCH_SIZE = 32
+AUTO_BATCH_SIDE = 112
+
+
+def auto_batch_size(image_side: int | None, device: torch.device | str = "cpu") -> int:
+    """The batch size `Task2Vec` uses when none is given: on the CPU it shrinks with the pixel count
+    (a 224-px pass of 32 images peaks at ~4.5 GB with the embedded probe, one of 8 at ~1.9 GB;
+    benchmarks/results/fisher_memory.md); accelerators and text probes get `DEFAULT_BATCH_SIZE`."""
+    if torch.device(device).type != "cpu" or not image_side:
+        return DEFAULT_BATCH_SIZE
+    return max(1, min(DEFAULT_BATCH_SIZE, int(DEFAULT_BATCH_SIZE * (AUTO_BATCH_SIDE / image_side) ** 2)))
 
 
 def default_device() -> torch.device:
@@ -160,7 +172,10 @@ class Task2Vec:
             analytic checks; it must then have one output per class).
         head_epochs: maximum L-BFGS iterations (full passes over the cached features) of the head fit.
         head_l2: L2 penalty of the head fit (keeps separable tasks at a finite optimum).
-        batch_size: examples per forward/backward pass.
+        batch_size: examples per forward/backward pass; ``None`` (default) picks one for the memory:
+            on the CPU, 32 images up to 112 px and fewer above (``32 * (112 / side)^2``: 8 at 224 px,
+            which keeps one embed under 3 GB with the embedded probe), 32 on an accelerator and for
+            text. The embedding does not depend on it (only summation order does).
         seed: seeds sampling and label draws; results are deterministic on one machine.
         device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
         image_size: resize images to this side (default: the probe's pretrained input size).
@@ -188,7 +203,7 @@ class Task2Vec:
         fit_head: bool = True,
         head_epochs: int = 500,
         head_l2: float = 1e-3,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         seed: int = 0,
         device: str | torch.device | None = None,
         image_size: int | None = None,
@@ -245,6 +260,13 @@ class Task2Vec:
         probe = _own_head(self.probe_spec)
         probe.image_size = self.image_size
         return self._with_max_length(probe)
+
+    @property
+    def pass_batch_size(self) -> int:
+        """The batch size the passes use: ``batch_size``, or the automatic one (see the class)."""
+        if self.batch_size is not None:
+            return int(self.batch_size)
+        return auto_batch_size(self.probe.input_resolution, self.device)
 
     def _with_max_length(self, probe: Probe) -> Probe:
         """A text probe truncating at ``max_length`` (a copy when it differs; the given one is kept)."""
@@ -344,7 +366,7 @@ class Task2Vec:
         labels = torch.tensor(task.labels)  # a copy: dataset label arrays may be read-only
         bar = tqdm(total=len(indices), desc=desc, unit="ex", disable=not self.progress or desc is None, leave=False)
         stream = iter_batches(
-            task, indices, self.batch_size, transform, labels,
+            task, indices, self.pass_batch_size, transform, labels,
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
         )
         try:

@@ -205,12 +205,14 @@ def test_permuted_copy_has_the_same_images_and_rotated_labels():
 def test_cache_keys_follow_the_effective_settings(monkeypatch):
     """Estimators with the same effective Task2Vec settings share a cache key (computed once); any
     difference in options, grid point, seed or library code gives a new key; unknown keys reach Task2Vec."""
-    import hf_task2vec as t2v
 
     module = _load_script()
     gp = module.GridPoint(32, 100, module.ALL)
-    monkeypatch.setitem(module.ESTIMATORS, "same-as-default", {"batch_size": t2v.Task2Vec().batch_size})
-    monkeypatch.setitem(module.ESTIMATORS, "other-batch", {"batch_size": t2v.Task2Vec().batch_size + 1})
+    from hf_task2vec.task2vec import auto_batch_size
+
+    auto = auto_batch_size(gp.px)  # what the default (batch_size=None) resolves to at this size
+    monkeypatch.setitem(module.ESTIMATORS, "same-as-default", {"batch_size": auto})
+    monkeypatch.setitem(module.ESTIMATORS, "other-batch", {"batch_size": auto + 1})
     monkeypatch.setitem(module.ESTIMATORS, "bogus", {"no_such_option": 1})
 
     def key(name, gp=gp, seed=0, digest="d"):

@@ -53,3 +53,22 @@ def test_stopping_early_ends_the_workers_and_bad_worker_counts_are_refused(fashi
         list(iter_batches(fashion, np.arange(4), 2, transform, labels, num_workers=-1))
     with pytest.raises(OptionError, match="num_workers"):
         t2v.Task2Vec("embedded", num_workers=-2)
+
+
+def test_the_automatic_batch_size_shrinks_with_the_pixels_and_does_not_change_the_embedding(fashion):
+    from hf_task2vec.task2vec import auto_batch_size
+
+    # 32 * (112 / side)^2, capped at 32, at least 1; accelerators and text keep 32
+    assert [auto_batch_size(s) for s in (28, 112, 160, 224, 384, 2000)] == [32, 32, 15, 8, 2, 1]
+    assert auto_batch_size(224, "cuda") == 32 and auto_batch_size(None) == 32
+    auto = t2v.Task2Vec("embedded", image_size=224, device="cpu", progress=False)
+    assert auto.batch_size is None and auto.pass_batch_size == 8
+    assert [len(y) for _, y in auto.batches(fashion, np.arange(20))] == [8, 8, 4]
+    assert t2v.Task2Vec("embedded", batch_size=5, image_size=224, device="cpu").pass_batch_size == 5
+    # the Fisher is a sum over examples: the batch size only changes the summation order
+    options = dict(method="exact", max_samples=24, image_size=160, progress=False, device="cpu")
+    a = t2v.Task2Vec("embedded", **options).embed(fashion)
+    b = t2v.Task2Vec("embedded", batch_size=24, **options).embed(fashion)
+    np.testing.assert_allclose(a.values, b.values, rtol=1e-4)
+    with pytest.raises(OptionError, match="batch_size"):
+        t2v.Task2Vec("embedded", batch_size=0)

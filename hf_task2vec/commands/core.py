@@ -42,7 +42,8 @@ def _add_embed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-samples", type=int, default=10_000, help="examples used at most (class-balanced)")
     p.add_argument("--n-samples", type=int, default=1, help="label draws per input (montecarlo)")
     p.add_argument("--image-size", type=int, default=None, help="resize images to this side (default: probe's)")
-    p.add_argument("--batch-size", type=int, default=32, help="peak memory grows with it (activations)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="peak memory grows with it (activations); default: automatic (8 at 224 px on the CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--max-length", type=int, default=None,
