@@ -4,6 +4,7 @@
     python benchmarks/fisher_speed.py            # full CPU run (results/fisher_speed.md + .json)
     python benchmarks/fisher_speed.py --quick    # a few minutes
     python benchmarks/fisher_speed.py --sections gpu --device cuda   # the GPU section only
+    python benchmarks/fisher_speed.py --sections text --threads 1 --name fisher_speed_text   # text (MiniLM)
 
 Every figure is a ratio against a baseline timed in the same process, interleaved, median of
 repeats: images/s of the montecarlo Fisher vs a plain training step (forward + backward with weight
@@ -425,6 +426,65 @@ def section_gpu(args, device, results):
     results["gpu"] = rows
 
 
+def _text_batch(probe, n: int, length: int, classes: int, device: torch.device):
+    """``n`` real mails (SpamAssassin subject + body) tokenised to exactly ``length`` tokens (long texts:
+    none ends early, so every row is ``length`` tokens) and random labels."""
+    from hf_task2vec.data import load_offline
+
+    ds = load_offline("spamassassin", "train")
+    texts = [t for t in ds["text"] if len(t) > 8 * length][:n]
+    x = {k: v.to(device) for k, v in probe.tokenize(texts, max_length=length).items()}
+    y = torch.randint(0, classes, (n,), generator=torch.Generator().manual_seed(0)).to(device)
+    return x, y
+
+
+def section_text(args, device, results):
+    """The text Fisher of the offline MiniLM-L6 probe (``"embedded-text"``) vs a plain training step of the
+    same encoder + head on the same batch: the default estimator's pass (the exact Fisher along at most
+    ``VARIATIONAL_RANK`` label directions + the closed-form robust Fisher, what ``Task2Vec()`` runs) and
+    montecarlo (one label draw per text)."""
+    import hf_task2vec as t2v
+
+    rows = []
+    for length in args.text_lengths:
+        for classes in args.text_classes:
+            probe = load_probe("embedded-text", max_length=length)
+            probe.to(device)
+            head = probe.reset_head(classes, probe.num_features)
+            with torch.no_grad():
+                head.weight.normal_(0, 0.05, generator=torch.Generator(device=device).manual_seed(0))
+            probe.eval()
+            x, y = _text_batch(probe, args.batch, length, classes, device)
+            batches = [(x, y)]
+            embedder = t2v.Task2Vec(probe, max_samples=args.batch, device=device, progress=False)
+
+            def default_pass():
+                embedder.robust(probe, embedder.fisher_pass(probe, batches), args.batch)
+
+            timings = {
+                "train_step": timeit(lambda: train_step(probe, x, y), device, args.repeats),
+                "fisher_default": timeit(default_pass, device, args.repeats),
+                "fisher_montecarlo": timeit(lambda: fisher_diagonal(probe, batches), device, args.repeats),
+            }
+            row = {
+                "probe": "embedded-text (all-MiniLM-L6-v2)",
+                "max_length": length,
+                "tokens_per_text": int(x["attention_mask"].sum(1).min()),
+                "classes": classes,
+                "batch": args.batch,
+                "device": str(device),
+                "load_average": list(os.getloadavg()),
+                "default_method": embedder.method,
+                "seconds": timings,
+                "texts_per_s": {k: args.batch / v for k, v in timings.items()},
+                "default_vs_train_step": timings["train_step"] / timings["fisher_default"],
+                "montecarlo_vs_train_step": timings["train_step"] / timings["fisher_montecarlo"],
+            }
+            rows.append(row)
+            print(json.dumps(row, indent=1), flush=True)
+    results["text"] = rows
+
+
 def write_markdown(results: dict, path: Path) -> None:
     lines = [
         "# Fisher speed and memory",
@@ -457,6 +517,30 @@ def write_markdown(results: dict, path: Path) -> None:
                 f"{(exact or float('nan')) / base:.2f}x mc | {(var or float('nan')) / base:.2f}x mc |"
             )
         lines += ["", "`Fisher / train step` is the Fisher's throughput over a training step's (target >= 0.7x).", ""]
+    if "text" in results:
+        lines += [
+            "## Text: the Fisher of the MiniLM-L6 probe vs a training step of the same encoder (same batch, same run)",
+            "",
+            "| max_length | classes | batch | train step texts/s | default Fisher texts/s | default / train step "
+            "| montecarlo texts/s | montecarlo / train step | load average |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results["text"]:
+            tps = r["texts_per_s"]
+            lines.append(
+                f"| {r['max_length']} | {r['classes']} | {r['batch']} | {tps['train_step']:.1f} | "
+                f"{tps['fisher_default']:.1f} | **{r['default_vs_train_step']:.2f}x** | "
+                f"{tps['fisher_montecarlo']:.1f} | **{r['montecarlo_vs_train_step']:.2f}x** | "
+                f"{r['load_average'][0]:.1f} |"
+            )
+        lines += [
+            "",
+            "Real SpamAssassin mails, every text truncated at exactly `max_length` tokens. The default estimator "
+            "(`Task2Vec()`, variational) runs the exact Fisher along at most 4 label directions per text, then "
+            "the closed-form robust Fisher; montecarlo draws one label per text. Ratio = throughput over a "
+            "training step's (forward + backward with weight gradients of encoder and head; target >= 0.7x).",
+            "",
+        ]
     if "memory" in results:
         m = results["memory"]
         lines += [
@@ -582,6 +666,8 @@ def main() -> None:
     if args.distance_sizes_arg:
         args.distance_sizes = [int(v) for v in args.distance_sizes_arg.split(",")]
     args.gpu_batch = 64
+    args.text_lengths = [64, 128]
+    args.text_classes = [2, 10]
     device = torch.device(args.device)
     torch.manual_seed(0)
     results: dict = {
@@ -597,6 +683,7 @@ def main() -> None:
         "distance": section_distance,
         "pipeline": section_pipeline,
         "gpu": section_gpu,
+        "text": section_text,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
