@@ -570,6 +570,10 @@ def write_report(r: dict, path: Path) -> None:
         lines += ["", f"### The same checks with `method=\"{m}\"` (for comparison; not the default)", "",
                   "| check | what we measured | verdict |", "|---|---|---|"]  # fmt: skip
         lines += [f"| {v['check']} | {v['measured']} | **{v['verdict']}** |" for v in res["verdicts"]]
+        if m in r.get("comparison_runs", {}):
+            x = r["comparison_runs"][m]
+            lines += ["", f"From a second run on the same tasks: `{x['command']}`, wall {x['wall_s'] / 60:.1f} min, "
+                      f"CPU {x['cpu_s'] / 60:.1f} min, load average at start {x['load_at_start'][0]:.1f}."]  # fmt: skip
     lines += ["", "The sections below are the default estimator's."]
     tx = r["taxonomy"]
     lines += [
@@ -704,12 +708,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--from-json", default=None, help="only re-render the markdown report of a results JSON")
+    parser.add_argument("--merge", default=None, help="with --from-json: add the estimators of this second results "
+                        "JSON (same config, other --methods) as comparison columns")
     parser.add_argument("--methods", default=None, help="comma-separated estimators (default: variational, and "
                         "montecarlo for comparison in the full run; the first one gets the verdicts)")
     args = parser.parse_args(argv)
     if args.from_json:
         src = Path(args.from_json)
         r = json.loads(src.read_text())
+        if args.merge:
+            other = json.loads(Path(args.merge).read_text())
+            keys = ("max_samples", "max_length", "wordnet_classes", "domains", "snr_tasks", "seed")
+            if any(other["config"][k] != r["config"][k] for k in keys):
+                raise SystemExit(f"{args.merge}: another configuration than {src}")
+            for m, res in other["by_method"].items():
+                if m not in r["by_method"]:
+                    r["by_method"][m] = res
+                    r.setdefault("comparison_runs", {})[m] = {
+                        k: other[k] for k in ("command", "wall_s", "cpu_s", "load_at_start", "load_at_end")
+                    }
         for res in r["by_method"].values():  # verdicts from the stored numbers (the rules may have changed)
             res["verdicts"] = verdicts(res, len(r["config"]["domains"]))
         r["verdicts"] = r["by_method"][r["method"]]["verdicts"]
