@@ -36,11 +36,74 @@ def _open_index(spec: str, *, must_exist: bool = True):
     )
 
 
-def _query_embedding(args: argparse.Namespace, index: Any, task: Any = None):
+#: The committed expert indexes of this repository, by the modality of the task (`select` without --experts).
+DEFAULT_INDEXES = {"image": "benchmarks/results/expert_index", "text": "benchmarks/results/text_expert_index"}
+
+
+def index_modality(index: Any) -> str:
+    """What an index's experts read: ``"text"`` when their embeddings record a text task, else ``"image"``."""
+    return "text" if index.embedding_options.get("modality") == "text" else "image"
+
+
+def query_modality(query: Any) -> str:
+    """``"text"`` or ``"image"`` (anything not text: images, tensors) of a `Task` or a `TaskEmbedding`."""
+    from ..embedding import TaskEmbedding
+
+    if isinstance(query, TaskEmbedding):
+        return "text" if query.meta.get("modality") == "text" else "image"
+    return "text" if getattr(query, "modality", "image") == "text" else "image"
+
+
+def default_index_path(modality: str) -> Path:
+    """The committed index for a task of this modality (the text index for text, the image index otherwise)."""
+    root = Path(__file__).resolve().parents[2]
+    return root / DEFAULT_INDEXES["text" if modality == "text" else "image"]
+
+
+def _open_query_index(args: argparse.Namespace, query: Any, index: Any = None) -> tuple[Any, str]:
+    """The index to search for ``query`` (``index`` if already opened from ``--experts``, else
+    ``--experts``, else the default of the query's modality), checked to read the same modality as
+    the query; and how it was named (for messages)."""
+    modality = query_modality(query)
+    if args.experts is None:
+        path = default_index_path(modality)
+        if not (path / "experts.safetensors").is_file():
+            raise FileNotFoundError(
+                f"no --experts given and the default {modality} expert index {path} is missing: pass "
+                "--experts INDEX (a folder or a Hub dataset repo id)"
+            )
+        where = str(path)
+    else:
+        where = args.experts
+    index = _open_index(where) if index is None else index
+    theirs = index_modality(index)
+    if theirs != modality:
+        other = "--experts with a text expert index" if modality == "text" else "an image expert index as --experts"
+        raise TaskError(
+            f"the expert index {where} holds {theirs} experts (probe {index.settings.get('probe')!r}) but the task "
+            f"{getattr(query, 'name', '')!r} is {'a text' if modality == 'text' else 'an image'} task: pass {other} "
+            f"(or leave --experts out to use the default {modality} index)"
+        )
+    return index, where
+
+
+def _load_query(args: argparse.Namespace) -> Any:
+    """The query: an embedding file as is, else the task (loaded, not embedded yet)."""
     from ..embedding import TaskEmbedding
 
     source = Path(args.source)
     if source.suffix == ".safetensors" and source.is_file():
+        return TaskEmbedding.load(source)
+    return task_spec(args).load()
+
+
+def _query_embedding(args: argparse.Namespace, index: Any, task: Any = None):
+    from ..embedding import TaskEmbedding
+
+    if isinstance(task, TaskEmbedding):
+        return task
+    source = Path(args.source)
+    if task is None and source.suffix == ".safetensors" and source.is_file():
         return TaskEmbedding.load(source)
     task = task_spec(args).load() if task is None else task
     overrides: dict[str, Any] = {"progress": not args.json}
@@ -60,12 +123,14 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     check_int("k", args.k)  # before the query is embedded
     check_float("alpha", args.alpha, allow_none=True)
-    index = _open_index(args.experts)
-    if args.rerank is not None:
-        return _select_rerank(args, index)
-    if args.shortlist is not None:
+    if args.shortlist is not None and args.rerank is None:
         raise TaskError("--shortlist needs --rerank SCORE (e.g. --rerank leep --shortlist 4)")
-    emb = _query_embedding(args, index)
+    index = _open_index(args.experts) if args.experts is not None else None  # fails before the task is read
+    query = _load_query(args)
+    index, _ = _open_query_index(args, query, index)
+    if args.rerank is not None:
+        return _select_rerank(args, index, query)
+    emb = _query_embedding(args, index, query)
     matches = index.select(emb, k=args.k, metric=args.metric, alpha=args.alpha)
     if args.json:
         rows = [{"rank": m.rank, "model_id": m.model_id, "score": m.score, **m.info} for m in matches]
@@ -81,13 +146,14 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
-def _select_rerank(args: argparse.Namespace, index: Any) -> int:
+def _select_rerank(args: argparse.Namespace, index: Any, task: Any) -> int:
     """Two-stage selection: shortlist by the index's distance, re-rank by forward passes of the shortlist."""
-    if Path(args.source).suffix == ".safetensors":
+    from ..embedding import TaskEmbedding
+
+    if isinstance(task, TaskEmbedding) or Path(args.source).suffix == ".safetensors":
         raise TaskError(
             "--rerank runs the shortlisted experts on the task's examples: give the dataset itself, not an embedding"
         )
-    task = task_spec(args).load()
     start = time.perf_counter()
     emb = _query_embedding(args, index, task)
     embed_s = time.perf_counter() - start
@@ -198,7 +264,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="rank the experts of an index for a task (embeds the task with the index's probe settings)",
     )
     p.add_argument("source", help="Hub dataset id, local folder/file, offline:<name>, or an embedding .safetensors")
-    p.add_argument("--experts", required=True, help="expert index folder (or a Hub dataset repo id)")
+    p.add_argument(
+        "--experts",
+        default=None,
+        help="expert index folder (or a Hub dataset repo id); default: the committed index of the task's modality "
+        f"({DEFAULT_INDEXES['image']} for images, {DEFAULT_INDEXES['text']} for text)",
+    )
     p.add_argument("-k", type=int, default=5, help="how many experts to show (default 5)")
     p.add_argument("--metric", default="asymmetric", choices=["asymmetric", "symmetric", "model2vec"])
     p.add_argument("--alpha", type=float, default=None, help="override the asymmetric weight")
