@@ -4,7 +4,9 @@ Run locally (offline, on 127.0.0.1): ``python spaces/expert-finder/app.py`` (or 
 Environment: ``GRADIO_SERVER_PORT`` (default 7860), ``GRADIO_SERVER_NAME`` (default 127.0.0.1; a
 Space sets 0.0.0.0), ``T2V_EXPERT_INDEX_REPO`` (a Hub dataset repo holding the expert index, or a local
 index folder; default: ``./expert_index`` beside this file, else the local index of the
-model-selection benchmark), ``T2V_SPACE_QUEUE_SIZE`` (waiting requests, default 16),
+model-selection benchmark), ``T2V_TEXT_EXPERT_INDEX_REPO`` (the same for the text expert index that ranks
+text tasks; default ``./text_expert_index``, else ``benchmarks/results/text_expert_index``),
+``T2V_SPACE_QUEUE_SIZE`` (waiting requests, default 16),
 ``T2V_SPACE_EXAMPLES_DIR`` (where the example zips are written) and ``T2V_SPACE_MAX_*`` limits (see
 `finder.Limits`).
 
@@ -48,6 +50,11 @@ once by a fixed *probe* network; no expert is run on your data.
 `dog/002.png`, ...), a zip with a `metadata.csv` (`file_name`, `label`), a `.parquet` / `.csv` holding
 the images and labels, or name a Hub dataset. The first search after start-up takes about 20 s (it
 loads the network); later ones take a few seconds.
+"""
+TEXT_INTRO = """
+**Text tasks** work too: a `.csv` / `.parquet` with a text column (`text`, `sentence`, ... or the one string
+column) and a `label` column is ranked among the **text experts** (MiniLM fine-tuned on text tasks) with
+the text probe.
 """
 START_STATUS = "Click an example or upload a dataset, then press **Find experts**."
 CSS = """
@@ -100,9 +107,19 @@ def explain(exc: BaseException) -> tuple[str, str]:
     )
 
 
+def _text_index_or_none() -> Any:
+    """The default text expert index, or ``None`` (logged) when there is none: text search is then off."""
+    try:
+        return finder.load_text_expert_index()
+    except Exception as exc:
+        logger.warning("no text expert index (text tasks cannot be ranked): %s: %s", type(exc).__name__, exc)
+        return None
+
+
 def build_app(
     index: Any = None,
     *,
+    text_index: Any = None,
     limits: Limits | None = None,
     index_error: str | None = None,
     examples_dir: str | os.PathLike[str] | None = None,
@@ -113,11 +130,15 @@ def build_app(
         index: an expert index (`hf_task2vec.selection.ExpertIndex` or anything with ``select`` and
             ``experts``); loaded with `finder.load_expert_index` when ``None``. When none can be
             loaded the page still starts and says why.
+        text_index: the expert index that ranks text tasks; when both are ``None`` it is loaded with
+            `finder.load_text_expert_index` (if there is one); with an explicit ``index`` only if given.
         limits: per-request limits (default: `Limits.from_env`).
         index_error: show this instead of an index (the page explains how to build one).
         examples_dir: where the example zips are written (default `examples.default_folder`).
     """
     limits = limits or Limits.from_env()
+    if index is None and text_index is None and index_error is None:
+        text_index = _text_index_or_none()
     if index is None and index_error is None:
         try:
             index = finder.load_expert_index()
@@ -135,10 +156,33 @@ def build_app(
         except InputError as exc:
             index_error = str(exc)
     index_line = finder.describe_index(index) if opts else f"**{index_error}**"
+    text_opts: dict[str, Any] = {}
+    if text_index is not None and opts:
+        try:
+            text_opts = finder.index_options(text_index, limits)
+        except InputError as exc:
+            logger.warning("text expert index not used: %s", exc)
+            text_index = None
     helps: dict[str, str] = opts.get("help", {})
     n_experts = int(opts.get("experts", 1))
     default_samples = int(opts.get("max_samples", min(500, limits.max_samples)))
     built_examples = space_examples.build_examples(examples_dir) if opts else []
+    if text_opts:
+        built_examples += space_examples.build_examples(examples_dir, text=True)
+
+    def index_for(task: Any) -> Any:
+        """The loaded index whose experts read the task's modality (else the main one: the search
+        then says why it cannot rank the task)."""
+        want = "text" if getattr(task, "is_text", False) else "image"
+        for candidate in (index, text_index):
+            if candidate is not None and finder.index_modality(candidate) == want:
+                return candidate
+        if want == "text":
+            raise InputError(
+                "this is a text task, and no text expert index is loaded: build one with `python "
+                "benchmarks/build_text_experts.py`, or set T2V_TEXT_EXPERT_INDEX_REPO to a text expert index"
+            )
+        return index
 
     def find(
         upload: str | None,
@@ -179,7 +223,7 @@ def build_app(
                                          "example")
                     prepared = finder.task_from_upload(upload, work, limits, **kw)
                 result = finder.search(
-                    prepared, index, outdir, max_samples=int(max_samples), k=int(k), metric=metric,
+                    prepared, index_for(prepared.task), outdir, max_samples=int(max_samples), k=int(k), metric=metric,
                     projection=projection, limits=limits, on_step=lambda f, t: progress(f, desc=t),
                 )
         except Exception as exc:
@@ -228,6 +272,9 @@ def build_app(
     with gr.Blocks(title=TITLE, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO)
         gr.Markdown(f"**Expert index:** {index_line}", elem_id="index-line")
+        if text_opts:
+            gr.Markdown(TEXT_INTRO + f"\n**Text expert index:** {finder.describe_index(text_index)}",
+                        elem_id="text-index-line")
         mode = gr.State("upload")
         emb_state = gr.State(None)
         last_good = gr.State(None)
@@ -258,7 +305,9 @@ def build_app(
                         f"embeddings made the same way can be compared): probe `{opts.get('probe', '?')}` · "
                         f"estimator `{opts.get('method', '?')}` · image size {opts.get('image_size') or 'default'}."
                         f"\n\n- **probe**: {helps.get('probe', '')}\n- **estimator**: {helps.get('method', '')}"
-                        f"\n- **image size**: {helps.get('image_size', '')}",
+                        f"\n- **image size**: {helps.get('image_size', '')}"
+                        + (f"\n\nText tasks: probe `{text_opts.get('probe')}` · estimator `{text_opts.get('method')}` "
+                           "(fixed by the text index)." if text_opts else ""),
                         elem_id="fixed-settings",
                     )
                     max_samples = gr.Slider(
@@ -273,7 +322,8 @@ def build_app(
                                           info=helps.get("projection"))
                     with gr.Row():
                         image_col = gr.Textbox(label="image column", placeholder="auto",
-                                               info="For a table: the column with the images (found if usual).")
+                                               info="For a table: the column with the images (found if usual), "
+                                               "or with the texts of a text task.")
                         label_col = gr.Textbox(label="label column", placeholder="auto",
                                                info="For a table: the column with the class labels.")
                 run = gr.Button("Find experts", variant="primary", elem_id="find")
@@ -351,7 +401,9 @@ def main() -> None:
         index = finder.load_expert_index()
     except Exception:
         index = None
-    demo = build_app(index, limits=limits) if index is not None else build_app(limits=limits)
+    text_index = _text_index_or_none()
+    demo = (build_app(index, text_index=text_index, limits=limits) if index is not None
+            else build_app(limits=limits))
     if index is not None:
         warm_up(index)
     demo.launch(

@@ -2,7 +2,9 @@
 
 Nothing large is committed: `build_examples` writes the zips once (a few seconds) into a cache
 folder at start-up, from the test splits of Fashion-MNIST (Debian ``dataset-fashion-mnist``) and
-scikit-learn's handwritten digits. An example whose source is not installed is left out (and the
+scikit-learn's handwritten digits; `build_examples(text=True)` writes the text examples
+(`TEXT_EXAMPLES`: a CSV of ``text,label`` rows from the test split of the offline fortunes, shown when
+the Space has a text expert index). An example whose source is not installed is left out (and the
 page lists only the others). Run ``python spaces/expert-finder/examples.py OUT_DIR`` to write them
 by hand.
 """
@@ -43,6 +45,15 @@ EXAMPLES: tuple[Example, ...] = (
     Example(
         "digits-3-7-8.zip", "digits", ("3", "7", "8"), 30,
         "Handwritten digits 3, 7, 8 (scikit-learn digits, 90 images)",
+    ),
+)
+
+
+#: Text examples: ``file_name`` is a CSV (``text``, ``label``) of ``per_class`` texts per class.
+TEXT_EXAMPLES: tuple[Example, ...] = (
+    Example(
+        "fortunes-literature-poems.csv", "fortunes", ("literature", "songs-poems"), 40,
+        "Text: fortunes about literature vs songs and poems (80 texts, CSV)",
     ),
 )
 
@@ -92,21 +103,50 @@ def write_example(example: Example, folder: str | os.PathLike[str]) -> Path:
     return target
 
 
+def write_text_example(example: Example, folder: str | os.PathLike[str]) -> Path:
+    """Write one text example (a ``text,label`` CSV of the first ``per_class`` test texts of each class)
+    atomically into ``folder``."""
+    import pandas as pd
+
+    from hf_task2vec.data import load_offline
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ds = load_offline(example.dataset, "test")
+    names = ds.features["label"].names
+    labels = np.asarray(ds["label"])
+    rows = []
+    for c in example.classes:
+        for i in np.nonzero(labels == names.index(c))[0][: example.per_class]:
+            rows.append({"text": ds[int(i)]["text"], "label": c})
+    target = folder / example.file_name
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+    os.close(fd)
+    try:
+        pd.DataFrame(rows, columns=["text", "label"]).to_csv(tmp, index=False)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
 def default_folder() -> Path:
     """Where the example zips are cached (``T2V_SPACE_EXAMPLES_DIR``, else a temporary folder)."""
     return Path(os.environ.get("T2V_SPACE_EXAMPLES_DIR") or Path(tempfile.gettempdir()) / "t2v-space-examples")
 
 
-def build_examples(folder: str | os.PathLike[str] | None = None) -> list[tuple[Path, Example]]:
-    """The example zips that can be built here, written once into ``folder`` (reused afterwards).
-    Examples whose offline data is missing are skipped with a log line."""
+def build_examples(folder: str | os.PathLike[str] | None = None, *, text: bool = False) -> list[tuple[Path, Example]]:
+    """The example zips that can be built here (``text=True``: the text examples, CSVs), written once
+    into ``folder`` (reused afterwards). Examples whose offline data is missing are skipped with a log line."""
     folder = Path(folder) if folder is not None else default_folder()
     built: list[tuple[Path, Example]] = []
-    for ex in EXAMPLES:
+    for ex in TEXT_EXAMPLES if text else EXAMPLES:
         path = folder / ex.file_name
         try:
             if not path.is_file():
-                path = write_example(ex, folder)
+                path = (write_text_example if text else write_example)(ex, folder)
         except Exception as exc:  # a missing Debian package must not stop the page
             logger.warning("example %s left out: %s: %s", ex.file_name, type(exc).__name__, exc)
             continue
@@ -116,5 +156,6 @@ def build_examples(folder: str | os.PathLike[str] | None = None) -> list[tuple[P
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    for p, _ in build_examples(sys.argv[1] if len(sys.argv) > 1 else None):
-        print(p, p.stat().st_size, "bytes")
+    for text in (False, True):
+        for p, _ in build_examples(sys.argv[1] if len(sys.argv) > 1 else None, text=text):
+            print(p, p.stat().st_size, "bytes")

@@ -19,6 +19,12 @@ The search embeds the task with `hf_task2vec.Task2Vec` (same probe, estimator an
 expert index), ranks the experts with the index's ``select(embedding, k, metric)``, and draws a 2-D
 map (classical MDS or t-SNE of the symmetric Task2Vec distances) and a distance heatmap of the task
 among the experts' training tasks.
+
+Text: a .csv / .parquet whose input column holds texts (no image column; ``text``, ``sentence``... or
+the one string column next to the label, as `hf_task2vec.load_task` detects) is a text task, ranked
+with a text expert index (`load_text_expert_index`: the offline MiniLM experts of
+``benchmarks/build_text_experts.py`` by default). An index is only searched with tasks of its own
+modality (`index_modality`); the other kind is refused with a one-line reason.
 """
 
 from __future__ import annotations
@@ -386,6 +392,19 @@ def check_image(source: str | os.PathLike[str] | bytes, limits: Limits) -> str |
 
 
 # -- building the task ---------------------------------------------------------------------------------
+def unit(task: Any) -> str:
+    """What the task's examples are called on the page: ``"texts"`` or ``"images"``."""
+    return "texts" if getattr(task, "is_text", False) else "images"
+
+
+def _for_text(text: str, task: Any) -> str:
+    """A sentence written for images (`ranking`'s verdicts and warnings), worded for a text task."""
+    if not getattr(task, "is_text", False):
+        return text
+    # "*max images*" names the slider and stays as it is
+    return re.sub(r"(?<!max )\bimage(s|\(s\))?\b", lambda m: "text" + (m.group(1) or ""), text)
+
+
 @dataclass
 class PreparedTask:
     """A validated task and what was left out on the way."""
@@ -399,7 +418,7 @@ class PreparedTask:
         t = self.task
         counts = t.class_counts()
         classes = ", ".join(f"{html.escape(n)} ({c})" for n, c in zip(t.label_names, counts, strict=True))
-        return f"**{html.escape(t.name)}**: {len(t)} images, {t.num_classes} classes: {classes}"
+        return f"**{html.escape(t.name)}**: {len(t)} {unit(t)}, {t.num_classes} classes: {classes}"
 
 
 def _task_from_records(
@@ -634,8 +653,9 @@ def _records_from_table(
     image_column: str | None,
     label_column: str | None,
     label: str,
+    df: Any = None,
 ) -> list[tuple[str | bytes, str]]:
-    df = _read_table(path, limits)
+    df = _read_table(path, limits) if df is None else df
     if len(df) == 0:
         raise InputError(f"{label!r} has no rows")
     columns = [str(c) for c in df.columns]
@@ -651,6 +671,96 @@ def _records_from_table(
     return records
 
 
+def _looks_like_images(values: Sequence[Any], probe_rows: int = 16) -> bool:
+    """Whether a column's first non-empty cells are images (bytes, ``{"bytes"...}`` structs, data
+    URIs or image file names) rather than text."""
+    cells = [v for v in values[:probe_rows] if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    cells = [v for v in cells if not (isinstance(v, str) and not v.strip())]
+
+    def image_like(v: Any) -> bool:
+        if isinstance(v, bytes | bytearray | memoryview | dict):
+            return True
+        text = str(v).strip().lower()
+        return text.startswith("data:image/") or PurePosixPath(text).suffix in IMAGE_EXTENSIONS
+    return bool(cells) and all(image_like(v) for v in cells)
+
+
+def is_text_table(df: Any, image_column: str | None = None, label_column: str | None = None) -> bool:
+    """Whether a table is a text task: its input column (the one named in the image/text box, else
+    any non-label column) holds text, not images, and no column is named like an image column."""
+    columns = [str(c) for c in df.columns]
+    if image_column:
+        return image_column in columns and not _looks_like_images(df[image_column].tolist())
+    if any(c.lower() in IMAGE_COLUMN_NAMES for c in columns):
+        return False
+    inputs = [c for c in columns if c != label_column and c.lower() not in LABEL_COLUMN_NAMES]
+    return any(not _looks_like_images(df[c].tolist()) for c in inputs)
+
+
+def _text_task_from_table(
+    df: Any, *, name: str, source: str, text_column: str | None, label_column: str | None, label: str,
+    limits: Limits,
+) -> PreparedTask:
+    """A text task from a table: the label column picked as for images, the text column (or a text
+    pair) detected by `hf_task2vec.load_task` among the other string columns. Rows with an empty
+    label are refused; rows with an empty text are left out (and counted in the notes)."""
+    import datasets
+
+    from hf_task2vec import Task2VecError, load_task
+
+    columns = [str(c) for c in df.columns]
+    if len(df) == 0:
+        raise InputError(f"{label!r} has no rows")
+    lab_col = _pick_column(columns, label_column, LABEL_COLUMN_NAMES, "label", label)
+    if text_column == lab_col:
+        raise InputError(f"{label!r}: the text and label column are both {lab_col!r}")
+
+    def cell(v: Any) -> str | None:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return None
+        return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+    labels = [cell(v) for v in df[lab_col].tolist()]
+    for row, lab in enumerate(labels):
+        if lab is None or not lab.strip():
+            raise InputError(f"{label!r} row {row}: the label is empty; give every text a label")
+    labels = [lab.strip() for lab in labels]
+    data = {c: [cell(v) for v in df[c].tolist()] for c in columns if c != lab_col}
+    if text_column and text_column not in data:
+        raise InputError(f"{label!r} has no column {text_column!r}; its columns are {columns}")
+    names = sorted(set(labels))
+    if len(names) < 2:
+        raise InputError(
+            f"the data has a single class ({names[0]!r}): a task needs at least two classes. Add texts of another "
+            "class."
+        )
+    if len(names) > limits.max_classes:
+        raise InputError(f"{len(names)} classes; this Space takes at most {limits.max_classes}")
+    features = datasets.Features({
+        **{c: datasets.Value("string") for c in data}, lab_col: datasets.ClassLabel(names=names),
+    })
+    ds = datasets.Dataset.from_dict(
+        {**data, lab_col: [names.index(lab) for lab in labels]}, features=features,
+        info=datasets.DatasetInfo(dataset_name=source, features=features),
+    )
+    notes: list[str] = []
+    try:
+        task = load_task(ds, input_column=text_column or None, label_column=lab_col, name=name)
+        if not task.is_text:
+            raise InputError(f"{label!r}: column {task.input_column!r} does not hold text")
+        text_cols = [task.input_column] + ([task.pair_column] if getattr(task, "pair_column", None) else [])
+        keep = [i for i in range(len(ds)) if all((ds[c][i] or "").strip() for c in text_cols)]
+        if len(keep) < len(ds):
+            notes.append(f"Left out {len(ds) - len(keep)} row(s) with an empty text")
+            ds = ds.select(keep)
+            task = load_task(ds, input_column=task.input_column, label_column=lab_col, name=name)
+    except Task2VecError as exc:
+        text = str(exc).replace("pass input_column=...", "name it in the 'image / text column' box")
+        raise InputError(text[:500]) from exc
+    notes.append(f"Read texts from column {html.escape(task.input_column)!s} and labels from {html.escape(lab_col)}")
+    return PreparedTask(task=task, notes=notes, source=source)
+
+
 def task_from_table(
     path: str | os.PathLike[str],
     limits: Limits,
@@ -660,12 +770,20 @@ def task_from_table(
     label_column: str | None = None,
 ) -> PreparedTask:
     """A task from an uploaded .csv / .parquet whose image column holds the images themselves
-    (parquet bytes or ``{"bytes": ...}`` structs as written by `datasets`, or data URIs in a CSV)."""
+    (parquet bytes or ``{"bytes": ...}`` structs as written by `datasets`, or data URIs in a CSV),
+    or whose input column holds texts (`is_text_table`): a text task (``image_column`` then names the
+    text column, if it must be named)."""
     p = check_upload(path, limits)
     if p.suffix.lower() not in TABLE_EXTENSIONS:
         raise InputError(f"{p.name!r} is not a .csv or .parquet table")
+    df = _read_table(p, limits)
+    if len(df) and is_text_table(df, image_column, label_column):
+        return _text_task_from_table(
+            df, name=safe_task_name(name or p.stem), source=f"upload:{safe_task_name(p.name, 'upload')}",
+            text_column=image_column, label_column=label_column, label=p.name, limits=limits,
+        )
     records = _records_from_table(p, limits, base=None, image_column=image_column, label_column=label_column,
-                                  label=p.name)
+                                  label=p.name, df=df)
     return _task_from_records(
         records, name=safe_task_name(name or p.stem), source=f"upload:{safe_task_name(p.name, 'upload')}",
         notes=[], limits=limits
@@ -736,6 +854,16 @@ def task_from_hub(
         raise InputError(str(exc)[:500]) from exc
     except Exception as exc:
         raise InputError(f"could not read {repo_id!r} ({split}): {type(exc).__name__}: {str(exc)[:300]}") from exc
+    stats = loaded.stream_stats or {}
+    sha = loaded.revision or ""
+    if loaded.is_text:  # a text dataset: the streamed, class-balanced prefix is the task (tokenised by the probe)
+        rows = stats.get("rows_read", len(loaded))
+        notes = [f"Streamed {rows} rows of {html.escape(repo_id)} ({html.escape(split)}) at {sha[:8]}: a text task "
+                 f"(column {html.escape(loaded.input_column)})"]
+        if loaded.num_classes < 2:
+            raise InputError(f"{repo_id!r} ({split}) gave a single class: a task needs at least two classes")
+        loaded.name = safe_task_name(name or repo_id.split("/")[-1])
+        return PreparedTask(task=loaded, notes=notes, source=repo_id)
     img_col = loaded.input_column
     records: list[tuple[str | bytes, str]] = []
     for i, row in enumerate(loaded.dataset.cast_column(img_col, datasets.Image(decode=False))):
@@ -766,6 +894,32 @@ def index_settings(index: Any) -> dict[str, str]:
     if len(index) == 0:
         raise InputError("the expert index is empty: add experts first")
     return dict(index.settings)
+
+
+def index_modality(index: Any) -> str:
+    """What an index's experts read: ``"text"`` when their embeddings record a text task, else ``"image"``."""
+    opts = getattr(index, "embedding_options", {}) or {}
+    return "text" if opts.get("modality") == "text" else "image"
+
+
+def load_text_expert_index(source: str | os.PathLike[str] | None = None, *, token: str | None = None) -> Any:
+    """The text expert index: ``source``, else ``$T2V_TEXT_EXPERT_INDEX_REPO`` (a folder or a Hub
+    dataset repo id), else a ``text_expert_index`` folder next to this file, else the one
+    ``benchmarks/build_text_experts.py`` writes, ``benchmarks/results/text_expert_index``."""
+    from hf_task2vec.selection import ExpertIndex
+
+    if source is None:
+        paths = default_text_index_paths()
+        source = os.environ.get("T2V_TEXT_EXPERT_INDEX_REPO") or next((p for p in paths if p.is_dir()), paths[-1])
+    if _looks_remote(source):
+        return ExpertIndex.from_hub(os.fspath(source), token=token)
+    return ExpertIndex.load(source)
+
+
+def default_text_index_paths() -> list[Path]:
+    """Local places searched for the text index: ``./text_expert_index`` beside the app, then the benchmark's."""
+    here = Path(__file__).resolve().parent
+    return [here / "text_expert_index", here.parents[1] / "benchmarks" / "results" / "text_expert_index"]
 
 
 def load_expert_index(source: str | os.PathLike[str] | None = None, *, token: str | None = None) -> Any:
@@ -973,12 +1127,12 @@ def _status(prepared: PreparedTask, emb: Any, records: list[Any], conf: Any, met
     best = records[0].model_id if records else "none"
     lines = [
         f"{prepared.summary}",
-        f"Embedded with probe `{emb.probe}` and the `{emb.method}` estimator on {emb.meta.get('num_samples')} images "
-        f"(plus {conf.resamples - 1} resamples for the confidence) in {seconds:.1f} s.",
+        f"Embedded with probe `{emb.probe}` and the `{emb.method}` estimator on {emb.meta.get('num_samples')} "
+        f"{unit(prepared.task)} (plus {conf.resamples - 1} resamples for the confidence) in {seconds:.1f} s.",
         f"**Best expert: {html.escape(best)}** ({score_meaning(metric)}).",
-        conf.verdict(html.escape(best)),
+        _for_text(conf.verdict(html.escape(best)), prepared.task),
     ]
-    lines += [f"**Warning:** {w}" for w in conf.warnings]
+    lines += [f"**Warning:** {_for_text(w, prepared.task)}" for w in conf.warnings]
     lines += [f"- {n}" for n in notes]
     return "\n\n".join(lines)
 
@@ -1038,6 +1192,13 @@ def search(
             "the experts were embedded with another setting: " + "; ".join(wrong)
             + ". Embeddings made differently cannot be compared: choose the index's probe and estimator."
         )
+    task_modality = "text" if getattr(prepared.task, "is_text", False) else "image"
+    if index_modality(index) != task_modality:
+        raise InputError(
+            f"this is {'a text' if task_modality == 'text' else 'an image'} task but the expert index holds "
+            f"{index_modality(index)} experts (probe {settings['probe']!r}): rank it with a {task_modality} expert "
+            "index"
+        )
     if projection not in PROJECTIONS:
         raise InputError(f"unknown map {projection!r}; choose one of {PROJECTIONS}")
     if not 2 <= int(max_samples) <= limits.max_samples:
@@ -1055,7 +1216,7 @@ def search(
     embedder = make_embedder()
     used = embedder.sample(prepared.task)
     counts = np.bincount(prepared.task.labels[used], minlength=prepared.task.num_classes)
-    step(0.2, f"Embedding your {len(used)} images (1 of {n_emb})")
+    step(0.2, f"Embedding your {len(used)} {unit(prepared.task)} (1 of {n_emb})")
     try:
         emb = embedder.embed(prepared.task)
         records = list(index.select(emb, k=int(k), metric=metric))
@@ -1063,8 +1224,8 @@ def search(
         extra = ranking.resample_scores(
             prepared.task, make_embedder, lambda e: index.distances(e, metric), max_samples=int(max_samples),
             base_seed=int(getattr(embedder, "seed", 0)), resamples=n_emb - 1,
-            on_step=lambda r: step(0.2 + 0.6 * r / n_emb, f"Resampling your images to see how sure the ranking is "
-                                   f"({r + 1} of {n_emb})"),
+            on_step=lambda r: step(0.2 + 0.6 * r / n_emb, f"Resampling your {unit(prepared.task)} to see how sure "
+                                   f"the ranking is ({r + 1} of {n_emb})"),
         )
     except IncompatibleEmbeddingsError as exc:
         raise InputError(str(exc)) from exc
@@ -1216,6 +1377,9 @@ def describe_index(index: Any) -> str:
         s = index_settings(index)
     except InputError as exc:
         return str(exc)
+    if index_modality(index) == "text":
+        length = (getattr(index, "embedding_options", {}) or {}).get("max_length") or "the probe default"
+        return f"{len(index)} text experts · probe `{s['probe']}` · estimator `{s['method']}` · max length {length}"
     return (
         f"{len(index)} experts · probe `{s['probe']}` · estimator `{s['method']}` · image size "
         f"{s['image_size'] or 'the probe default'}"
@@ -1237,9 +1401,12 @@ __all__ = [
     "expert_link",
     "expert_table",
     "hub_unreachable",
+    "index_modality",
     "index_options",
     "index_settings",
+    "is_text_table",
     "load_expert_index",
+    "load_text_expert_index",
     "output_dir",
     "push_embedding",
     "safe_extract_zip",
