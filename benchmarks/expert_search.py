@@ -6,7 +6,8 @@ against the exact ranking, on 10,000 and 100,000 synthetic experts with the embe
 
 The experts are synthetic (no Hub index of 100k experts exists offline) but shaped like the real ones
 in ``benchmarks/results/expert_index/experts.safetensors`` (13 real embeddings of the embedded probe,
-21,008 filters, 49 layers): per filter the mean of the log Fisher and the fraction of zeros are taken
+21,008 filters, 49 layers; the data Fisher part, above the prior floor the index stores as ``trivial``,
+which every synthetic expert shares as well): per filter the mean of the log Fisher and the fraction of zeros are taken
 from the real embeddings, and per layer the spread of the log values, split into a per-expert offset
 (``tau``) and per-filter noise (``s``), heavy-tailed like the real ones (``s`` up to ~6.6 nats in the
 last layer). Experts come in task clusters (log-normal sizes, mean ~25) inside 50 domains, so that
@@ -42,7 +43,7 @@ from hf_task2vec.ann import TwoStageIndex  # noqa: E402
 
 REAL = ROOT / "benchmarks" / "results" / "expert_index" / "experts.safetensors"
 ALPHA = 0.15
-TRIVIAL = 1e-6  # montecarlo trivial embedding of the embedded probe (its prior_fisher)
+TRIVIAL = 1e-6  # montecarlo trivial embedding of the embedded probe (its prior_fisher), for indexes without one
 CHUNK = 2000
 
 
@@ -53,7 +54,14 @@ class ExpertModel:
         from safetensors import safe_open
         from safetensors.numpy import load_file
 
-        real = load_file(str(REAL))["values"].astype(np.float64)
+        stored = load_file(str(REAL))
+        # the robust default's embeddings are the data Fisher lifted by a prior shared by every task (the
+        # index's `trivial`): model the data part and add the same floor back (montecarlo-era indexes
+        # have a tiny constant floor instead)
+        dim = stored["values"].shape[1]
+        floor = stored["trivial"][0].astype(np.float64) if "trivial" in stored else np.full(dim, TRIVIAL)
+        real = np.clip(stored["values"].astype(np.float64) - floor, 0.0, None)
+        self.floor = floor
         layers = json.loads(safe_open(str(REAL), "np").metadata()["layers"])
         nz = real > 0
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -105,7 +113,7 @@ class ExpertModel:
             logs = self.mu + offset + self.s * (0.55 * g + 0.55 * z + 0.63 * own)
             flip = rng.random(self.dim) < 0.15
             u_e = np.where(flip, rng.random(self.dim), u)
-            out[r] = np.where(u_e < self.p_zero, 0.0, np.exp(logs))
+            out[r] = self.floor + np.where(u_e < self.p_zero, 0.0, np.exp(logs))
         return out
 
     def chunk(self, i: int) -> np.ndarray:
@@ -157,7 +165,7 @@ def run_size(n: int, args) -> dict:
     t0 = time.perf_counter()
     model = ExpertModel(n, seed=args.seed)
     queries = model.queries(args.queries)
-    trivial = np.full((1, model.dim), TRIVIAL)
+    trivial = model.floor[None]
     t = time.perf_counter()
     index = TwoStageIndex.build(model.chunks, trivial=trivial, alpha=ALPHA, n_components=args.components)
     build_s = time.perf_counter() - t
