@@ -382,7 +382,9 @@ def test_cli_select_end_to_end_on_real_offline_tasks(tmp_path, capsys):
     query = index.embedder(progress=False).embed(load_task("offline:animal-mnist", classes=["cat", "dog"]))
     expected = index.select(query, k=3)
     assert [r["model_id"] for r in out["experts"]] == [m.model_id for m in expected]
-    np.testing.assert_allclose([r["score"] for r in out["experts"]], [m.score for m in expected], rtol=1e-12)
+    # the same embedder on the same examples: equal up to float32 rounding (scores differed by 3e-7
+    # relative on a loaded 2-core box; the per-layer Fisher kernels are chosen by timing)
+    np.testing.assert_allclose([r["score"] for r in out["experts"]], [m.score for m in expected], rtol=1e-5)
     assert out["experts"][0]["model_id"] == "bench/animals-hoofed"  # same domain
     assert out["experts"][0]["classes"] == ["cow", "horse", "zebra"]
 
