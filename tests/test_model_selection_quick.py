@@ -74,3 +74,105 @@ def test_model_selection_benchmark_quick(tmp_path):
     for row in index.rows():
         assert row["model_id"].startswith("task2vec-bench/") and row["task"] and row["classes"] and row["dataset"]
     assert (results / "model_selection.md").read_text().count("## Table 2") == 1
+
+
+# -- the architectures meta-task's helpers (fast unit tests; its full run is the committed
+# benchmarks/results/model_selection_architectures.*) ---------------------------------------------------
+def _bench():
+    import importlib.util
+
+    if "model_selection_bench" in sys.modules:
+        return sys.modules["model_selection_bench"]
+    spec = importlib.util.spec_from_file_location("model_selection_bench", ROOT / "benchmarks" / "model_selection.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["model_selection_bench"] = module  # dataclasses resolve their module's annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+class _ChannelMeans(__import__("torch").nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3))
+
+
+def test_experts_normalise_with_their_own_network_and_keep_lite0_cache_paths(tmp_path):
+    import numpy as np
+    import torch
+
+    ms = _bench()
+    cfg = ms.architecture_config(ms.QUICK)
+    assert cfg.sources == ms.ARCH_QUICK_SOURCES and cfg.table1_probes == () and cfg.seeds == ms.QUICK.seeds
+    # the cache keys of the architectures meta-task are the main run's: its Lite0 experts are reused
+    key_fields = ("image_size", "finetune_steps", "finetune_batch", "finetune_lr", "train_per_class")
+    assert ms.architecture_config(ms.FULL).key(*key_fields) == ms.FULL.key(*key_fields)
+    assert ms.cache_stem("animals-all", "embedded") == "animals-all"
+    assert ms.cache_stem("animals-all", "embedded-mobilenetv2") == "animals-all-embedded-mobilenetv2"
+
+    pools = {"d": ms.Pool(torch.full((2, 1, 32, 32), 0.5), np.zeros(2, dtype=np.int64), ["a"])}
+    feats = {}
+    for probe in ("embedded", "embedded-mobilenetv2"):
+        e = ms.Expert("fashion-all", "m", _ChannelMeans(), torch.zeros(2, 3), torch.zeros(2), ["a", "b"], "d", [],
+                      None, probe=probe)  # fmt: skip
+        assert e.task == "fashion-all" and e.stem == ms.cache_stem("fashion-all", probe)
+        feats[probe] = ms.expert_outputs(e, pools, ms.QUICK, tmp_path)["d"]["features"]
+    files = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "features").iterdir())
+    assert files == ["fashion-all", "fashion-all-embedded-mobilenetv2"]
+    assert np.allclose(feats["embedded"], 0.0)  # Lite: mean = std = 0.5
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])  # MobileNetV2: ImageNet's
+    assert np.allclose(feats["embedded-mobilenetv2"], (0.5 - mean) / std, atol=1e-5)
+
+
+@pytest.mark.parametrize("probe", ["embedded-lite1", "embedded-mobilenetv2"])
+def test_generic_experts_of_other_networks_have_their_imagenet_head(probe):
+    """The untouched networks' ImageNet classifiers, read from their checkpoints, name sklearn's palace photo
+    (ImageNet class 698) on the probe's features: the source head LEEP / NCE use is the right one."""
+    import dataclasses
+
+    import torch
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    import hf_task2vec as t2v
+
+    ms = _bench()
+    e = ms.generic_expert(dataclasses.replace(ms.QUICK, image_size=None), probe)
+    assert e.head_weight.shape == (1000, 1280) and e.task == ms.GENERIC and e.probe == probe
+    x = t2v.load_probe(probe).transform()(Image.fromarray(load_sample_images().images[0]))[None]
+    with torch.no_grad():
+        assert int((e.backbone(x) @ e.head_weight.T + e.head_bias).argmax()) == 698
+
+
+def test_tiebreak_and_architecture_summary():
+    import numpy as np
+    import torch
+
+    ms = _bench()
+    errors = np.array([[0.1, 0.3, 0.5], [0.4, 0.2, 0.2]])
+    dist = np.array([[0.2, 0.2, 0.9], [0.1, 0.5, 0.5]])  # target 0: experts 0 and 1 tie
+    s = ms.tiebreak_summary(errors, dist)
+    assert np.isclose(s["mean_error"], (0.2 + 0.4) / 2) and np.isclose(s["top1"], 0.25)
+    assert np.isclose(s["tied_experts"], 1.5)
+
+    def expert(name, probe):
+        return ms.Expert(name, name, torch.nn.Identity(), torch.zeros(1, 1), torch.zeros(1), [], "d", [], None,
+                         probe=probe)  # fmt: skip
+
+    experts = [expert("a", "embedded"), expert("b", "embedded-lite1"), expert("c", "embedded-mobilenetv2")]
+    targets = [ms.TargetSpec("t0", "x", ("a",), 1), ms.TargetSpec("t1", "y", ("a",), 1)]
+
+    class Loo:
+        selected = np.array([2, 1])
+        distances = dist
+
+    peers = {m: -errors for m in ms.PEERS}  # a perfect peer
+    sd = {"errors": errors, "asym": dist, "sym": dist, "m2v": Loo, "peers": peers}
+    out = ms.architecture_summary(experts, [sd], targets, generic_j=0)
+    assert out["families"] == ["lite0", "lite1", "mobilenetv2"]
+    assert out["optimal_family_counts"] == {"x": {"lite0": 1.0, "lite1": 0.0, "mobilenetv2": 0.0},
+                                            "y": {"lite0": 0.0, "lite1": 0.5, "mobilenetv2": 0.5}}  # fmt: skip
+    assert out["right_architecture"]["logme"][0] == 1.0 and out["right_architecture"]["optimal"][0] == 1.0
+    assert np.isclose(out["right_architecture"]["model2vec"][0], 0.5)
+    assert np.isclose(out["right_architecture"]["t2v_asym_tiebreak"][0], 0.25)  # t0: 1 of 2 tied, t1: wrong
+    assert np.isclose(out["right_architecture"]["chance"][0], (1 / 3 + 2 / 3) / 2)
+    assert np.isclose(out["family_oracle"]["lite0"]["relative_increase"][0], (0.1 + 0.4) / (0.1 + 0.2) - 1)
+    assert out["picks"]["rerank_leep_m1"] == {"lite0": 1.0, "lite1": 0.0, "mobilenetv2": 0.0}
