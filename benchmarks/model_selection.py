@@ -1747,7 +1747,8 @@ def render_markdown(r: dict, index_dir: Path) -> str:
         "- **Ground truth**: test error of an L2 logistic regression on each expert's frozen (pooled) features, "
         "for every target and expert. *Optimal* picks the best expert per target with hindsight.",
         f"- **Task2Vec**: one embedding of the target's training set with the embedded probe ({cfg['image_size']} px, "
-        "montecarlo Fisher), searched in an `ExpertIndex` holding each expert's source-task embedding "
+        f"{cfg.get('task2vec_method', 'montecarlo')} Fisher, the library default), searched in an `ExpertIndex` "
+        "holding each expert's source-task embedding "
         f"({cfg['expert_embed_samples']} examples). The generic expert's training task (ImageNet) is not available "
         "offline; it is represented by the union of all source classes (a 30-way task over the three datasets).",
         "- **Model2Vec**: `m_j = F_j + b_j` and gamma fitted on the other targets' measured errors "
