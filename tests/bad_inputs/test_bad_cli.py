@@ -304,6 +304,9 @@ def test_sigint_during_a_run(tmp_path):
         [sys.executable, "-m", "hf_task2vec", "embed", "offline:digits", "--max-samples", "1500", "--image-size", "64",
          "--method", "exact", "--out", str(out)],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        # a run launched in the background by a shell without job control inherits SIGINT ignored
+        # (POSIX), and then Python installs no KeyboardInterrupt handler: give the child the default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     chunks: list[bytes] = []
 
