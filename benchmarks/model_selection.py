@@ -1583,26 +1583,7 @@ def render_architectures_markdown(r: dict) -> str:
         cells = " | ".join(f"{100 * p[f]:.0f}" for f in fams)
         lines.append(f"| {label.get(key, name)} | {cells} | {_pm(ra, 100, '.0f')} |")
     lines += render_two_stage(r)
-    lines += [
-        "",
-        "## Checks",
-        "",
-    ]
-    lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in r["checks"].items()]
-    lines += [
-        "",
-        "## Per-target detail (first seed)",
-        "",
-        "| target | n train | optimal expert (error %) | generic Lite0 error % | Task2Vec asym pick (error %) | "
-        "Model2Vec pick | LogME pick |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in r["per_target_seed0"]:
-        lines.append(
-            f"| {row['target']} | {row['n_train']} | {row['optimal']} ({100 * row['optimal_error']:.1f}) | "
-            f"{100 * row['generic_error']:.1f} | {row['t2v_asym']} ({100 * row['t2v_asym_error']:.1f}) | "
-            f"{row['model2vec']} | {row['logme']} |"
-        )
+    lines += _checks_and_targets(r, "generic Lite0")
     lines += [
         "",
         "Stage timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["timings_s"].items()) + ".",
@@ -1685,6 +1666,27 @@ def _pm(v: list[float], scale: float = 1.0, fmt: str = ".2f", spread: bool = Tru
     if not np.isfinite(mean):
         return "n/a"
     return f"{mean:{fmt}} ± {std:{fmt}}" if spread else f"{mean:{fmt}}"
+
+
+def _checks_and_targets(r: dict, generic: str) -> list[str]:
+    """The report's checklist and its per-target table of the first seed (``generic``: that column's name)."""
+    lines = ["", "## Checks", ""]
+    lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in r["checks"].items()]
+    lines += [
+        "",
+        "## Per-target detail (first seed)",
+        "",
+        f"| target | n train | optimal expert (error %) | {generic} error % | Task2Vec asym pick (error %) | "
+        "Model2Vec pick | LogME pick |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in r["per_target_seed0"]:
+        lines.append(
+            f"| {row['target']} | {row['n_train']} | {row['optimal']} ({100 * row['optimal_error']:.1f}) | "
+            f"{100 * row['generic_error']:.1f} | {row['t2v_asym']} ({100 * row['t2v_asym_error']:.1f}) | "
+            f"{row['model2vec']} | {row['logme']} |"
+        )
+    return lines
 
 
 def _rel(path: Path) -> str:
@@ -1812,25 +1814,8 @@ def render_markdown(r: dict, index_dir: Path) -> str:
         f"- Search speed: `ExpertIndex.select` over {s['experts']:,} experts x {s['dim']:,} filters answers in "
         f"{s['select_s'] * 1000:.0f} ms (median of 5; cached stacked float32 arrays); a python loop of "
         f"`hf_task2vec.distance` calls would take ~{s['loop_s_estimated']:.1f} s ({s['speedup_vs_loop']:.0f}x slower).",
-        "",
-        "## Checks",
-        "",
     ]
-    lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in r["checks"].items()]
-    lines += [
-        "",
-        "## Per-target detail (first seed)",
-        "",
-        "| target | n train | optimal expert (error %) | generic error % | Task2Vec asym pick (error %) | "
-        "Model2Vec pick | LogME pick |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in r["per_target_seed0"]:
-        lines.append(
-            f"| {row['target']} | {row['n_train']} | {row['optimal']} ({100 * row['optimal_error']:.1f}) | "
-            f"{100 * row['generic_error']:.1f} | {row['t2v_asym']} ({100 * row['t2v_asym_error']:.1f}) | "
-            f"{row['model2vec']} | {row['logme']} |"
-        )
+    lines += _checks_and_targets(r, "generic")
     lines += [
         "",
         "## Expert index",

@@ -58,6 +58,7 @@ for _p in (REPO, REPO / "benchmarks"):
         sys.path.insert(0, str(_p))
 
 from embedding_quality import TARGET_SNR, snr_stats  # noqa: E402  (issue 11's SNR definition and bar, reused)
+from model_selection import machine_info  # noqa: E402
 
 import hf_task2vec as t2v  # noqa: E402
 from hf_task2vec.data import load_offline, wordnet_class_ancestors  # noqa: E402
@@ -522,15 +523,9 @@ def verdicts(r: dict, n_domains: int) -> list[dict]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+    info = machine_info()
+    cpu = info["cpu"] or platform.machine()
+    return f"{cpu}, {info['cores']} cores, torch {info['torch']}, {info['torch_threads']} thread(s)"
 
 
 def cell(text: str) -> str:

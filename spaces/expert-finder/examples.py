@@ -83,23 +83,19 @@ def _offline_class_images(dataset: str, classes: tuple[str, ...], per_class: int
 
 def write_example(example: Example, folder: str | os.PathLike[str]) -> Path:
     """Write one example zip (``<class>/<class>_NNN.png``) atomically into ``folder``."""
+    from hf_task2vec.embedding import atomic_write_bytes
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     images = _offline_class_images(example.dataset, example.classes, example.per_class)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for c, arrays in images.items():
+            safe = c.replace(" ", "-").lower()
+            for i, arr in enumerate(arrays):
+                zf.writestr(f"{safe}/{safe}_{i:03d}.png", _png(arr))
     target = folder / example.file_name
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            for c, arrays in images.items():
-                safe = c.replace(" ", "-").lower()
-                for i, arr in enumerate(arrays):
-                    zf.writestr(f"{safe}/{safe}_{i:03d}.png", _png(arr))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(target, buf.getvalue())
     return target
 
 
@@ -109,6 +105,7 @@ def write_text_example(example: Example, folder: str | os.PathLike[str]) -> Path
     import pandas as pd
 
     from hf_task2vec.data import load_offline
+    from hf_task2vec.embedding import atomic_write_bytes
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -120,15 +117,7 @@ def write_text_example(example: Example, folder: str | os.PathLike[str]) -> Path
         for i in np.nonzero(labels == names.index(c))[0][: example.per_class]:
             rows.append({"text": ds[int(i)]["text"], "label": c})
     target = folder / example.file_name
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-    os.close(fd)
-    try:
-        pd.DataFrame(rows, columns=["text", "label"]).to_csv(tmp, index=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(target, pd.DataFrame(rows, columns=["text", "label"]).to_csv(index=False).encode())
     return target
 
 

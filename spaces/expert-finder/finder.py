@@ -902,24 +902,30 @@ def index_modality(index: Any) -> str:
     return "text" if opts.get("modality") == "text" else "image"
 
 
-def load_text_expert_index(source: str | os.PathLike[str] | None = None, *, token: str | None = None) -> Any:
-    """The text expert index: ``source``, else ``$T2V_TEXT_EXPERT_INDEX_REPO`` (a folder or a Hub
-    dataset repo id), else a ``text_expert_index`` folder next to this file, else the one
-    ``benchmarks/build_text_experts.py`` writes, ``benchmarks/results/text_expert_index``."""
+def _load_index(source: str | os.PathLike[str] | None, token: str | None, env: str, folder: str) -> Any:
+    """``source``, else ``$env`` (a folder or a Hub dataset repo id), else the first local ``folder``
+    of `_index_paths` that exists (the benchmark's when none does)."""
     from hf_task2vec.selection import ExpertIndex
 
     if source is None:
-        paths = default_text_index_paths()
-        source = os.environ.get("T2V_TEXT_EXPERT_INDEX_REPO") or next((p for p in paths if p.is_dir()), paths[-1])
+        paths = _index_paths(folder)
+        source = os.environ.get(env) or next((p for p in paths if p.is_dir()), paths[-1])
     if _looks_remote(source):
         return ExpertIndex.from_hub(os.fspath(source), token=token)
     return ExpertIndex.load(source)
 
 
-def default_text_index_paths() -> list[Path]:
-    """Local places searched for the text index: ``./text_expert_index`` beside the app, then the benchmark's."""
+def _index_paths(folder: str) -> list[Path]:
+    """Local places searched for an index folder: beside the app, then under benchmarks/results."""
     here = Path(__file__).resolve().parent
-    return [here / "text_expert_index", here.parents[1] / "benchmarks" / "results" / "text_expert_index"]
+    return [here / folder, here.parents[1] / "benchmarks" / "results" / folder]
+
+
+def load_text_expert_index(source: str | os.PathLike[str] | None = None, *, token: str | None = None) -> Any:
+    """The text expert index: ``source``, else ``$T2V_TEXT_EXPERT_INDEX_REPO`` (a folder or a Hub
+    dataset repo id), else a ``text_expert_index`` folder next to this file, else the one
+    ``benchmarks/build_text_experts.py`` writes, ``benchmarks/results/text_expert_index``."""
+    return _load_index(source, token, "T2V_TEXT_EXPERT_INDEX_REPO", "text_expert_index")
 
 
 def load_expert_index(source: str | os.PathLike[str] | None = None, *, token: str | None = None) -> Any:
@@ -927,21 +933,12 @@ def load_expert_index(source: str | os.PathLike[str] | None = None, *, token: st
     dataset repo id), else ``$T2V_EXPERT_INDEX_REPO`` (either of those), else an ``expert_index``
     folder next to this file (a Space can ship one), else the index built by the model-selection
     benchmark, ``benchmarks/results/expert_index`` (the offline default)."""
-    from hf_task2vec.selection import ExpertIndex
-
-    if source is None:
-        source = os.environ.get("T2V_EXPERT_INDEX_REPO") or next(
-            (p for p in default_index_paths() if p.is_dir()), default_index_paths()[-1]
-        )
-    if _looks_remote(source):
-        return ExpertIndex.from_hub(os.fspath(source), token=token)
-    return ExpertIndex.load(source)
+    return _load_index(source, token, "T2V_EXPERT_INDEX_REPO", "expert_index")
 
 
 def default_index_paths() -> list[Path]:
     """Local places searched for an index: ``./expert_index`` beside the app, then the benchmark's."""
-    here = Path(__file__).resolve().parent
-    return [here / "expert_index", here.parents[1] / "benchmarks" / "results" / "expert_index"]
+    return _index_paths("expert_index")
 
 
 def _looks_remote(source: str | os.PathLike[str]) -> bool:
