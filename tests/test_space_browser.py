@@ -229,11 +229,12 @@ def test_hostile_upload_message_stays(page, tmp_path):
 
 def test_ten_experts_visible_and_a_hostile_upload_keeps_its_message(page, tmp_path):
     page.get_by_text("Options", exact=True).click()
-    box = page.locator("#k input[type=number]")
-    box.fill(str(N_EXPERTS))
-    box.press("Enter")
-    box.blur()  # the slider takes a typed number on change/blur; wait until it has, or the search uses 5
-    page.wait_for_function(f"document.querySelector('#k input[type=range]').value === '{N_EXPERTS}'")
+    # move the slider itself (typing in its number box did not always reach it before the search, which then
+    # ran with the default k = 5); both of its inputs must show the value before the example is clicked
+    page.locator("#k input[type=range]").fill(str(N_EXPERTS))
+    page.wait_for_function(
+        f"[...document.querySelectorAll('#k input')].every(i => i.value === '{N_EXPERTS}')"
+    )
     _run_example(page)
     good_rows = _rows(page, "experts")
     body = [r for r in good_rows[1:] if r]
