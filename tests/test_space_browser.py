@@ -230,11 +230,16 @@ def test_hostile_upload_message_stays(page, tmp_path):
 def test_ten_experts_visible_and_a_hostile_upload_keeps_its_message(page, tmp_path):
     page.get_by_text("Options", exact=True).click()
     # move the slider itself (typing in its number box did not always reach it before the search, which then
-    # ran with the default k = 5); both of its inputs must show the value before the example is clicked
-    page.locator("#k input[type=range]").fill(str(N_EXPERTS))
-    page.wait_for_function(
-        f"[...document.querySelectorAll('#k input')].every(i => i.value === '{N_EXPERTS}')"
-    )
+    # ran with the default k = 5); until the page has settled a move can be undone, so move it again until
+    # both of the slider's inputs hold the value
+    both = f"[...document.querySelectorAll('#k input')].every(i => i.value === '{N_EXPERTS}')"
+    for _ in range(20):
+        page.locator("#k input[type=range]").fill(str(N_EXPERTS))
+        page.wait_for_timeout(500)
+        if page.evaluate(both):
+            break
+    else:
+        pytest.fail("the k slider never took the value 10")
     _run_example(page)
     good_rows = _rows(page, "experts")
     body = [r for r in good_rows[1:] if r]
