@@ -103,8 +103,14 @@ def test_zip_of_real_images_ranks_experts(tmp_path, expert_index):
     assert task.name == "my-animals" and task.source == "upload:my-animals.zip"
 
     steps = []
-    result = finder.search(prepared, expert_index, tmp_path / "out", max_samples=MAX_SAMPLES, k=4,
-                           on_step=lambda f, t: steps.append((f, t)))
+    result = finder.search(
+        prepared,
+        expert_index,
+        tmp_path / "out",
+        max_samples=MAX_SAMPLES,
+        k=4,
+        on_step=lambda f, t: steps.append((f, t)),
+    )
     table = result.table
     assert list(table.columns) == ["rank", "expert", "score", "rank in resamples", "trained on"]
     assert table["rank"].tolist() == [1, 2, 3, 4]
@@ -149,16 +155,19 @@ def test_zip_of_real_images_ranks_experts(tmp_path, expert_index):
 
 def test_symmetric_ranking_uses_its_metric_everywhere(tmp_path, expert_index):
     prepared = finder.task_from_upload(class_folder_zip(tmp_path / "a.zip", per_class=6), tmp_path / "w", Limits())
-    result = finder.search(prepared, expert_index, tmp_path / "o", max_samples=MAX_SAMPLES, k=3, metric="symmetric",
-                           resamples=1)
+    result = finder.search(
+        prepared, expert_index, tmp_path / "o", max_samples=MAX_SAMPLES, k=3, metric="symmetric", resamples=1
+    )
     sym = {m: t2v.distance(expert_index.embedding(m), result.embedding, kind="symmetric") for m in EXPERTS}
     top = sorted(EXPERTS, key=sym.get)[:3]
     assert [r.model_id for r in result.records] == top
     np.testing.assert_allclose(result.heatmap_values[:, 0], [sym[m] for m in top], atol=1e-6)
     # the heatmap's other columns: the distance from each row's expert to the column's expert's task
     np.testing.assert_allclose(
-        result.heatmap_values[0, 2], t2v.distance(expert_index.embedding(top[0]), expert_index.embedding(top[1]),
-                                                  kind="symmetric"), atol=1e-6)
+        result.heatmap_values[0, 2],
+        t2v.distance(expert_index.embedding(top[0]), expert_index.embedding(top[1]), kind="symmetric"),
+        atol=1e-6,
+    )
     assert "symmetric Task2Vec distance between" in result.status and "from the expert's" not in result.status
     assert result.confidence.resamples == 1 and result.table["rank in resamples"][0] == "not measured"
     assert any("Too few images" in w and "6 image(s)" in w for w in result.confidence.warnings)
@@ -263,7 +272,8 @@ def test_count_examples_caps_the_slider(tmp_path):
     assert finder.count_examples(class_folder_zip(tmp_path / "a.zip", per_class=7), Limits()) == 21
     imgs = animal_images(("bird", "zebra"), 5)
     pd.DataFrame({"image": [{"bytes": d, "path": None} for _, d in imgs], "label": [c for c, _ in imgs]}).to_parquet(
-        tmp_path / "t.parquet")
+        tmp_path / "t.parquet"
+    )
     assert finder.count_examples(tmp_path / "t.parquet", Limits()) == 10
     assert finder.count_examples(tmp_path / "nothing.zip", Limits()) is None
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
@@ -490,8 +500,14 @@ def test_encrypted_duplicate_and_broken_zips(tmp_path):
 
 
 def test_non_image_files_are_ignored_and_listed(tmp_path):
-    entries = {**_good_entries(), "README.txt": b"hello", "cat/run.sh": b"rm -rf /", "__MACOSX/._x": b"",
-               "dog/.DS_Store": b"", "inner.zip": b"PK"}
+    entries = {
+        **_good_entries(),
+        "README.txt": b"hello",
+        "cat/run.sh": b"rm -rf /",
+        "__MACOSX/._x": b"",
+        "dog/.DS_Store": b"",
+        "inner.zip": b"PK",
+    }
     prepared = finder.task_from_upload(write_zip(tmp_path / "mixed.zip", entries), tmp_path / "w", Limits())
     assert prepared.task.label_names == ["cat", "dog"] and len(prepared.task) == 6
     note = next(n for n in prepared.notes if n.startswith("Ignored"))
@@ -527,8 +543,12 @@ def test_corrupt_and_oversized_images(tmp_path):
     good = _good_entries(3)
     cat_png = next(iter(good.values()))
     big = png_bytes(np.zeros((300, 300), np.uint8))
-    entries = {**good, "cat/truncated.png": cat_png[: len(cat_png) // 2], "dog/text.png": b"not an image at all",
-               "dog/huge.png": big}
+    entries = {
+        **good,
+        "cat/truncated.png": cat_png[: len(cat_png) // 2],
+        "dog/text.png": b"not an image at all",
+        "dog/huge.png": big,
+    }
     prepared = finder.task_from_upload(
         write_zip(tmp_path / "c.zip", entries), tmp_path / "w", Limits(max_image_pixels=50_000)
     )
@@ -540,8 +560,9 @@ def test_corrupt_and_oversized_images(tmp_path):
     with pytest.raises(InputError, match="single class.*after leaving out unreadable images"):
         finder.task_from_upload(write_zip(tmp_path / "d.zip", all_bad_dog), tmp_path / "w2", Limits())
     with pytest.raises(InputError, match="none of the 2 images could be read"):
-        finder.task_from_upload(write_zip(tmp_path / "e.zip", {"a/1.png": b"x", "b/2.png": b"y"}), tmp_path / "w3",
-                                Limits())
+        finder.task_from_upload(
+            write_zip(tmp_path / "e.zip", {"a/1.png": b"x", "b/2.png": b"y"}), tmp_path / "w3", Limits()
+        )
 
 
 def test_scratch_dir_is_removed_even_on_errors(tmp_path):
@@ -588,8 +609,9 @@ def test_push_embedding_to_a_hub_dataset_repo(expert_index, hub_server, monkeypa
         finder.push_embedding(emb, "user/my-embeddings", None)  # no credentials at all: the Hub refuses
     msg = finder.push_embedding(emb, "user/my-embeddings", token)
     assert msg.startswith("Pushed embedded/") and "user/my-embeddings" in msg
-    pulled = EmbeddingStore("user/my-embeddings", token=token).pull(EmbeddingStore("user/my-embeddings",
-                                                                                   token=token).keys()[0])
+    pulled = EmbeddingStore("user/my-embeddings", token=token).pull(
+        EmbeddingStore("user/my-embeddings", token=token).keys()[0]
+    )
     np.testing.assert_array_equal(pulled.values, emb.values)
     assert "nothing to push" in finder.push_embedding(emb, "user/my-embeddings", token)
 
@@ -604,8 +626,10 @@ def test_hub_dataset_input(tmp_path, hub_server):
     api = HfApi()
     api.create_repo("user/farm", repo_type="dataset")
     commit = api.upload_file(
-        path_or_fileobj=str(tmp_path / "train.parquet"), path_in_repo="data/train-00000.parquet",
-        repo_id="user/farm", repo_type="dataset",
+        path_or_fileobj=str(tmp_path / "train.parquet"),
+        path_in_repo="data/train-00000.parquet",
+        repo_id="user/farm",
+        repo_type="dataset",
     )
     prepared = finder.task_from_hub("user/farm", Limits(), split="train", max_samples=10)
     task = prepared.task
@@ -616,8 +640,12 @@ def test_hub_dataset_input(tmp_path, hub_server):
     # a private dataset: readable with the visitor's token, never with no token (token=False), even
     # when the server process itself holds a token (HF_TOKEN, e.g. a Space secret)
     api.create_repo("user/private-farm", repo_type="dataset", private=True)
-    api.upload_file(path_or_fileobj=str(tmp_path / "train.parquet"), path_in_repo="data/train-00000.parquet",
-                    repo_id="user/private-farm", repo_type="dataset")
+    api.upload_file(
+        path_or_fileobj=str(tmp_path / "train.parquet"),
+        path_in_repo="data/train-00000.parquet",
+        repo_id="user/private-farm",
+        repo_type="dataset",
+    )
     assert os.environ.get("HF_TOKEN")
     with pytest.raises(InputError, match="no dataset 'user/private-farm'.*private"):
         finder.task_from_hub("user/private-farm", Limits(), token=False)
@@ -662,9 +690,20 @@ def test_errors_stay_in_the_status_and_keep_the_last_result(expert_index, tmp_pa
     demo = space_app.build_app(expert_index, examples_dir=tmp_path / "ex")
     find = _app_fn(demo, "find")
     good = class_folder_zip(tmp_path / "good.zip", per_class=6)
-    args = dict(hub_id="", hub_split="train", hub_config="", mode="upload", image_col="", label_col="",
-                max_samples=MAX_SAMPLES, k=3, metric="asymmetric", projection="mds", token_text="",
-                progress=lambda *a, **k: None)
+    args = dict(
+        hub_id="",
+        hub_split="train",
+        hub_config="",
+        mode="upload",
+        image_col="",
+        label_col="",
+        max_samples=MAX_SAMPLES,
+        k=3,
+        metric="asymmetric",
+        projection="mds",
+        token_text="",
+        progress=lambda *a, **k: None,
+    )
     out = find(str(good), last_good=None, **args)
     status, last = out[0], out[6]
     assert "Best expert" in status and last == status
@@ -710,7 +749,11 @@ def test_offline_hub_wording(expert_index, tmp_path):
     env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_TOKEN": "", "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [sys.executable, "-c", _OFFLINE_SCRIPT, str(SPACE_DIR), str(tmp_path / "idx"), str(tmp_path / "ex")],
-        env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])

@@ -68,8 +68,13 @@ def app_url(tmp_path_factory):
 
     demo = space_app.build_app(ten_expert_index(), examples_dir=tmp_path_factory.mktemp("examples"))
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **{**space_app.launch_options(), "max_file_size": 20 * 2**20})
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        **{**space_app.launch_options(), "max_file_size": 20 * 2**20},
+    )
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

@@ -214,17 +214,30 @@ def build_app(
                         raise InputError("type a Hub dataset id (user/name), or switch to the Upload tab")
                     progress(0.05, desc="Reading the Hub dataset")
                     prepared = finder.task_from_hub(
-                        _text(hub_id), limits, split=_text(hub_split) or "train", config=_text(hub_config) or None,
-                        token=_token(token_text, oauth_token), max_samples=int(max_samples), **kw,
+                        _text(hub_id),
+                        limits,
+                        split=_text(hub_split) or "train",
+                        config=_text(hub_config) or None,
+                        token=_token(token_text, oauth_token),
+                        max_samples=int(max_samples),
+                        **kw,
                     )
                 else:
                     if not upload:
-                        raise InputError("upload a .zip of class folders (or a .csv / .parquet) first, or click an "
-                                         "example")
+                        raise InputError(
+                            "upload a .zip of class folders (or a .csv / .parquet) first, or click an example"
+                        )
                     prepared = finder.task_from_upload(upload, work, limits, **kw)
                 result = finder.search(
-                    prepared, index_for(prepared.task), outdir, max_samples=int(max_samples), k=int(k), metric=metric,
-                    projection=projection, limits=limits, on_step=lambda f, t: progress(f, desc=t),
+                    prepared,
+                    index_for(prepared.task),
+                    outdir,
+                    max_samples=int(max_samples),
+                    k=int(k),
+                    metric=metric,
+                    projection=projection,
+                    limits=limits,
+                    on_step=lambda f, t: progress(f, desc=t),
                 )
         except Exception as exc:
             if not isinstance(exc, InputError) and not finder.hub_unreachable(exc):
@@ -265,7 +278,8 @@ def build_app(
             return gr.Slider(maximum=limits.max_samples, value=default_samples, info=helps.get("max_samples"))
         top = max(2, min(n, limits.max_samples))
         return gr.Slider(
-            maximum=top, value=min(default_samples, top),
+            maximum=top,
+            value=min(default_samples, top),
             info=f"{helps.get('max_samples', '')} Your upload holds {n} images.",
         )
 
@@ -273,8 +287,9 @@ def build_app(
         gr.Markdown(INTRO)
         gr.Markdown(f"**Expert index:** {index_line}", elem_id="index-line")
         if text_opts:
-            gr.Markdown(TEXT_INTRO + f"\n**Text expert index:** {finder.describe_index(text_index)}",
-                        elem_id="text-index-line")
+            gr.Markdown(
+                TEXT_INTRO + f"\n**Text expert index:** {finder.describe_index(text_index)}", elem_id="text-index-line"
+            )
         mode = gr.State("upload")
         emb_state = gr.State(None)
         last_good = gr.State(None)
@@ -289,8 +304,12 @@ def build_app(
                             elem_id="upload",
                         )
                     with gr.Tab("Hub dataset", id="hub") as tab_hub:
-                        hub_id = gr.Textbox(label="Dataset id", placeholder="user/name", elem_id="hub-id",
-                                            info="A dataset on the Hugging Face Hub with an image and a label column.")
+                        hub_id = gr.Textbox(
+                            label="Dataset id",
+                            placeholder="user/name",
+                            elem_id="hub-id",
+                            info="A dataset on the Hugging Face Hub with an image and a label column.",
+                        )
                         with gr.Row():
                             hub_split = gr.Textbox(label="Split", value="train")
                             hub_config = gr.Textbox(label="Config (optional)")
@@ -306,26 +325,53 @@ def build_app(
                         f"estimator `{opts.get('method', '?')}` · image size {opts.get('image_size') or 'default'}."
                         f"\n\n- **probe**: {helps.get('probe', '')}\n- **estimator**: {helps.get('method', '')}"
                         f"\n- **image size**: {helps.get('image_size', '')}"
-                        + (f"\n\nText tasks: probe `{text_opts.get('probe')}` · estimator `{text_opts.get('method')}` "
-                           "(fixed by the text index)." if text_opts else ""),
+                        + (
+                            f"\n\nText tasks: probe `{text_opts.get('probe')}` · estimator `{text_opts.get('method')}` "
+                            "(fixed by the text index)."
+                            if text_opts
+                            else ""
+                        ),
                         elem_id="fixed-settings",
                     )
                     max_samples = gr.Slider(
-                        2, limits.max_samples, value=default_samples, step=1, label="max images",
-                        info=helps.get("max_samples"), elem_id="max-samples",
+                        2,
+                        limits.max_samples,
+                        value=default_samples,
+                        step=1,
+                        label="max images",
+                        info=helps.get("max_samples"),
+                        elem_id="max-samples",
                     )
-                    k = gr.Slider(1, max(2, n_experts), value=min(5, n_experts), step=1, label="experts to show",
-                                  info=helps.get("k"), elem_id="k")
-                    metric = gr.Radio(opts.get("metrics", ["asymmetric"]), value="asymmetric", label="ranking distance",
-                                      info=helps.get("metric"))
-                    projection = gr.Radio(list(finder.PROJECTIONS), value="mds", label="task map",
-                                          info=helps.get("projection"))
+                    k = gr.Slider(
+                        1,
+                        max(2, n_experts),
+                        value=min(5, n_experts),
+                        step=1,
+                        label="experts to show",
+                        info=helps.get("k"),
+                        elem_id="k",
+                    )
+                    metric = gr.Radio(
+                        opts.get("metrics", ["asymmetric"]),
+                        value="asymmetric",
+                        label="ranking distance",
+                        info=helps.get("metric"),
+                    )
+                    projection = gr.Radio(
+                        list(finder.PROJECTIONS), value="mds", label="task map", info=helps.get("projection")
+                    )
                     with gr.Row():
-                        image_col = gr.Textbox(label="image column", placeholder="auto",
-                                               info="For a table: the column with the images (found if usual), "
-                                               "or with the texts of a text task.")
-                        label_col = gr.Textbox(label="label column", placeholder="auto",
-                                               info="For a table: the column with the class labels.")
+                        image_col = gr.Textbox(
+                            label="image column",
+                            placeholder="auto",
+                            info="For a table: the column with the images (found if usual), "
+                            "or with the texts of a text task.",
+                        )
+                        label_col = gr.Textbox(
+                            label="label column",
+                            placeholder="auto",
+                            info="For a table: the column with the class labels.",
+                        )
                 run = gr.Button("Find experts", variant="primary", elem_id="find")
             with gr.Column(scale=3, min_width=320):
                 status = gr.Markdown(START_STATUS, elem_id="status")
@@ -343,8 +389,11 @@ def build_app(
                     )
                     task_map = gr.Plot(label="Your task among the experts' tasks", elem_id="task-map")
                     heatmap = gr.Plot(label="Distances used for the ranking", elem_id="heatmap")
-                    emb_file = gr.File(label="Your task embedding (.safetensors; hf_task2vec.TaskEmbedding.load)",
-                                       interactive=False, elem_id="embedding")
+                    emb_file = gr.File(
+                        label="Your task embedding (.safetensors; hf_task2vec.TaskEmbedding.load)",
+                        interactive=False,
+                        elem_id="embedding",
+                    )
                     with gr.Accordion("Share the embedding on the Hub", open=False):
                         if os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"):
                             gr.LoginButton()
@@ -367,14 +416,29 @@ def build_app(
         tab_upload.select(lambda: "upload", None, mode)
         tab_hub.select(lambda: "hub", None, mode)
         upload.change(on_upload, upload, max_samples, queue=False, show_progress="hidden")
-        inputs = [upload, hub_id, hub_split, hub_config, mode, image_col, label_col, max_samples, k, metric,
-                  projection, token, last_good]
+        inputs = [
+            upload,
+            hub_id,
+            hub_split,
+            hub_config,
+            mode,
+            image_col,
+            label_col,
+            max_samples,
+            k,
+            metric,
+            projection,
+            token,
+            last_good,
+        ]
         outputs = [status, table, task_map, heatmap, emb_file, emb_state, last_good, results]
         run.click(find, inputs, outputs, concurrency_id="search", show_progress_on=[status])
         for button, path in example_buttons:
             button.click(
                 lambda p=str(path): (p, "upload", gr.Tabs(selected="upload"), on_upload(p)),
-                None, [upload, mode, tabs, max_samples], queue=False,
+                None,
+                [upload, mode, tabs, max_samples],
+                queue=False,
             ).then(find, inputs, outputs, concurrency_id="search", show_progress_on=[status])
         push_btn.click(push, [emb_state, repo, token], push_status, concurrency_id="search")
     demo.queue(default_concurrency_limit=1, max_size=int(os.environ.get("T2V_SPACE_QUEUE_SIZE", "16")))
@@ -388,8 +452,9 @@ def warm_up(index: Any) -> threading.Thread | None:
         s = finder.index_settings(index)
     except Exception:
         return None
-    thread = threading.Thread(target=finder.get_probe, args=(s["probe"], s.get("image_size", "")), daemon=True,
-                              name="probe-warm-up")
+    thread = threading.Thread(
+        target=finder.get_probe, args=(s["probe"], s.get("image_size", "")), daemon=True, name="probe-warm-up"
+    )
     thread.start()
     return thread
 
@@ -402,8 +467,7 @@ def main() -> None:
     except Exception:
         index = None
     text_index = _text_index_or_none()
-    demo = (build_app(index, text_index=text_index, limits=limits) if index is not None
-            else build_app(limits=limits))
+    demo = build_app(index, text_index=text_index, limits=limits) if index is not None else build_app(limits=limits)
     if index is not None:
         warm_up(index)
     demo.launch(

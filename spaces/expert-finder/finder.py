@@ -359,8 +359,9 @@ def _copy_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budge
     except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError, ValueError) as exc:
         target.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise InputError("the server ran out of disk space while unpacking the zip; try again later with "
-                             "fewer images") from exc
+            raise InputError(
+                "the server ran out of disk space while unpacking the zip; try again later with fewer images"
+            ) from exc
         raise InputError(
             f"the zip entry {_short(info.filename)} is damaged ({_public(exc, target.parent)}); create the zip again"
         ) from exc
@@ -682,6 +683,7 @@ def _looks_like_images(values: Sequence[Any], probe_rows: int = 16) -> bool:
             return True
         text = str(v).strip().lower()
         return text.startswith("data:image/") or PurePosixPath(text).suffix in IMAGE_EXTENSIONS
+
     return bool(cells) and all(image_like(v) for v in cells)
 
 
@@ -698,7 +700,13 @@ def is_text_table(df: Any, image_column: str | None = None, label_column: str | 
 
 
 def _text_task_from_table(
-    df: Any, *, name: str, source: str, text_column: str | None, label_column: str | None, label: str,
+    df: Any,
+    *,
+    name: str,
+    source: str,
+    text_column: str | None,
+    label_column: str | None,
+    label: str,
     limits: Limits,
 ) -> PreparedTask:
     """A text task from a table: the label column picked as for images, the text column (or a text
@@ -736,11 +744,15 @@ def _text_task_from_table(
         )
     if len(names) > limits.max_classes:
         raise InputError(f"{len(names)} classes; this Space takes at most {limits.max_classes}")
-    features = datasets.Features({
-        **{c: datasets.Value("string") for c in data}, lab_col: datasets.ClassLabel(names=names),
-    })
+    features = datasets.Features(
+        {
+            **{c: datasets.Value("string") for c in data},
+            lab_col: datasets.ClassLabel(names=names),
+        }
+    )
     ds = datasets.Dataset.from_dict(
-        {**data, lab_col: [names.index(lab) for lab in labels]}, features=features,
+        {**data, lab_col: [names.index(lab) for lab in labels]},
+        features=features,
         info=datasets.DatasetInfo(dataset_name=source, features=features),
     )
     notes: list[str] = []
@@ -779,14 +791,23 @@ def task_from_table(
     df = _read_table(p, limits)
     if len(df) and is_text_table(df, image_column, label_column):
         return _text_task_from_table(
-            df, name=safe_task_name(name or p.stem), source=f"upload:{safe_task_name(p.name, 'upload')}",
-            text_column=image_column, label_column=label_column, label=p.name, limits=limits,
+            df,
+            name=safe_task_name(name or p.stem),
+            source=f"upload:{safe_task_name(p.name, 'upload')}",
+            text_column=image_column,
+            label_column=label_column,
+            label=p.name,
+            limits=limits,
         )
-    records = _records_from_table(p, limits, base=None, image_column=image_column, label_column=label_column,
-                                  label=p.name, df=df)
+    records = _records_from_table(
+        p, limits, base=None, image_column=image_column, label_column=label_column, label=p.name, df=df
+    )
     return _task_from_records(
-        records, name=safe_task_name(name or p.stem), source=f"upload:{safe_task_name(p.name, 'upload')}",
-        notes=[], limits=limits
+        records,
+        name=safe_task_name(name or p.stem),
+        source=f"upload:{safe_task_name(p.name, 'upload')}",
+        notes=[],
+        limits=limits,
     )
 
 
@@ -858,8 +879,10 @@ def task_from_hub(
     sha = loaded.revision or ""
     if loaded.is_text:  # a text dataset: the streamed, class-balanced prefix is the task (tokenised by the probe)
         rows = stats.get("rows_read", len(loaded))
-        notes = [f"Streamed {rows} rows of {html.escape(repo_id)} ({html.escape(split)}) at {sha[:8]}: a text task "
-                 f"(column {html.escape(loaded.input_column)})"]
+        notes = [
+            f"Streamed {rows} rows of {html.escape(repo_id)} ({html.escape(split)}) at {sha[:8]}: a text task "
+            f"(column {html.escape(loaded.input_column)})"
+        ]
         if loaded.num_classes < 2:
             raise InputError(f"{repo_id!r} ({split}) gave a single class: a task needs at least two classes")
         loaded.name = safe_task_name(name or repo_id.split("/")[-1])
@@ -873,8 +896,10 @@ def task_from_hub(
         records.append((bytes(value["bytes"]), loaded.label_names[int(loaded.labels[i])]))
     stats = loaded.stream_stats or {}
     sha = loaded.revision or ""
-    notes = [f"Streamed {stats.get('rows_read', len(records))} rows of {html.escape(repo_id)} ({html.escape(split)}) "
-             f"at {sha[:8]}"]
+    notes = [
+        f"Streamed {stats.get('rows_read', len(records))} rows of {html.escape(repo_id)} ({html.escape(split)}) "
+        f"at {sha[:8]}"
+    ]
     if not stats.get("exhausted", True) and int(stats.get("rows_read", 0)) >= limits.max_hub_rows:
         notes.append(
             f"Stopped after {limits.max_hub_rows} rows before every class had its share; shuffle the dataset "
@@ -1079,12 +1104,14 @@ def expert_table(index: Any) -> Any:
     rows = []
     for row in index.rows():
         classes = row.get("classes")
-        rows.append({
-            "expert": expert_link(row["model_id"], row),
-            "training task": str(row.get("task") or ""),
-            "classes": ", ".join(str(c) for c in classes) if isinstance(classes, list) else "",
-            "data": str(row.get("dataset") or row.get("source") or "").removeprefix("offline:"),
-        })
+        rows.append(
+            {
+                "expert": expert_link(row["model_id"], row),
+                "training task": str(row.get("task") or ""),
+                "classes": ", ".join(str(c) for c in classes) if isinstance(classes, list) else "",
+                "data": str(row.get("dataset") or row.get("source") or "").removeprefix("offline:"),
+            }
+        )
     return pd.DataFrame(rows, columns=["expert", "training task", "classes", "data"])
 
 
@@ -1104,8 +1131,14 @@ def count_examples(path: str | os.PathLike[str] | None, limits: Limits) -> int |
             parts = [PurePosixPath(n).parts for n in names]
             if any(PurePosixPath(n).name.lower() in METADATA_NAMES for n in names):
                 return None  # a table decides which files count
-            return sum(1 for pp in parts if pp and not _is_hidden(pp) and PurePosixPath(pp[-1]).suffix.lower()
-                       in IMAGE_EXTENSIONS) or None
+            return (
+                sum(
+                    1
+                    for pp in parts
+                    if pp and not _is_hidden(pp) and PurePosixPath(pp[-1]).suffix.lower() in IMAGE_EXTENSIONS
+                )
+                or None
+            )
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -1117,8 +1150,9 @@ def count_examples(path: str | os.PathLike[str] | None, limits: Limits) -> int |
         return None
 
 
-def _status(prepared: PreparedTask, emb: Any, records: list[Any], conf: Any, metric: str, seconds: float,
-            notes: Sequence[str]) -> str:
+def _status(
+    prepared: PreparedTask, emb: Any, records: list[Any], conf: Any, metric: str, seconds: float, notes: Sequence[str]
+) -> str:
     from ranking import score_meaning
 
     best = records[0].model_id if records else "none"
@@ -1186,7 +1220,8 @@ def search(
     ]
     if wrong:
         raise InputError(
-            "the experts were embedded with another setting: " + "; ".join(wrong)
+            "the experts were embedded with another setting: "
+            + "; ".join(wrong)
             + ". Embeddings made differently cannot be compared: choose the index's probe and estimator."
         )
     task_modality = "text" if getattr(prepared.task, "is_text", False) else "image"
@@ -1219,10 +1254,16 @@ def search(
         records = list(index.select(emb, k=int(k), metric=metric))
         shown = np.asarray(index.distances(emb, metric), np.float64)
         extra = ranking.resample_scores(
-            prepared.task, make_embedder, lambda e: index.distances(e, metric), max_samples=int(max_samples),
-            base_seed=int(getattr(embedder, "seed", 0)), resamples=n_emb - 1,
-            on_step=lambda r: step(0.2 + 0.6 * r / n_emb, f"Resampling your {unit(prepared.task)} to see how sure "
-                                   f"the ranking is ({r + 1} of {n_emb})"),
+            prepared.task,
+            make_embedder,
+            lambda e: index.distances(e, metric),
+            max_samples=int(max_samples),
+            base_seed=int(getattr(embedder, "seed", 0)),
+            resamples=n_emb - 1,
+            on_step=lambda r: step(
+                0.2 + 0.6 * r / n_emb,
+                f"Resampling your {unit(prepared.task)} to see how sure the ranking is ({r + 1} of {n_emb})",
+            ),
         )
     except IncompatibleEmbeddingsError as exc:
         raise InputError(str(exc)) from exc
@@ -1233,13 +1274,15 @@ def search(
     pos = {mid: i for i, mid in enumerate(index.model_ids)}
     rows = []
     for r in records:
-        rows.append({
-            "rank": r.rank,
-            "expert": expert_link(r.model_id, dict(r.info)),
-            "score": ranking.fmt(r.score),
-            "rank in resamples": conf.label(pos[r.model_id]),
-            "trained on": _trained_on(dict(r.info)),
-        })
+        rows.append(
+            {
+                "rank": r.rank,
+                "expert": expert_link(r.model_id, dict(r.info)),
+                "score": ranking.fmt(r.score),
+                "rank in resamples": conf.label(pos[r.model_id]),
+                "trained on": _trained_on(dict(r.info)),
+            }
+        )
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     step(0.85, "Drawing the figures")
     out = Path(outdir)
@@ -1291,11 +1334,24 @@ def classical_mds(d: np.ndarray, dims: int = 2) -> tuple[np.ndarray, float]:
 
 # -- pushing -------------------------------------------------------------------------------------------
 HUB_UNREACHABLE = "the Hub cannot be reached from this server"
-_TRANSPORT_NAMES = frozenset({
-    "ConnectError", "ConnectTimeout", "ReadTimeout", "TimeoutException", "NetworkError", "ConnectionError",
-    "NewConnectionError", "MaxRetryError", "OfflineModeIsEnabled", "RemoteProtocolError", "ProxyError",
-    "gaierror", "ConnectionRefusedError", "ConnectionResetError",
-})
+_TRANSPORT_NAMES = frozenset(
+    {
+        "ConnectError",
+        "ConnectTimeout",
+        "ReadTimeout",
+        "TimeoutException",
+        "NetworkError",
+        "ConnectionError",
+        "NewConnectionError",
+        "MaxRetryError",
+        "OfflineModeIsEnabled",
+        "RemoteProtocolError",
+        "ProxyError",
+        "gaierror",
+        "ConnectionRefusedError",
+        "ConnectionResetError",
+    }
+)
 
 
 def hub_unreachable(exc: BaseException | None) -> bool:
