@@ -62,6 +62,30 @@ def expert_index() -> ExpertIndex:
     return build_expert_index()
 
 
+# How the experts of `build_rerank_index` are built for the re-ranking: three real offline ImageNet backbones,
+# and one checkpoint under benchmarks/cache/ (where the benchmark's experts live) that is not there.
+MISSING_CHECKPOINT = "benchmarks/cache/test-space/no-such-digits-expert.safetensors"
+RERANK_WEIGHTS = {
+    "test-experts/lite0-animal-quadrupeds": {"load_probe": "embedded"},
+    "test-experts/lite0-animal-wild": {"load_probe": "embedded-mobilenetv2"},
+    "test-experts/lite0-fashion-shoes": {"load_probe": "embedded-lite1"},
+    "test-experts/lite0-digits": {"checkpoint": MISSING_CHECKPOINT, "sha256": "0" * 64},
+}
+
+
+@functools.lru_cache(maxsize=1)
+def build_rerank_index() -> ExpertIndex:
+    """The experts of `build_expert_index` (same embeddings) with the ``weights`` two-stage selection
+    loads them from (`RERANK_WEIGHTS`); the digits expert cannot be loaded."""
+    from hf_task2vec.rerank import expert_weights
+
+    base = build_expert_index()
+    index = ExpertIndex()
+    for mid in base.model_ids:
+        index.add(mid, base.embedding(mid), **base.info(mid), weights=expert_weights(**RERANK_WEIGHTS[mid]))
+    return index
+
+
 def png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
@@ -173,6 +197,109 @@ def test_symmetric_ranking_uses_its_metric_everywhere(tmp_path, expert_index):
     assert any("Too few images" in w and "6 image(s)" in w for w in result.confidence.warnings)
     z = result.heatmap_figure.data[0].z
     assert np.isnan(z[0][1]) and np.isnan(z[1][2]), "an expert against its own task is left blank"
+
+
+# -- re-ranking the Task2Vec shortlist ------------------------------------------------------------------
+def test_rerank_orders_by_the_score_shows_both_stages_and_lists_the_skipped_expert(tmp_path):
+    import app as space_app
+
+    from hf_task2vec import load_probe
+    from hf_task2vec.transferability import logme
+
+    index = build_rerank_index()
+    prepared = finder.task_from_upload(class_folder_zip(tmp_path / "a.zip", per_class=12), tmp_path / "w", Limits())
+    task = prepared.task  # 36 real Animal-MNIST test images (cat, dog, horse)
+    result = finder.search(
+        prepared, index, tmp_path / "o", max_samples=MAX_SAMPLES, k=4, rerank="logme", shortlist=4, resamples=1
+    )
+    table = result.table
+    assert tuple(table.columns) == finder.RERANK_TABLE_COLUMNS
+    assert len(space_app.table_layout(table)["column_widths"]) == len(table.columns)
+    # stage 1: the Task2Vec shortlist (every expert), ranks and distances as a plain search shows them
+    stage1 = {m.model_id: m for m in index.select(result.embedding, k=4)}
+    # stage 2: LogME of each loadable expert's features on the task's images, computed here independently
+    labels = task.labels
+    expected = {}
+    for mid, weights in RERANK_WEIGHTS.items():
+        if "load_probe" in weights:
+            probe = load_probe(weights["load_probe"], image_size=IMAGE_SIZE)
+            feats = probe.features(task.get_inputs(np.arange(len(task)), probe.transform())).detach().double().numpy()
+            expected[mid] = logme(feats, labels)
+    order = sorted(expected, key=lambda m: -expected[m])
+    assert [r.model_id for r in result.records] == order  # the table's order is the re-rank scores' order
+    assert table["rank"].tolist() == [1, 2, 3]
+    np.testing.assert_allclose([r.rerank_score for r in result.records], [expected[m] for m in order], rtol=1e-6)
+    assert table["re-rank score"].tolist() == [f"{expected[m]:.3f}" for m in order]
+    assert table["Task2Vec rank"].tolist() == [stage1[m].rank for m in order]
+    assert table["distance"].tolist() == [f"{stage1[m].score:.3f}" for m in order]
+    # the expert whose checkpoint is missing is listed as skipped, with the fix, and is not in the table
+    hint = "checkpoint not found: run `python benchmarks/model_selection.py` to build it"
+    assert result.skipped == {"test-experts/lite0-digits": hint}
+    assert "test-experts/lite0-digits" not in set(table["expert"])
+    assert f"Skipped **test-experts/lite0-digits**: {hint}" in result.status
+    # the cost: 3 forward passes (the shortlist of 4 less the skipped one) of the 4 an all-experts peer needs
+    cost = result.selection.cost
+    assert (cost.forward_passes, cost.examples, cost.experts_in_index) == (3, 36, 4)
+    assert "3 expert forward passes over 36 images" in result.status and "(75% of the forward passes" in result.status
+    assert "by **logme**" in result.status and "cost: 3 expert forward passes" in result.table_label
+    assert f"**Best expert: {order[0]}** (re-ranked by logme, higher is better" in result.status
+    assert [m.model_id for m in result.selection.shortlist] == list(stage1)
+
+
+def test_rerank_off_keeps_the_task2vec_ranking_and_nothing_loadable_falls_back(tmp_path):
+    index = build_rerank_index()
+    prepared = finder.task_from_upload(class_folder_zip(tmp_path / "a.zip", per_class=8), tmp_path / "w", Limits())
+    kw = dict(max_samples=MAX_SAMPLES, k=3, resamples=1)
+    plain = finder.search(prepared, index, tmp_path / "o1", **kw)
+    off = finder.search(prepared, index, tmp_path / "o2", rerank="off", shortlist=2, **kw)
+    want = [m.model_id for m in index.select(plain.embedding, k=3)]
+    for result in (plain, off):  # the old behaviour: the Task2Vec table, no re-ranking, nothing skipped
+        assert tuple(result.table.columns) == finder.TABLE_COLUMNS and result.table_label == finder.TABLE_LABEL
+        assert [r.model_id for r in result.records] == want
+        assert result.rerank is None and result.selection is None and result.skipped == {}
+        assert "Re-rank" not in result.status and "Skipped" not in result.status
+    assert off.table.equals(plain.table)
+    # leep needs a source classifier, which none of the loadable experts records: nothing can be re-ranked,
+    # so the page says so, lists every skipped expert and shows the Task2Vec ranking
+    none = finder.search(prepared, index, tmp_path / "o3", rerank="leep", shortlist=4, **kw)
+    assert tuple(none.table.columns) == finder.TABLE_COLUMNS and [r.model_id for r in none.records] == want
+    assert none.selection is None and none.rerank == "leep"
+    assert "Re-ranking by leep was not possible:** none of the 4 shortlisted experts could be loaded" in none.status
+    assert set(none.skipped) == set(RERANK_WEIGHTS)
+    assert none.skipped["test-experts/lite0-animal-wild"].startswith("leep needs the expert's source classifier")
+    assert none.skipped["test-experts/lite0-digits"].startswith("checkpoint not found")
+    assert none.status.count("- Skipped **") == 4 and "Traceback" not in none.status
+    assert "**Best expert: " + want[0] in none.status and "score = asymmetric" in none.status
+
+
+def test_skip_reasons_and_the_default_index_checkpoints(expert_index):
+    from hf_task2vec.rerank import load_expert
+
+    assert finder.rerank_scores()[:3] == ["logme", "leep", "nce"] and "sfda" in finder.rerank_scores()
+    assert finder.index_options(expert_index)["reranks"] == ["off", *finder.rerank_scores()]
+    reason = finder.skip_reason("expert 'x': checkpoint '/srv/app/models/x.safetensors' not found")
+    assert reason == "checkpoint not found on this server"
+    assert "sha256 differs" in finder.skip_reason(
+        "expert 'x': checkpoint 'a.pt' has sha256 1234..., the index records 5678...: the file changed since it was "
+        "indexed"
+    )
+    assert (
+        finder.skip_reason("expert 'x' records no weights: add them ...") == "the index does not record how to load it"
+    )
+    assert "/srv" not in finder.skip_reason("expert 'x': load_probe('y') failed: no file /srv/app/cache/y.bin")
+    # the Space's default index records the benchmark's checkpoints relative to the repository root, under
+    # benchmarks/cache/ (git-ignored): where they were built the first one loads, on a fresh clone it is skipped
+    default = finder.load_expert_index(finder.default_index_paths()[-1])
+    mid = next(m for m in default.model_ids if "checkpoint" in default.info(m).get("weights", {}))
+    info = default.info(mid)
+    path = finder.expert_root() / info["weights"]["checkpoint"]
+    if path.is_file():
+        expert = load_expert(mid, info, root=finder.expert_root())
+        assert expert.head_weight is not None and expert.origin.startswith("checkpoint:")
+    else:
+        with pytest.raises(t2v.Task2VecError) as err:
+            load_expert(mid, info, root=finder.expert_root())
+        assert finder.skip_reason(str(err.value)).startswith("checkpoint not found: run `python benchmarks/")
 
 
 def test_confidence_is_judged_on_ranks_not_on_a_shared_shift():

@@ -6,7 +6,8 @@ Space sets 0.0.0.0), ``T2V_EXPERT_INDEX_REPO`` (a Hub dataset repo holding the e
 index folder; default: ``./expert_index`` beside this file, else the local index of the
 model-selection benchmark), ``T2V_TEXT_EXPERT_INDEX_REPO`` (the same for the text expert index that ranks
 text tasks; default ``./text_expert_index``, else ``benchmarks/results/text_expert_index``),
-``T2V_SPACE_QUEUE_SIZE`` (waiting requests, default 16),
+``T2V_SPACE_QUEUE_SIZE`` (waiting requests, default 16), ``T2V_EXPERT_ROOT`` (the folder relative expert
+checkpoints are resolved against when the shortlist is re-ranked; default: the repository root),
 ``T2V_SPACE_EXAMPLES_DIR`` (where the example zips are written) and ``T2V_SPACE_MAX_*`` limits (see
 `finder.Limits`).
 
@@ -44,7 +45,8 @@ INTRO = """
 **Which pretrained model should I fine-tune for my images?** Give a small labeled image dataset; the
 page ranks the pretrained **experts** below by how close the task each one was trained on is to
 yours. The closest should transfer best (Achille et al., *Task2Vec*, ICCV 2019). Your images are read
-once by a fixed *probe* network; no expert is run on your data.
+once by a fixed *probe* network; no expert is run on your data, unless you choose to re-rank the shortlist
+(Options).
 
 **Try it**: click an example, or upload a `.zip` with one folder per class (`cat/001.png`,
 `dog/002.png`, ...), a zip with a `metadata.csv` (`file_name`, `label`), a `.parquet` / `.csv` holding
@@ -68,6 +70,24 @@ CSS = """
 #task-map, #heatmap { overflow-x: auto; }
 #task-map .js-plotly-plot, #heatmap .js-plotly-plot { min-width: 600px; }
 """
+
+
+# the result table's column types and widths (px: a phone scrolls the table sideways), Task2Vec ranking or re-ranked
+TABLE_LAYOUTS = {
+    finder.TABLE_COLUMNS: {
+        "datatype": ["number", "markdown", "str", "str", "str"],
+        "column_widths": ["56px", "220px", "70px", "130px", "240px"],
+    },
+    finder.RERANK_TABLE_COLUMNS: {
+        "datatype": ["number", "markdown", "str", "number", "str", "str", "str"],
+        "column_widths": ["56px", "220px", "90px", "80px", "80px", "130px", "240px"],
+    },
+}
+
+
+def table_layout(table: Any) -> dict[str, list[str]]:
+    """The `TABLE_LAYOUTS` entry of a result table (by its columns)."""
+    return TABLE_LAYOUTS[tuple(table.columns)]
 
 
 def _text(value: Any) -> str:
@@ -198,6 +218,8 @@ def build_app(
         projection: str,
         token_text: str,
         last_good: str | None,
+        rerank: str = finder.RERANK_OFF,
+        shortlist: float = 4,
         oauth_token: gr.OAuthToken | None = None,
         progress: gr.Progress = gr.Progress(),
     ):
@@ -238,6 +260,8 @@ def build_app(
                     projection=projection,
                     limits=limits,
                     on_step=lambda f, t: progress(f, desc=t),
+                    rerank=rerank,
+                    shortlist=int(shortlist),
                 )
         except Exception as exc:
             if not isinstance(exc, InputError) and not finder.hub_unreachable(exc):
@@ -246,7 +270,7 @@ def build_app(
             return error_status(title, message, last_good), keep, keep, keep, keep, keep, keep, keep
         return (
             result.status,
-            gr.Dataframe(result.table, visible=True),
+            gr.Dataframe(result.table, visible=True, label=result.table_label, **table_layout(result.table)),
             result.map_figure,
             result.heatmap_figure,
             str(result.embedding_path),
@@ -360,6 +384,22 @@ def build_app(
                     projection = gr.Radio(
                         list(finder.PROJECTIONS), value="mds", label="task map", info=helps.get("projection")
                     )
+                    rerank = gr.Radio(
+                        opts.get("reranks", [finder.RERANK_OFF]),
+                        value=finder.RERANK_OFF,
+                        label="re-rank the shortlist",
+                        info=helps.get("rerank"),
+                        elem_id="rerank",
+                    )
+                    shortlist = gr.Slider(
+                        1,
+                        max(2, n_experts),
+                        value=int(opts.get("shortlist", 1)),
+                        step=1,
+                        label="shortlist size",
+                        info=helps.get("shortlist"),
+                        elem_id="shortlist",
+                    )
                     with gr.Row():
                         image_col = gr.Textbox(
                             label="image column",
@@ -378,14 +418,12 @@ def build_app(
                 with gr.Column(visible=False) as results:
                     table = gr.Dataframe(
                         headers=list(finder.TABLE_COLUMNS),
-                        datatype=["number", "markdown", "str", "str", "str"],
-                        label="Best experts, lowest score first (rank in resamples: the ranks each expert takes when "
-                        "your images are resampled)",
+                        label=finder.TABLE_LABEL,
                         interactive=False,
                         wrap=True,
                         max_height=2000,
-                        column_widths=["56px", "220px", "70px", "130px", "240px"],
                         elem_id="experts",
+                        **TABLE_LAYOUTS[finder.TABLE_COLUMNS],
                     )
                     task_map = gr.Plot(label="Your task among the experts' tasks", elem_id="task-map")
                     heatmap = gr.Plot(label="Distances used for the ranking", elem_id="heatmap")
@@ -430,6 +468,8 @@ def build_app(
             projection,
             token,
             last_good,
+            rerank,
+            shortlist,
         ]
         outputs = [status, table, task_map, heatmap, emb_file, emb_state, last_good, results]
         run.click(find, inputs, outputs, concurrency_id="search", show_progress_on=[status])

@@ -18,7 +18,10 @@ app shows it with ``gr.Error``.
 The search embeds the task with `hf_task2vec.Task2Vec` (same probe, estimator and image size as the
 expert index), ranks the experts with the index's ``select(embedding, k, metric)``, and draws a 2-D
 map (classical MDS or t-SNE of the symmetric Task2Vec distances) and a distance heatmap of the task
-among the experts' training tasks.
+among the experts' training tasks. With ``rerank`` (a transferability score of
+`hf_task2vec.transferability`), the Task2Vec shortlist of ``shortlist`` experts is re-ranked by one
+forward pass of each over the task's images (`hf_task2vec.rerank`); experts the index cannot load are
+listed as skipped, and when none can be loaded the Task2Vec ranking is shown.
 
 Text: a .csv / .parquet whose input column holds texts (no image column; ``text``, ``sentence``... or
 the one string column next to the label, as `hf_task2vec.load_task` detects) is a text task, ranked
@@ -44,6 +47,7 @@ import stat
 import tempfile
 import threading
 import time
+import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -995,6 +999,10 @@ class SearchResult:
     notes: list[str]
     seconds: float
     status: str = ""
+    rerank: str | None = None  # the re-rank score asked for (None: Task2Vec ranking only)
+    selection: Any = None  # hf_task2vec.rerank.Selection of a re-ranked search
+    skipped: dict[str, str] = field(default_factory=dict)  # expert -> why it could not be re-ranked (page words)
+    table_label: str = ""
 
 
 _PROBES: dict[tuple[str, str], Any] = {}
@@ -1050,6 +1058,58 @@ def _trained_on(info: dict[str, Any], max_classes: int | None = 6) -> str:
 
 
 TABLE_COLUMNS = ("rank", "expert", "score", "rank in resamples", "trained on")
+RERANK_TABLE_COLUMNS = (
+    "rank",
+    "expert",
+    "re-rank score",
+    "Task2Vec rank",
+    "distance",
+    "rank in resamples",
+    "trained on",
+)
+TABLE_LABEL = (
+    "Best experts, lowest score first (rank in resamples: the ranks each expert takes when your images are resampled)"
+)
+RERANK_OFF = "off"
+
+
+def rerank_scores() -> list[str]:
+    """The transferability scores the Task2Vec shortlist can be re-ranked by (`hf_task2vec.rerank`)."""
+    from hf_task2vec.transferability import TRANSFERABILITY_METRICS
+
+    return list(TRANSFERABILITY_METRICS)
+
+
+def expert_root() -> Path:
+    """The folder relative expert checkpoints are resolved against: ``$T2V_EXPERT_ROOT``, else the
+    repository root (the benchmark's index records its checkpoints as ``benchmarks/cache/...``), else
+    the app's folder (a deployed Space)."""
+    if os.environ.get("T2V_EXPERT_ROOT"):
+        return Path(os.environ["T2V_EXPERT_ROOT"])
+    here = Path(__file__).resolve().parent
+    repo = here.parents[1]
+    return repo if (repo / "hf_task2vec").is_dir() else here
+
+
+def skip_reason(reason: str, score: str = "") -> str:
+    """One short line for the page saying why an expert could not be re-ranked (from the library's
+    `hf_task2vec.rerank` reason), with the fix where there is one."""
+    text = re.sub(r"^expert '[^']*': ", "", str(reason))
+    if "checkpoint" in text and text.endswith("not found"):
+        if "benchmarks/cache/" in text:
+            return "checkpoint not found: run `python benchmarks/model_selection.py` to build it"
+        return "checkpoint not found on this server"
+    if "the file changed since it was indexed" in text:
+        return "its checkpoint changed since the index was built (sha256 differs): rebuild the index"
+    if "records no weights" in text or "must be a mapping" in text or "needs 'load_probe' or" in text:
+        return "the index does not record how to load it"
+    if "source classifier" in text:
+        return (
+            f"{score or 'this score'} needs the expert's source classifier, which it lacks: choose logme, sfda or knn"
+        )
+    return _public(Exception(text))
+
+
 METHOD_WORDS = {
     "montecarlo": "Monte Carlo Fisher (labels drawn from the probe's own predictions)",
     "exact": "exact Fisher (the expectation over every label, no sampling)",
@@ -1080,6 +1140,8 @@ def index_options(index: Any, limits: Limits | None = None) -> dict[str, Any]:
         "max_samples": default_samples,
         "metrics": metrics,
         "experts": len(index),
+        "reranks": [RERANK_OFF, *rerank_scores()],
+        "shortlist": min(4, len(index)),
         "help": {
             "probe": f"The network that reads your images. Fixed: the {len(index)} experts were embedded with it.",
             "method": f"How the Fisher information is estimated: {METHOD_WORDS.get(method, method)}. Fixed by the "
@@ -1091,6 +1153,9 @@ def index_options(index: Any, limits: Limits | None = None) -> dict[str, Any]:
             + ("; model2vec: learned from the experts' fine-tuning errors." if "model2vec" in metrics else "."),
             "projection": "How the task map is drawn: MDS keeps distances as faithfully as 2-D allows; t-SNE "
             "keeps only neighbours.",
+            "rerank": "Run the Task2Vec shortlist's experts on your images and re-rank them by this score (higher "
+            "is better): one forward pass per expert. leep and nce need the expert's source classifier.",
+            "shortlist": "How many of the best Task2Vec experts are re-ranked (and run).",
         },
     }
 
@@ -1151,21 +1216,98 @@ def count_examples(path: str | os.PathLike[str] | None, limits: Limits) -> int |
 
 
 def _status(
-    prepared: PreparedTask, emb: Any, records: list[Any], conf: Any, metric: str, seconds: float, notes: Sequence[str]
+    prepared: PreparedTask,
+    emb: Any,
+    records: list[Any],
+    conf: Any,
+    metric: str,
+    seconds: float,
+    notes: Sequence[str],
+    rerank_lines: Sequence[str] = (),
+    task2vec_best: str | None = None,
 ) -> str:
     from ranking import score_meaning
 
     best = records[0].model_id if records else "none"
+    reranked = bool(records) and hasattr(records[0], "rerank_score")
+    if reranked:
+        r = records[0]
+        meaning = f"re-ranked by {r.rerank}, higher is better; Task2Vec rank #{r.stage1_rank}"
+        verdict = "Task2Vec stage: " + conf.verdict(html.escape(task2vec_best or best))
+    else:
+        meaning, verdict = score_meaning(metric), conf.verdict(html.escape(best))
     lines = [
         f"{prepared.summary}",
         f"Embedded with probe `{emb.probe}` and the `{emb.method}` estimator on {emb.meta.get('num_samples')} "
         f"{unit(prepared.task)} (plus {conf.resamples - 1} resamples for the confidence) in {seconds:.1f} s.",
-        f"**Best expert: {html.escape(best)}** ({score_meaning(metric)}).",
-        _for_text(conf.verdict(html.escape(best)), prepared.task),
+        f"**Best expert: {html.escape(best)}** ({meaning}).",
+        *rerank_lines,
+        _for_text(verdict, prepared.task),
     ]
     lines += [f"**Warning:** {_for_text(w, prepared.task)}" for w in conf.warnings]
     lines += [f"- {n}" for n in notes]
     return "\n\n".join(lines)
+
+
+def _rerank(
+    index: Any, emb: Any, task: Any, *, rerank: str, shortlist: int | None, k: int, metric: str, max_examples: int
+) -> tuple[Any, dict[str, str], list[str], str]:
+    """Stage 2: re-rank the Task2Vec shortlist by ``rerank`` (`ExpertIndex.select(..., rerank=...)`).
+    Returns the `Selection` (``None`` when nothing could be re-ranked), the skipped experts in page
+    words, the status lines and the table label. Never raises: the Task2Vec ranking is the fallback."""
+    from hf_task2vec.rerank import ExpertSkippedWarning
+
+    m = max(1, min(len(index), int(shortlist or 4)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExpertSkippedWarning)  # the page lists them instead
+            selection = index.select(
+                emb,
+                k=int(k),
+                metric=metric,
+                rerank=rerank,
+                shortlist=m,
+                examples=task,
+                max_examples=int(max_examples),
+                root=expert_root(),
+            )
+    except Exception as exc:  # a bad score name, an expert that breaks the library: keep the Task2Vec ranking
+        logger.warning("re-ranking by %s failed", rerank, exc_info=True)
+        return (
+            None,
+            {},
+            [
+                f"**Re-ranking by {html.escape(str(rerank))} failed** ({html.escape(_public(exc))}): the "
+                "table shows the Task2Vec ranking."
+            ],
+            TABLE_LABEL,
+        )
+    skipped = {mid: skip_reason(why, selection.rerank) for mid, why in selection.skipped.items()}
+    skip_lines = [f"- Skipped **{html.escape(mid)}**: {html.escape(why)}" for mid, why in skipped.items()]
+    if not selection.reranked:
+        return (
+            None,
+            skipped,
+            [
+                f"**Re-ranking by {selection.rerank} was not possible:** none of the {m} shortlisted experts could be "
+                "loaded, so the table shows the Task2Vec ranking.",
+                "\n".join(skip_lines),
+            ],
+            TABLE_LABEL,
+        )
+    c = selection.cost
+    cost = (
+        f"{c.forward_passes} expert forward passes over {c.examples} {unit(task)}, {c.total_s:.1f} s "
+        f"({c.forward_fraction:.0%} of the forward passes of running all {c.experts_in_index} experts)"
+    )
+    lines = [f"Re-ranked the Task2Vec shortlist of {m} of {len(index)} experts by **{selection.rerank}**: {cost}."]
+    if skip_lines:
+        lines.append("\n".join(skip_lines))
+    label = (
+        f"Best experts by {selection.rerank} (higher is better) among the {m} nearest by Task2Vec "
+        f"(Task2Vec rank, distance: lower is better); cost: {cost}"
+    )
+    return selection, skipped, lines, label
 
 
 def search(
@@ -1183,6 +1325,8 @@ def search(
     progress: bool = False,
     resamples: int | None = None,
     on_step: Any = None,
+    rerank: str | None = None,
+    shortlist: int | None = None,
 ) -> SearchResult:
     """Embed the task like the index's experts, rank the experts, and measure how sure the ranking is.
 
@@ -1200,6 +1344,9 @@ def search(
         resamples: embeddings for the confidence, the shown one included (default `ranking.RESAMPLES`;
             1 = no confidence).
         on_step: ``(fraction, text)`` callback with human progress text.
+        rerank: a score of `rerank_scores` (``None`` / ``"off"``: the Task2Vec ranking only): the
+            ``shortlist`` (default 4) nearest experts are run forward on the task's images (at most
+            ``max_samples``) and re-ranked by it; the table then shows both stages.
     """
     import pandas as pd
     import ranking
@@ -1272,18 +1419,47 @@ def search(
     scores = np.vstack([shown[None], extra]) if extra.size else shown[None]
     conf = ranking.summarize(scores, counts)
     pos = {mid: i for i, mid in enumerate(index.model_ids)}
-    rows = []
-    for r in records:
-        rows.append(
-            {
-                "rank": r.rank,
-                "expert": expert_link(r.model_id, dict(r.info)),
-                "score": ranking.fmt(r.score),
-                "rank in resamples": conf.label(pos[r.model_id]),
-                "trained on": _trained_on(dict(r.info)),
-            }
+    selection, skipped, rerank_lines, label = None, {}, [], TABLE_LABEL
+    task2vec_best = records[0].model_id if records else None
+    if rerank and rerank != RERANK_OFF:
+        step(0.8, f"Re-ranking: running the shortlisted experts on your {unit(prepared.task)}")
+        selection, skipped, rerank_lines, label = _rerank(
+            index,
+            emb,
+            prepared.task,
+            rerank=rerank,
+            shortlist=shortlist,
+            k=int(k),
+            metric=metric,
+            max_examples=int(max_samples),
         )
-    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    rows = []
+    if selection is not None:
+        records = list(selection)
+        for r in records:
+            rows.append(
+                {
+                    "rank": r.rank,
+                    "expert": expert_link(r.model_id, dict(r.info)),
+                    "re-rank score": ranking.fmt(r.rerank_score),
+                    "Task2Vec rank": r.stage1_rank,
+                    "distance": ranking.fmt(r.score),
+                    "rank in resamples": conf.label(pos[r.model_id]),
+                    "trained on": _trained_on(dict(r.info)),
+                }
+            )
+    else:
+        for r in records:
+            rows.append(
+                {
+                    "rank": r.rank,
+                    "expert": expert_link(r.model_id, dict(r.info)),
+                    "score": ranking.fmt(r.score),
+                    "rank in resamples": conf.label(pos[r.model_id]),
+                    "trained on": _trained_on(dict(r.info)),
+                }
+            )
+    table = pd.DataFrame(rows, columns=list(RERANK_TABLE_COLUMNS if selection is not None else TABLE_COLUMNS))
     step(0.85, "Drawing the figures")
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -1305,7 +1481,11 @@ def search(
         embedding_path=emb_path,
         notes=notes,
         seconds=seconds,
-        status=_status(prepared, emb, records, conf, metric, seconds, notes),
+        status=_status(prepared, emb, records, conf, metric, seconds, notes, rerank_lines, task2vec_best),
+        rerank=rerank if rerank and rerank != RERANK_OFF else None,
+        selection=selection,
+        skipped=skipped,
+        table_label=label,
     )
 
 
@@ -1452,6 +1632,7 @@ __all__ = [
     "describe_index",
     "count_examples",
     "expert_link",
+    "expert_root",
     "expert_table",
     "hub_unreachable",
     "index_modality",
@@ -1462,10 +1643,12 @@ __all__ = [
     "load_text_expert_index",
     "output_dir",
     "push_embedding",
+    "rerank_scores",
     "safe_extract_zip",
     "safe_task_name",
     "scratch_dir",
     "search",
+    "skip_reason",
     "task_from_hub",
     "task_from_table",
     "task_from_upload",
