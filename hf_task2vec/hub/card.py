@@ -35,7 +35,7 @@ def render_card(rows: list[dict[str, Any]], store: str, *, license: str = DEFAUL
         *_header(rows, name, license),
         *_intro(rows, name),
         *_files(),
-        *_usage(store, example_key),
+        *_usage(store, example_key, rows),
         "## Embeddings",
         "",
         *_table(rows),
@@ -86,9 +86,52 @@ def _intro(rows: list[dict[str, Any]], name: str) -> list[str]:
             if estimators
             else ""
         )
-        + ". Only embeddings made with the same probe, probe revision, estimator and image size can be compared.",
+        + ". Only embeddings made with the same probe, probe revision, estimator and image size can be compared; "
+        "for text, also with the same tokenizer settings (`max_length`, `pooling`).",
         "",
+        *_modalities(rows),
     ]
+
+
+def _modalities(rows: list[dict[str, Any]]) -> list[str]:
+    """What the tasks' inputs were: images, text (tokenizer settings), both."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        m = str(r.get("modality") or "")
+        counts[m] = counts.get(m, 0) + 1
+    text_rows = [r for r in rows if r.get("modality") == "text"]
+    lines = []
+    if counts.get("image"):
+        lines.append(
+            f"- **Images** ({counts['image']}): a vision probe; each image resized to the probe's input resolution "
+            "(`image_size`)."
+        )
+    if text_rows:
+        settings = sorted(
+            {
+                (
+                    str(r.get("tokenizer") or ""),
+                    str(r.get("tokenizer_revision") or ""),
+                    _cell(r.get("max_length")),
+                    str(r.get("pooling") or ""),
+                )
+                for r in text_rows
+            }
+        )
+        lines.append(
+            f"- **Text** ({len(text_rows)}): a transformers encoder probe; every text tokenised by the probe's own "
+            "tokenizer, truncated to `max_length` tokens (special tokens included), padded per batch (padding "
+            "masked out), token features pooled (`pooling`: `mean` over the real tokens, `cls`, or `next-token` "
+            "for causal LMs). Settings in this repo:"
+        )
+        lines += [
+            f"  - tokenizer `{tok or '?'}`" + (f" at `{rev}`" if rev else "") + f", max_length {ml or '?'}, "
+            f"pooling `{pool or '?'}`"
+            for tok, rev, ml, pool in settings
+        ]
+    if counts.get(""):
+        lines.append(f"- Not recorded ({counts['']}): tensor inputs, or made before the modality was recorded.")
+    return ["Inputs:", "", *lines, ""] if lines else []
 
 
 def _files() -> list[str]:
@@ -100,7 +143,9 @@ def _files() -> list[str]:
         "information) and `trivial` (the embedding of a task with nothing to learn, used by the asymmetric "
         "distance). The safetensors metadata (str -> str) records how it was made: probe and its revision, "
         "estimator and its options, task source, revision, split, columns and label names, number of samples, "
-        "seed, library version, layer slices, and a sha256 of the tensors that is checked on load.",
+        "seed, library version, layer slices, and a sha256 of the tensors that is checked on load. Text "
+        "embeddings also record `modality`, `max_length`, `pooling` and `text_settings` (JSON: tokenizer class "
+        "and source, padding, truncation, objective, vocabulary size).",
         f"- `{INDEX_PATH}`: one row per embedding (also the default config of this dataset):",
         "",
         "  | column | meaning |",
@@ -112,7 +157,24 @@ def _files() -> list[str]:
     ]
 
 
-def _usage(store: str, example_key: str) -> list[str]:
+def _query_lines(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """How to embed a query comparable with this store's embeddings (one line per modality held)."""
+    text = [r for r in rows if r.get("modality") == "text"]
+    images = [r for r in rows if r.get("modality") != "text"]
+    lines = []
+    if images or not text:
+        size = next((str(r["image_size"]) for r in images if r.get("image_size")), "64")
+        lines.append((f'query = t2v.embed("user/my-dataset", image_size={size})', "embed your task (images)"))
+    if text:
+        r = text[0]
+        probe, ml = r.get("probe") or "embedded-text", _cell(r.get("max_length")) or "128"
+        lines.append(
+            (f'query = t2v.embed("user/my-text-dataset", probe="{probe}", max_length={ml})', "embed your task (text)")
+        )
+    return lines
+
+
+def _usage(store: str, example_key: str, rows: list[dict[str, Any]] | None = None) -> list[str]:
     return [
         "## How to load",
         "",
@@ -124,7 +186,7 @@ def _usage(store: str, example_key: str) -> list[str]:
                 (f'store = t2v.EmbeddingStore("{store}")', ""),
                 ("store.index()", "the index as a pandas DataFrame"),
                 (f'emb = store.pull("{example_key}")', "a TaskEmbedding"),
-                ('query = t2v.embed("user/my-dataset", image_size=64)', "embed your task"),
+                *_query_lines(rows or []),
                 ("store.nearest(query, k=5)", "the nearest stored tasks (asymmetric distance)"),
             ]
         ),
@@ -151,8 +213,8 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
         lines.append("No embeddings yet.")
     else:
         lines += [
-            "| key | task | probe | estimator | samples | norm | task source | task revision |",
-            "|---|---|---|---|---|---|---|---|",
+            "| key | task | probe | estimator | samples | norm | task source | task revision | inputs |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows[:CARD_TABLE_ROWS]:
             norm = r.get("norm")
@@ -168,6 +230,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
                         f"{norm:.4g}" if isinstance(norm, int | float) and np.isfinite(norm) else "",
                         _cell(r.get("task_source")),
                         _cell((r.get("task_revision") or "")[:12]),
+                        _inputs(r),
                     ]
                 )
                 + " |"
@@ -175,3 +238,13 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
         if len(rows) > CARD_TABLE_ROWS:
             lines += ["", f"... and {len(rows) - CARD_TABLE_ROWS} more: see `{INDEX_PATH}`."]
     return lines
+
+
+def _inputs(row: dict[str, Any]) -> str:
+    """The table's ``inputs`` cell: ``image 64px``, ``text 128 tok mean``, or empty."""
+    if row.get("modality") == "text":
+        ml = _cell(row.get("max_length"))
+        return _cell(" ".join(t for t in ("text", f"{ml} tok" if ml else "", str(row.get("pooling") or "")) if t))
+    if row.get("modality") == "image" or row.get("image_size"):
+        return _cell(f"image {row['image_size']}px" if row.get("image_size") else "image")
+    return ""

@@ -28,7 +28,17 @@ INDEX_SPEC: tuple[tuple[str, str, str], ...] = (
     ("probe", "string", "the probe network"),
     ("probe_revision", "string", "the probe's weights revision / hash"),
     ("estimator", "string", "the Fisher estimator (montecarlo, exact, variational)"),
-    ("image_size", "string", "the input resolution of the probe"),
+    ("image_size", "string", "the input resolution of the probe (images)"),
+    ("modality", "string", "what the task's inputs are: `image` or `text` (empty: not recorded)"),
+    ("max_length", "int64", "text: the truncation length in tokens, special tokens included"),
+    ("pooling", "string", "text: how token features are pooled (`mean` over real tokens, `cls`, `next-token`)"),
+    ("tokenizer", "string", "text: the probe's own tokenizer, `<source> (<class>)`"),
+    (
+        "tokenizer_revision",
+        "string",
+        "text: the revision the tokenizer was read at: the probe's (tokenizer and weights come from one "
+        "folder or Hub commit)",
+    ),
     ("task_source", "string", "where the task came from (Hub dataset id, path, ...)"),
     ("task_revision", "string", "the resolved commit of a Hub dataset"),
     ("task_split", "string", "the dataset split"),
@@ -128,6 +138,45 @@ def _int_or_none(text: str | None) -> int | None:
         return None
 
 
+#: The columns that describe a task's inputs, filled from the embedding's metadata by `input_columns`
+#: (an index written before they existed lacks them: a push fills them from the stored files).
+INPUT_COLUMNS: tuple[str, ...] = ("modality", "max_length", "pooling", "tokenizer", "tokenizer_revision")
+#: What text embeddings must share, besides the `META_TO_COLUMN` keys, for `EmbeddingStore.nearest`
+#: to compare them (inputs truncated or pooled differently are different inputs).
+TEXT_COMPARED: tuple[str, ...] = ("max_length", "pooling")
+
+
+def _text_settings(meta: dict[str, str]) -> dict[str, str]:
+    """The ``text_settings`` entry a text probe records (`TextProbe.settings`, JSON); ``{}`` if none."""
+    try:
+        found = json.loads(meta.get("text_settings") or "{}")
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def input_columns(meta: dict[str, str]) -> dict[str, Any]:
+    """The `INPUT_COLUMNS` of an embedding, read from its metadata (no second schema): the task's
+    ``modality``, and for text the probe's recorded ``max_length``, ``pooling`` and ``text_settings``
+    (tokenizer class and source). An embedding without a recorded modality that has an
+    ``image_size`` was made on images; otherwise the modality is left empty."""
+    settings = _text_settings(meta)
+    modality = meta.get("modality") or settings.get("modality", "")
+    if not modality and meta.get("image_size"):
+        modality = "image"
+    if modality != "text":
+        return {"modality": modality, "max_length": None, "pooling": "", "tokenizer": "", "tokenizer_revision": ""}
+    cls, source = settings.get("tokenizer", ""), settings.get("tokenizer_source", "")
+    tokenizer = f"{source} ({cls})" if source and cls else source or cls
+    return {
+        "modality": "text",
+        "max_length": _int_or_none(meta.get("max_length") or settings.get("max_length")),
+        "pooling": meta.get("pooling") or settings.get("pooling", ""),
+        "tokenizer": tokenizer,
+        "tokenizer_revision": meta.get("probe_revision", "") if tokenizer else "",
+    }
+
+
 def _index_row(key: str, data: bytes, emb: TaskEmbedding, digest: str) -> dict[str, Any]:
     meta = emb.meta
     return {
@@ -138,6 +187,7 @@ def _index_row(key: str, data: bytes, emb: TaskEmbedding, digest: str) -> dict[s
         "probe_revision": meta.get("probe_revision", ""),
         "estimator": emb.method,
         "image_size": meta.get("image_size", ""),
+        **input_columns(meta),
         "task_source": meta.get("task_source", ""),
         "task_revision": meta.get("task_revision", ""),
         "task_split": meta.get("task_split", ""),

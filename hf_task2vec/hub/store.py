@@ -20,7 +20,6 @@ from the cache). Transient failures (HTTP 5xx/429, dropped connections) are retr
 exponential backoff; every other client error becomes a `HubError` naming the repo and the fix.
 """
 
-
 from __future__ import annotations
 
 import difflib
@@ -48,6 +47,7 @@ from .index import (
     EMBEDDINGS_DIR,
     INDEX_PATH,
     META_TO_COLUMN,
+    TEXT_COMPARED,
     _empty_index,
     _frame_rows,
     _index_from_bytes,
@@ -59,6 +59,7 @@ from .index import (
     canonical_bytes,
     content_digest,
     embedding_key,
+    input_columns,
     sanitize_name,
 )
 
@@ -222,9 +223,11 @@ class EmbeddingStore:
 
     def index(self) -> pd.DataFrame:
         """The index: one row per embedding, sorted by key (columns `INDEX_COLUMNS`: key, path,
-        task, probe, probe_revision, estimator, image_size, task_source, task_revision, task_split,
-        task_config, num_classes, samples, dim, norm, created, sha256, size, content_sha256,
-        library_version)."""
+        task, probe, probe_revision, estimator, image_size, modality, max_length, pooling, tokenizer,
+        tokenizer_revision, task_source, task_revision, task_split, task_config, num_classes,
+        samples, dim, norm, created, sha256, size, content_sha256, library_version). An index
+        written before the input columns (modality ... tokenizer_revision) existed reads them as
+        missing until the next push fills them in."""
         return self._read_index(self._snapshot()).copy()
 
     def keys(self) -> list[str]:
@@ -315,9 +318,9 @@ class EmbeddingStore:
 
         The query is the *target* task and the stored embeddings the *sources* of the asymmetric
         distance ``d(source -> query)`` (which stored task's expert would transfer best). Only
-        stored embeddings made the same way (probe, probe revision, estimator, image size) are
-        compared; the others are skipped. Returns a DataFrame sorted by ``distance`` (the index
-        columns plus ``distance``).
+        stored embeddings made the same way (probe, probe revision, estimator, image size; for text
+        also max_length and pooling) are compared; the others are skipped. Returns a DataFrame
+        sorted by ``distance`` (the index columns plus ``distance``).
 
         Raises:
             IncompatibleEmbeddingsError: no stored embedding can be compared with the query.
@@ -335,19 +338,26 @@ class EmbeddingStore:
         for column, value in wanted.items():
             mask &= frame[column].fillna("").astype(str).to_numpy() == str(value)
         mask &= frame["dim"].fillna(-1).astype("int64").to_numpy() == query.dim
+        inputs = _text_inputs(query.meta)
+        for column, value in inputs.items():  # text: the same truncation and pooling (where recorded)
+            recorded = frame[column].astype(object).to_numpy()
+            mask &= np.array([_missing(v) or str(v) == str(value) for v in recorded], dtype=bool)
         candidates = frame[mask].reset_index(drop=True)
-        if candidates.empty:
-            made = sorted(
-                {
-                    f"{r['probe']}@{r['probe_revision']} {r['estimator']} image_size={r['image_size']}"
-                    for r in _frame_rows(frame)
-                }
-            )
-            raise IncompatibleEmbeddingsError(
-                f"none of the {len(frame)} embeddings in {self._backend.label} can be compared with {query.name!r} "
-                f"(probe {query.probe!r}, estimator {query.method!r}, image_size {wanted['image_size']!r}); the "
-                f"store holds: {made or 'nothing'}. Embed the query with the same probe, estimator and image size."
-            )
+        rows = _frame_rows(candidates)
+        stored: list[TaskEmbedding] = []
+        if rows:
+            with ThreadPoolExecutor(max_workers=min(8, len(rows))) as pool:
+                blobs = list(pool.map(lambda r: self._fetch(snap, r), rows))
+            stored = [
+                TaskEmbedding.from_bytes(b, source=f"{self.name}:{r['path']}") for b, r in zip(blobs, rows, strict=True)
+            ]
+            if inputs:  # rows of an index without the text columns: the files decide
+                keep = [i for i, e in enumerate(stored) if _text_inputs(e.meta) == inputs]
+                if len(keep) < len(stored):
+                    candidates = candidates.iloc[keep].reset_index(drop=True)
+                    stored = [stored[i] for i in keep]
+        if not stored:
+            raise self._nothing_comparable(query, frame, wanted, inputs)
         if len(candidates) < len(frame):
             logger.info(
                 "%s: %d of %d embeddings are not comparable with the query and were skipped",
@@ -355,12 +365,6 @@ class EmbeddingStore:
                 len(frame) - len(candidates),
                 len(frame),
             )
-        rows = _frame_rows(candidates)
-        with ThreadPoolExecutor(max_workers=min(8, len(rows))) as pool:
-            blobs = list(pool.map(lambda r: self._fetch(snap, r), rows))
-        stored = [
-            TaskEmbedding.from_bytes(b, source=f"{self.name}:{r['path']}") for b, r in zip(blobs, rows, strict=True)
-        ]
         for emb in stored:
             emb.check_compatible(query)
         values = np.stack([e.values for e in stored])
@@ -370,6 +374,31 @@ class EmbeddingStore:
         out.insert(1, "distance", d)
         out = out.sort_values(["distance", "key"], kind="stable").head(k).reset_index(drop=True)
         return pd.DataFrame(out)
+
+    def _nothing_comparable(
+        self, query: TaskEmbedding, frame: pd.DataFrame, wanted: dict[str, str], inputs: dict[str, Any]
+    ) -> IncompatibleEmbeddingsError:
+        made = sorted(
+            {
+                f"{r['probe']}@{r['probe_revision']} {r['estimator']} "
+                + (
+                    f"max_length={r['max_length']} pooling={r['pooling']}"
+                    if r.get("modality") == "text"
+                    else f"image_size={r['image_size']}"
+                )
+                for r in _frame_rows(frame)
+            }
+        )
+        how = (
+            f"max_length {inputs['max_length']!r}, pooling {inputs['pooling']!r}"
+            if inputs
+            else f"image_size {wanted['image_size']!r}"
+        )
+        return IncompatibleEmbeddingsError(
+            f"none of the {len(frame)} embeddings in {self._backend.label} can be compared with {query.name!r} "
+            f"(probe {query.probe!r}, estimator {query.method!r}, {how}); the store holds: {made or 'nothing'}. "
+            "Embed the query with the same probe, estimator and image size (text: the same max_length and pooling)."
+        )
 
     # -- writing ---------------------------------------------------------------------------------
     def _items(
@@ -435,6 +464,7 @@ class EmbeddingStore:
                 continue  # the same embedding is stored already
             uploads[_key_path(item.key)] = item.data
             rows[item.key] = _index_row(item.key, item.data, item.embedding, item.digest)
+        self._fill_input_columns(snap, rows)
         all_rows = list(rows.values())
         extras = {
             INDEX_PATH: _index_to_bytes(all_rows),
@@ -457,6 +487,27 @@ class EmbeddingStore:
         self._index_cache = None
         logger.info("pushed %d files to %s%s", len(uploads), self.name, f" ({commit})" if commit else "")
         return PushResult(self.name, keys, sorted(uploads), commit, url)
+
+    def _fill_input_columns(self, snap: Snapshot, rows: dict[str, dict[str, Any]]) -> None:
+        """Index rows written before the input columns existed (``modality`` missing): fill them
+        (`hf_task2vec.hub.index.input_columns`) from the metadata of the stored files, so that the
+        index this push writes has them for every row. A file that cannot be read leaves its row as
+        it was (logged; the next push tries again)."""
+        stale = [r for r in rows.values() if r.get("modality") is None and r.get("path")]
+        if not stale:
+            return
+
+        def fill(row: dict[str, Any]) -> None:
+            try:
+                emb = TaskEmbedding.from_bytes(self._fetch(snap, row), source=f"{self.name}:{row['path']}")
+            except Exception as exc:
+                logger.warning("%s: cannot read %s to fill its index row (%s)", self.name, row["path"], exc)
+                return
+            row.update(input_columns(emb.meta))
+
+        logger.info("%s: filling the input columns of %d index rows from their files", self.name, len(stale))
+        with ThreadPoolExecutor(max_workers=min(8, len(stale))) as pool:
+            list(pool.map(fill, stale))
 
     def push(
         self,
@@ -495,3 +546,18 @@ class EmbeddingStore:
         if not self.is_local or self.path is None:
             raise HubError(f"{self._backend.label} is a Hub repo: only local stores have a lock")
         return StoreLock(self.path, timeout=self.lock_timeout if timeout is None else timeout, purpose=purpose)
+
+
+def _missing(value: Any) -> bool:
+    import pandas as pd
+
+    if isinstance(value, str):
+        return value == ""
+    return value is None or bool(pd.isna(value))
+
+
+def _text_inputs(meta: dict[str, str]) -> dict[str, Any]:
+    """What a text embedding's inputs must share to be compared (`TEXT_COMPARED`: truncation and
+    pooling); ``{}`` for other modalities."""
+    cols = input_columns(meta)
+    return {c: cols[c] for c in TEXT_COMPARED} if cols["modality"] == "text" else {}
