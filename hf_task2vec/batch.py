@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
-from .checks import check_embedder_options, check_float, check_output_dir
+from .checks import check_embedder_options, check_float, check_int, check_output_dir
 from .distributed import DistributedTask2Vec, _Comm
 from .embedding import TaskEmbedding
 from .errors import OptionError, Task2VecError
@@ -70,6 +70,7 @@ _TASK2VEC_OPTIONS = (
     "strategy",
     "precision",
     "channels_last",
+    "max_length",
 )
 _TOP_KEYS = ("tasks", "probe", "method", "options", "store", "shard", "timeout_minutes")
 _TASK_KEYS = ("source", "name", "split", "classes", "groups", "input_column", "label_column", "revision", "config")
@@ -158,6 +159,7 @@ def load_batch_config(config: str | os.PathLike[str] | Mapping[str, Any] | Batch
         method: montecarlo               # montecarlo | exact | variational
         shard: auto                      # tasks | samples | auto
         options: {max_samples: 1000, image_size: 64, seed: 0}   # Task2Vec options
+        # text: probe: embedded-text, options: {max_length: 128}, tasks: {source: offline:fortunes, ...}
         tasks:
           - offline:digits                                       # a source string
           - {source: offline:animal-mnist, classes: [cat, dog], name: cat-dog}
@@ -216,6 +218,8 @@ def load_batch_config(config: str | os.PathLike[str] | Mapping[str, Any] | Batch
         raise BatchConfigError(f"{where}: unknown options {bad}; options may be {list(_TASK2VEC_OPTIONS)}")
     try:  # the same checks as Task2Vec's, before anything is loaded
         options = check_embedder_options(options)
+        if "max_length" in options:  # text probes: truncation length in tokens (special tokens included)
+            options["max_length"] = check_int("max_length", options["max_length"], minimum=2, allow_none=True)
         timeout_minutes = check_float("timeout_minutes", config.get("timeout_minutes", 180.0), positive=True)
     except OptionError as exc:
         raise BatchConfigError(f"{where}: {exc}") from exc
@@ -389,6 +393,11 @@ def run_batch(
         probe = load_probe(cfg.probe, image_size=image_size)
     except Exception as exc:
         raise BatchConfigError(f"batch config probe {cfg.probe!r} cannot be loaded: {_error_text(exc)}") from exc
+    if cfg.options.get("max_length") is not None and getattr(probe, "modality", "image") != "text":
+        raise BatchConfigError(
+            f"batch config: options.max_length applies to text probes, and {cfg.probe!r} is not one "
+            "(use probe: embedded-text, or drop max_length)"
+        )
     keys = {spec.name: f"{sanitize_name(probe.name)}/{sanitize_name(spec.name)}" for spec in cfg.tasks}
     options = dict(cfg.options)
     options.pop("image_size", None)  # given to the probe
