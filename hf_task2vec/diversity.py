@@ -22,6 +22,7 @@ reproduced: no GPT-2 weights are available offline (see the README).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -122,8 +123,11 @@ def _text_column(ds: Any, text_column: str | None) -> str:
         if text_column not in names:
             raise TaskError(f"the dataset has no column {text_column!r}; its columns are {names}")
         return text_column
-    strings = [n for n in names if isinstance(ds.features[n], datasets.Value) and ds.features[n].dtype in
-               ("string", "large_string")]
+    strings = [
+        n
+        for n in names
+        if isinstance(ds.features[n], datasets.Value) and ds.features[n].dtype in ("string", "large_string")
+    ]
     if "text" in strings or len(strings) == 1:
         return "text" if "text" in strings else strings[0]
     raise TaskError(f"cannot tell the text column among {names}: pass text_column=...")
@@ -193,8 +197,15 @@ def fit_lm_head(
 
 
 def _next_token_embedding(
-    probe: Probe, texts: list[str], *, max_length: int, head_steps: int, head_lr: float, micro_batch: int,
-    seed: int, device: torch.device,
+    probe: Probe,
+    texts: list[str],
+    *,
+    max_length: int,
+    head_steps: int,
+    head_lr: float,
+    micro_batch: int,
+    seed: int,
+    device: torch.device,
 ) -> TaskEmbedding:
     from .fisher import fisher_diagonal
 
@@ -220,7 +231,11 @@ def _next_token_embedding(
         "num_samples": str(n),
         "head_loss_before": f"{info['loss_before']:.4f}",
         "head_loss_after": f"{info['loss_after']:.4f}",
-        **{f"text_{k}": v for k, v in getattr(probe, "settings", {}).items()},
+        # the text provenance keys Task2Vec records (Task2Vec.provenance), with the length used here
+        "modality": "text",
+        "max_length": str(max_length),
+        "pooling": str(getattr(probe, "pooling", "")),
+        "text_settings": json.dumps({**getattr(probe, "settings", {}), "max_length": str(max_length)}, sort_keys=True),
     }
     return TaskEmbedding(result.values, np.full(probe.dim, probe.prior_fisher), probe.layers, meta)
 
@@ -251,30 +266,48 @@ def _embed_batches(
     desc: str,
     load_kwargs: dict[str, Any],
 ) -> list[TaskEmbedding]:
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2):
+        raise ValueError(f"max_length must be an integer >= 2 (tokens), got {max_length!r}")
     probe.to(device)
     out: list[TaskEmbedding] = []
     if objective == "next-token":
         texts = _raw_texts(dataset, text_column, split)
         batches = _batch_indices(len(texts), batch_size, num_batches, shuffle, batch_seed)
         length = int(max_length or getattr(probe, "max_length", 128))
-        for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
-            out.append(
-                _next_token_embedding(
-                    probe, [texts[i] for i in idx], max_length=length, head_steps=head_steps, head_lr=head_lr,
-                    micro_batch=micro_batch, seed=seed, device=device,
+        own_head = probe.head  # each batch fine-tunes a fresh LM head on the probe: the caller's comes back after
+        try:
+            for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
+                out.append(
+                    _next_token_embedding(
+                        probe,
+                        [texts[i] for i in idx],
+                        max_length=length,
+                        head_steps=head_steps,
+                        head_lr=head_lr,
+                        micro_batch=micro_batch,
+                        seed=seed,
+                        device=device,
+                    )
                 )
-            )
+        finally:
+            probe.head = own_head
         return out
     from .task2vec import Task2Vec
     from .tasks import Task, load_task
 
     task = dataset if isinstance(dataset, Task) else load_task(dataset, split=split, **load_kwargs)
     batches = _batch_indices(len(task), batch_size, num_batches, shuffle, batch_seed)
+    # max_length goes to the embedder, which truncates with a copy of the probe: the caller's is not changed
     embedder = Task2Vec(
-        probe, method=method, max_samples=None, batch_size=micro_batch, seed=seed, device=device, progress=False
+        probe,
+        method=method,
+        max_samples=None,
+        batch_size=micro_batch,
+        seed=seed,
+        device=device,
+        progress=False,
+        max_length=int(max_length) if max_length is not None and hasattr(probe, "max_length") else None,
     )
-    if max_length is not None and hasattr(probe, "max_length"):
-        probe.max_length = int(max_length)
     for b, idx in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
         present = np.unique(task.labels[idx])
         if present.size < 2:
@@ -321,7 +354,11 @@ def _resolve(probe: Probe | str, objective: Objective, probe_options: dict[str, 
 
 
 def _result(
-    d: np.ndarray, cross: bool, embs: list[TaskEmbedding], other: list[TaskEmbedding], options: dict[str, str],
+    d: np.ndarray,
+    cross: bool,
+    embs: list[TaskEmbedding],
+    other: list[TaskEmbedding],
+    options: dict[str, str],
     seed: int,
 ) -> DiversityResult:
     pairs = d.reshape(-1) if cross else d[~np.eye(d.shape[0], dtype=bool)]
@@ -374,16 +411,31 @@ def diversity(
     p, obj = _resolve(probe, objective, {})
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     embs = _embed_batches(
-        dataset, p, objective=obj, batch_size=batch_size, num_batches=num_batches, shuffle=shuffle, seed=seed,
-        batch_seed=seed, method=method, max_length=max_length, head_steps=head_steps, head_lr=head_lr,
-        micro_batch=micro_batch, device=dev, text_column=text_column, split=split, progress=progress,
-        desc="diversity", load_kwargs=load_kwargs,
+        dataset,
+        p,
+        objective=obj,
+        batch_size=batch_size,
+        num_batches=num_batches,
+        shuffle=shuffle,
+        seed=seed,
+        batch_seed=seed,
+        method=method,
+        max_length=max_length,
+        head_steps=head_steps,
+        head_lr=head_lr,
+        micro_batch=micro_batch,
+        device=dev,
+        text_column=text_column,
+        split=split,
+        progress=progress,
+        desc="diversity",
+        load_kwargs=load_kwargs,
     )
     if len(embs) < 2:
         raise ValueError("the diversity needs num_batches >= 2")
     values = np.stack([e.values for e in embs]).astype(np.float64)
     d = pairwise_distances(values, values, kind=distance)
-    options = _options(p, obj, batch_size, num_batches, distance, shuffle, seed, method, "diversity")
+    options = _options(p, obj, batch_size, num_batches, distance, shuffle, seed, method, "diversity", max_length)
     return _result(d, False, embs, [], options, seed)
 
 
@@ -414,24 +466,45 @@ def cross_diversity(
     p, obj = _resolve(probe, objective, {})
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     common = dict(
-        objective=obj, batch_size=batch_size, num_batches=num_batches, shuffle=True, method=method,
-        max_length=max_length, head_steps=head_steps, head_lr=head_lr, micro_batch=micro_batch, device=dev,
-        text_column=text_column, split=split, progress=progress, load_kwargs={},
+        objective=obj,
+        batch_size=batch_size,
+        num_batches=num_batches,
+        shuffle=True,
+        method=method,
+        max_length=max_length,
+        head_steps=head_steps,
+        head_lr=head_lr,
+        micro_batch=micro_batch,
+        device=dev,
+        text_column=text_column,
+        split=split,
+        progress=progress,
+        load_kwargs={},
     )
     ea = _embed_batches(a, p, seed=seed, batch_seed=seed, desc="cross-diversity a", **common)
     eb = _embed_batches(b, p, seed=seed, batch_seed=seed + 1, desc="cross-diversity b", **common)
     va = np.stack([e.values for e in ea]).astype(np.float64)
     vb = np.stack([e.values for e in eb]).astype(np.float64)
     d = pairwise_distances(va, vb, kind=distance)
-    options = _options(p, obj, batch_size, num_batches, distance, True, seed, method, "cross")
+    options = _options(p, obj, batch_size, num_batches, distance, True, seed, method, "cross", max_length)
     return _result(d, True, ea, eb, options, seed)
 
 
 def _options(
-    p: Probe, obj: str, batch_size: int, num_batches: int, distance: str, shuffle: bool, seed: int, method: str,
+    p: Probe,
+    obj: str,
+    batch_size: int,
+    num_batches: int,
+    distance: str,
+    shuffle: bool,
+    seed: int,
+    method: str,
     kind: str,
+    max_length: int | None = None,
 ) -> dict[str, str]:
+    length = max_length if max_length is not None else getattr(p, "max_length", None)
     return {
+        **({"max_length": str(length)} if length is not None else {}),
         "kind": kind,
         "objective": obj,
         "probe": p.name,
