@@ -571,12 +571,17 @@ def domain_embedding(
     batch_size: int = 64,
     seed: int = 0,
     image_size: int | None = None,
+    max_length: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> TaskEmbedding:
     """The domain-embedding baseline: per filter, the mean absolute activation of the probe over
     the task's inputs. It depends on p(x) only (labels are ignored), has the same dimension and
-    layers as the task embedding, and is compared with ``kind="cosine"``."""
+    layers as the task embedding, and is compared with ``kind="cosine"``.
+
+    Text probes: the mean is over the real tokens of every text; padding tokens (attention mask 0)
+    are left out, so a text's contribution does not depend on how much its batch was padded.
+    ``max_length`` truncates texts (default: the probe's)."""
     task = task if isinstance(task, Task) else load_task(task)
     embedder = Task2Vec(
         _probe_for(task, probe),
@@ -584,6 +589,7 @@ def domain_embedding(
         batch_size=batch_size,
         seed=seed,
         image_size=image_size,
+        max_length=max_length,
         device=device,
         progress=progress,
     )
@@ -592,19 +598,26 @@ def domain_embedding(
     modules = dict(probe_.backbone.named_modules())
     sums = torch.zeros(probe_.dim, dtype=torch.float64)
     counts = torch.zeros(probe_.dim, dtype=torch.float64)
+    real: list[torch.Tensor | None] = [None]  # the batch's attention mask [B, T] as bool (text), else None
     handles = []
     for g in probe_.filters:
 
         def hook(mod: nn.Module, inputs: tuple, out: torch.Tensor, g=g) -> None:
             channel_dim = -1 if isinstance(mod, nn.Linear) else 1
-            o = out.detach().abs().movedim(channel_dim, -1).reshape(-1, g.size)
+            o = out.detach().abs().movedim(channel_dim, -1)
+            mask = real[0]
+            if mask is not None and o.dim() == 3 and tuple(o.shape[:2]) == tuple(mask.shape):
+                o = o[mask]  # token-level outputs [B, T, F]: the real tokens only
+            o = o.reshape(-1, g.size)
             sums[g.start : g.stop] += o.sum(0).double().cpu()
             counts[g.start : g.stop] += o.shape[0]
 
         handles.append(modules[g.name].register_forward_hook(hook))
     try:
         for x, _ in embedder.batches(task, indices, desc=f"domain {task.name}"):
-            probe_.features(to_device(x, embedder.device, probe_.dtype))
+            x = to_device(x, embedder.device, probe_.dtype)
+            real[0] = x["attention_mask"].bool() if isinstance(x, Mapping) and "attention_mask" in x else None
+            probe_.features(x)
     finally:
         for h in handles:
             h.remove()
@@ -618,5 +631,12 @@ def domain_embedding(
         "seed": str(seed),
         "library_version": __version__,
     }
+    settings = getattr(probe_, "settings", None)
+    if settings:  # text probes: the same text provenance keys as Task2Vec.provenance
+        meta.update(
+            max_length=str(getattr(probe_, "max_length", "") or ""),
+            pooling=str(getattr(probe_, "pooling", "") or ""),
+            text_settings=json.dumps(settings, sort_keys=True),
+        )
     values = (sums / counts.clamp_min(1)).numpy()
     return TaskEmbedding(values, np.zeros_like(values), probe_.layers, meta)
