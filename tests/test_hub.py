@@ -159,6 +159,8 @@ def test_index_and_dataset_card(hub_server, tmp_path):
     assert row["created"] == a.meta["created"]
     assert row["sha256"] == _sha(path_a.read_bytes()) and row["size"] == path_a.stat().st_size
     assert index.iloc[1]["estimator"] == "exact"
+    # no recorded modality but an image size: image inputs; the text columns stay empty
+    assert row["modality"] == "image" and pd.isna(row["max_length"]) and row["tokenizer"] == ""
     # the parquet file itself, read without hf_task2vec
     raw = pd.read_parquet(
         HfApi().hf_hub_download("user/cards", "index.parquet", repo_type="dataset", cache_dir=tmp_path / "c")
@@ -172,7 +174,7 @@ def test_index_and_dataset_card(hub_server, tmp_path):
     assert header["configs"][0]["data_files"][0]["path"] == "index.parquet"
     assert "embeddings/<probe>/<task>.safetensors" in card and "`values`" in card and "`trivial`" in card
     assert 'EmbeddingStore("user/cards")' in card and 'store.pull("tiny/alpha")' in card
-    assert "| `tiny/alpha` | alpha | tiny | montecarlo | 103 |" in card
+    assert "| `tiny/alpha` | alpha | tiny | montecarlo | 103 |" in card and "| image 32px |" in card
     assert "**2** embeddings" in card
     # the Hub parses the card's YAML header (what the Hub page shows)
     card_data = HfApi().dataset_info("user/cards").card_data
