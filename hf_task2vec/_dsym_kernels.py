@@ -20,6 +20,10 @@ float32 inputs; ``tests/test_distance.py`` checks 1e-6.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -27,6 +31,24 @@ EPS = np.float32(1e-37)  # a normal float32 (no denormal slow path), far below a
 _CODE_SHIFT = 14  # 16-bit codes = float32 bits 14..29 (7 exponent + 9 mantissa bits) of values in [0, 1]
 _CHUNK = 1024  # filters per float32 partial sum (4 KB per operand row: stays in L1)
 _TILE = 4  # rows x rows per task of the pairwise kernel
+# below this many elements a call runs on one thread: waking the pool costs more than a second core
+# gives back (re-scoring the k + 10 best candidates: 0.1 ms on one thread, 8-16 ms on two busy cores)
+SERIAL_MAX_ELEMENTS = 2**21
+
+
+@contextmanager
+def _threads_for(elements: int) -> Iterator[None]:
+    """Run the kernels of this block on one thread when the work is small (numba's thread count is
+    thread-local, so other threads are not affected)."""
+    if elements >= SERIAL_MAX_ELEMENTS:
+        yield
+        return
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 @njit(fastmath=True, inline="always", nogil=True, cache=True)
@@ -166,7 +188,8 @@ def pairwise_sym(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     scale = column_scale(a, b)
     out = np.empty((a.shape[0], b.shape[0]), np.float64)
     if out.size:
-        _pairwise_kernel(_scaled32(a, scale), _scaled32(b, scale), out, _TILE, _CHUNK)
+        with _threads_for(out.size * a.shape[1]):
+            _pairwise_kernel(_scaled32(a, scale), _scaled32(b, scale), out, _TILE, _CHUNK)
     return out
 
 
@@ -175,7 +198,8 @@ def rowwise_sym(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     scale = column_scale(a, b)
     out = np.empty(a.shape[0], np.float64)
     if out.size:
-        _rowwise_kernel(_scaled32(a, scale), _scaled32(b, scale), out, _CHUNK, 0 if b.shape[0] == 1 else 1)
+        with _threads_for(a.size):
+            _rowwise_kernel(_scaled32(a, scale), _scaled32(b, scale), out, _CHUNK, 0 if b.shape[0] == 1 else 1)
     return out
 
 
@@ -217,10 +241,17 @@ class ScaledRows:
         """``d_sym(expert_i, query)`` from the float32 rows (all, or the indices ``rows``)."""
         if self.rows is None:
             raise ValueError("these ScaledRows hold no float32 rows (codes only)")
-        sel = self.rows if rows is None else self.rows[np.asarray(rows, np.int64)]
+        return self.rows_to_query(self.rows if rows is None else self.rows[np.asarray(rows, np.int64)], query)
+
+    def rows_to_query(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """``d_sym(rows[t], query)`` for float32 rows given in this (unscaled) form, e.g. a few rows read
+        from a memory map: the rows are scaled on the fly by this object's column scale (no float64
+        copy, which dominated the cost of scoring a handful of rows)."""
+        sel = np.ascontiguousarray(rows, dtype=np.float32)
         out = np.empty(sel.shape[0], np.float64)
         if out.size:
-            _scaled_rows_kernel(sel, self.inv, self.query(query), out, _CHUNK)
+            with _threads_for(sel.size):
+                _scaled_rows_kernel(sel, self.inv, self.query(query), out, _CHUNK)
         return out
 
     def codes_to_query(self, codes: np.ndarray, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -228,5 +259,6 @@ class ScaledRows:
         idx = np.ascontiguousarray(rows, dtype=np.int64)
         out = np.empty(idx.shape[0], np.float64)
         if out.size:
-            _coded_rows_kernel(codes, idx, self.query(query), out, _CHUNK)
+            with _threads_for(idx.shape[0] * codes.shape[1]):
+                _coded_rows_kernel(codes, idx, self.query(query), out, _CHUNK)
         return out

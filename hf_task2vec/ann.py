@@ -289,7 +289,7 @@ class TwoStageIndex:
             keep = np.lexsort((cand, scores))[: k + refine]
             cand = cand[keep]
             rows = np.sort(cand)  # sorted reads of a memory map
-            exact = kernels.pairwise_sym(np.asarray(self.values[rows]), np.asarray(query).reshape(1, -1))[:, 0]
+            exact = self.coder.rows_to_query(self.values[rows], query)
             back = np.searchsorted(rows, cand)
             scores = exact[back] + (0.0 if bias is None else np.asarray(bias, np.float64)[cand])
         order = np.lexsort((cand, scores))[:k]

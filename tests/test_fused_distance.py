@@ -53,3 +53,22 @@ def test_distance_module_uses_the_fused_kernel_for_large_problems_with_the_same_
     np.testing.assert_allclose(fast, _reference(a, a), atol=1e-6, rtol=0)
     np.testing.assert_allclose(sym_rows(a.astype(np.float32), a[:1]), _reference(a, a[:1])[:, 0], atol=1e-6)
     assert callable(distance_matrix)
+
+
+def test_small_calls_run_on_one_thread_with_the_same_results_and_leave_the_thread_count():
+    import numba
+
+    a = _hard_rows(30, 2000, 4).astype(np.float32)
+    q = _hard_rows(1, 2000, 5)[0]
+    prepared = kernels.ScaledRows(a)
+    ref = _reference(a.astype(np.float64), q[None])[:, 0]
+    before = numba.get_num_threads()
+    small = prepared.rows_to_query(a[[3, 7, 11]], q)  # 6,000 elements: the one-thread path
+    assert numba.get_num_threads() == before
+    np.testing.assert_allclose(small, ref[[3, 7, 11]], atol=1e-6, rtol=0)
+    old = kernels.SERIAL_MAX_ELEMENTS
+    kernels.SERIAL_MAX_ELEMENTS = 0  # force the threaded path: the same numbers
+    try:
+        np.testing.assert_allclose(prepared.rows_to_query(a[[3, 7, 11]], q), small, atol=1e-12, rtol=0)
+    finally:
+        kernels.SERIAL_MAX_ELEMENTS = old
