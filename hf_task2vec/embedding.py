@@ -33,6 +33,9 @@ READABLE_VERSIONS: tuple[str, ...] = ("1", "2")
 
 # Metadata keys that must agree for two embeddings to be comparable.
 COMPATIBILITY_KEYS: tuple[str, ...] = ("probe", "probe_revision", "method", "image_size")
+# text embeddings: the truncation and pooling decide what the probe saw, as the image size does for
+# images; compared where both embeddings record them (older files may not)
+TEXT_INPUT_KEYS: tuple[str, ...] = ("max_length", "pooling")
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,11 @@ class TaskEmbedding:
             for key in COMPATIBILITY_KEYS
             if self.meta.get(key, "") != other.meta.get(key, "")
         ]
+        problems += [
+            f"{key}: {self.meta[key]!r} vs {other.meta[key]!r}"
+            for key in TEXT_INPUT_KEYS
+            if key in self.meta and key in other.meta and self.meta[key] != other.meta[key]
+        ]
         if self.dim != other.dim:
             problems.append(f"dimension: {self.dim} vs {other.dim}")
         elif self.method == other.method == "variational" and not np.allclose(self.trivial, other.trivial, rtol=1e-5):
@@ -136,7 +144,7 @@ class TaskEmbedding:
             raise IncompatibleEmbeddingsError(
                 f"cannot compare embedding {self.name!r} with {other.name!r}: "
                 + "; ".join(problems)
-                + ". Re-embed both tasks with the same probe, estimator and image size."
+                + ". Re-embed both tasks with the same probe, estimator and image size (text: max_length, pooling)."
             )
 
     def __repr__(self) -> str:

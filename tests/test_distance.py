@@ -103,6 +103,16 @@ def test_mismatched_probes_raise():
         distance(a, a, kind="euclid")
 
 
+def test_text_embeddings_with_other_truncation_or_pooling_raise():
+    a = emb([1.0, 2.0], modality="text", max_length="64", pooling="mean")
+    with pytest.raises(IncompatibleEmbeddingsError, match="max_length: '64' vs '128'"):
+        distance(a, emb([1.0, 2.0], modality="text", max_length="128", pooling="mean"))
+    with pytest.raises(IncompatibleEmbeddingsError, match="pooling"):
+        distance(a, emb([1.0, 2.0], modality="text", max_length="64", pooling="cls"))
+    assert distance(a, emb([2.0, 1.0], modality="text", max_length="64", pooling="mean")) > 0
+    assert distance(a, emb([2.0, 1.0])) > 0  # a file that does not record them (older format) still compares
+
+
 def test_taxonomic_distance_min_over_pairs():
     tree = {
         ("cat", "dog"): 2,
