@@ -3,7 +3,8 @@
 expert index of 10 experts; the first load lists the experts and the examples; one click on the
 footwear example (real Fashion-MNIST images) ranks the experts with their confidence and draws the
 figures; a hostile zip gets a message that is still on the page 15 s later while the last result
-stays; and at phone width (390 px) no table column is narrower than its content.
+stays; re-ranking the shortlist by LogME shows both stages; and at phone width (390 px) no table
+column is narrower than its content.
 
 Screenshots go to ``test-output/``; with ``T2V_SPACE_SCREENSHOTS=docs/figures`` (see docs/space.md)
 the desktop and phone screenshots of the docs are written there instead."""
@@ -22,7 +23,7 @@ import pytest
 
 from hf_task2vec import TaskEmbedding
 from hf_task2vec.selection import ExpertIndex
-from tests.test_space import EXPERTS, build_expert_index, png_bytes
+from tests.test_space import EXPERTS, build_rerank_index, png_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -45,9 +46,10 @@ N_EXPERTS = 10
 
 @functools.lru_cache(maxsize=1)
 def ten_expert_index() -> ExpertIndex:
-    """The four real experts of `tests.test_space` plus six more made from the same real
-    embeddings under other names (a 10-row table; the layout is what is tested here)."""
-    base = build_expert_index()
+    """The four real experts of `tests.test_space` (with the weights its re-ranking tests load them
+    from) plus six more made from the same real embeddings under other names (a 10-row table; the
+    layout is what is tested here)."""
+    base = build_rerank_index()
     index = ExpertIndex()
     for mid in base.model_ids:
         index.add(mid, base.embedding(mid), **base.info(mid))
@@ -197,6 +199,21 @@ def test_example_click_ranks_with_confidence_and_readable_figures(page):
     ten_expert_index().embedding("test-experts/lite0-digits").check_compatible(emb)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "space.png"), full_page=True)
+
+
+def test_rerank_shows_both_stages(page):
+    page.get_by_text("Options", exact=True).click()
+    page.locator("#rerank").get_by_text("logme", exact=True).click()
+    assert page.locator("#rerank input[value=logme]").is_checked()
+    _run_example(page)
+    status = _status(page)
+    assert "Re-ranked the Task2Vec shortlist of 4 of 10 experts by logme" in status and "forward passes" in status
+    rows = _rows(page, "experts")
+    assert rows[0][:5] == ["rank", "expert", "re-rank score", "Task2Vec rank", "distance"]
+    scores = [float(r[2]) for r in rows[1:] if r]
+    assert len(scores) >= 2 and scores == sorted(scores, reverse=True)  # best re-rank score first
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT / "space-rerank.png"), full_page=True)
 
 
 def _sneaky_zip(tmp_path: Path) -> Path:

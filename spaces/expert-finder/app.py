@@ -79,8 +79,8 @@ TABLE_LAYOUTS = {
         "column_widths": ["56px", "220px", "70px", "130px", "240px"],
     },
     finder.RERANK_TABLE_COLUMNS: {
-        "datatype": ["number", "markdown", "str", "number", "str", "str", "str"],
-        "column_widths": ["56px", "220px", "90px", "80px", "80px", "130px", "240px"],
+        "datatype": ["number", "markdown", "str", "number", "str", "str"],
+        "column_widths": ["56px", "210px", "90px", "95px", "90px", "180px"],
     },
 }
 
