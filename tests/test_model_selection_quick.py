@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1860)
 def test_model_selection_benchmark_quick(tmp_path):
     from hf_task2vec import ExpertIndex
 
@@ -40,7 +40,7 @@ def test_model_selection_benchmark_quick(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=840,
+        timeout=1800,  # ~5 min on an idle 2-core box; 14 min when the box was shared with a benchmark
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((results / "model_selection.json").read_text())
