@@ -368,6 +368,20 @@ def _result(
     return DiversityResult(float(pairs.mean()), lo, hi, float(pairs.std()), d, embs, other, options)
 
 
+def _batch_options(
+    objective: str, batch_size: int, num_batches: int, shuffle: bool, method: str, max_length: int | None,
+    head_steps: int, head_lr: float, micro_batch: int, device: str | torch.device | None,
+    text_column: str | None, split: str, progress: bool, load_kwargs: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """The `_embed_batches` options `diversity` and `cross_diversity` share (device: CUDA when there is one)."""
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return dict(
+        objective=objective, batch_size=batch_size, num_batches=num_batches, shuffle=shuffle, method=method,
+        max_length=max_length, head_steps=head_steps, head_lr=head_lr, micro_batch=micro_batch, device=dev,
+        text_column=text_column, split=split, progress=progress, load_kwargs=load_kwargs,
+    )  # fmt: skip
+
+
 def diversity(
     dataset: Any,
     probe: Probe | str = "embedded-text",
@@ -409,28 +423,11 @@ def diversity(
         micro_batch: examples per forward/backward pass.
     """
     p, obj = _resolve(probe, objective, {})
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    embs = _embed_batches(
-        dataset,
-        p,
-        objective=obj,
-        batch_size=batch_size,
-        num_batches=num_batches,
-        shuffle=shuffle,
-        seed=seed,
-        batch_seed=seed,
-        method=method,
-        max_length=max_length,
-        head_steps=head_steps,
-        head_lr=head_lr,
-        micro_batch=micro_batch,
-        device=dev,
-        text_column=text_column,
-        split=split,
-        progress=progress,
-        desc="diversity",
-        load_kwargs=load_kwargs,
-    )
+    common = _batch_options(
+        obj, batch_size, num_batches, shuffle, method, max_length, head_steps, head_lr, micro_batch, device,
+        text_column, split, progress, load_kwargs,
+    )  # fmt: skip
+    embs = _embed_batches(dataset, p, seed=seed, batch_seed=seed, desc="diversity", **common)
     if len(embs) < 2:
         raise ValueError("the diversity needs num_batches >= 2")
     values = np.stack([e.values for e in embs]).astype(np.float64)
@@ -464,23 +461,10 @@ def cross_diversity(
     both datasets must have the same label names (one probe head shape per comparison is not needed,
     but the embeddings are only comparable within one probe and estimator)."""
     p, obj = _resolve(probe, objective, {})
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    common = dict(
-        objective=obj,
-        batch_size=batch_size,
-        num_batches=num_batches,
-        shuffle=True,
-        method=method,
-        max_length=max_length,
-        head_steps=head_steps,
-        head_lr=head_lr,
-        micro_batch=micro_batch,
-        device=dev,
-        text_column=text_column,
-        split=split,
-        progress=progress,
-        load_kwargs={},
-    )
+    common = _batch_options(
+        obj, batch_size, num_batches, True, method, max_length, head_steps, head_lr, micro_batch, device,
+        text_column, split, progress, {},
+    )  # fmt: skip
     ea = _embed_batches(a, p, seed=seed, batch_seed=seed, desc="cross-diversity a", **common)
     eb = _embed_batches(b, p, seed=seed, batch_seed=seed + 1, desc="cross-diversity b", **common)
     va = np.stack([e.values for e in ea]).astype(np.float64)

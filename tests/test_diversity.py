@@ -7,14 +7,8 @@ GPT-2-architecture model trained from scratch on the offline text by
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _two_class(name: str, classes: list[str], per_class: int, seed: int = 0):
@@ -97,18 +91,6 @@ def test_diversity_argument_errors(minilm):
 
 
 # -- next-token objective on a tiny GPT-2 trained here ---------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_gpt2():
-    spec = importlib.util.spec_from_file_location("train_tiny_gpt2", ROOT / "benchmarks" / "train_tiny_gpt2.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_tiny_gpt2"] = module
-    spec.loader.exec_module(module)
-    folder = module.cached(steps=60, n_embd=32, n_layer=2, n_head=2, context=32, batch_size=16)
-    from hf_task2vec.probes import load_probe
-
-    return load_probe(str(folder), max_length=24)
-
-
 def test_tiny_gpt2_is_a_causal_text_probe(tiny_gpt2):
     assert tiny_gpt2.causal and tiny_gpt2.settings["objective"] == "next-token"
     # GPT-2's Conv1D layers became nn.Linear: per block c_attn (3*32), attn c_proj, mlp c_fc (4*32), c_proj

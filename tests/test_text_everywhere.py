@@ -9,10 +9,8 @@ real offline image probe; the Hub is the local fake Hub of tests/hub_server.py w
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,6 @@ from hf_task2vec.errors import IncompatibleEmbeddingsError
 from hf_task2vec.hub import INDEX_COLUMNS, EmbeddingStore
 from hf_task2vec.hub.index import INPUT_COLUMNS
 
-ROOT = Path(__file__).resolve().parents[1]
 MAX_LENGTH = 16
 
 
@@ -242,19 +239,6 @@ def test_diversity_max_length_is_used_and_leaves_the_probe_alone(text_probe):
     assert {e.meta["max_length"] for e in default.embeddings} == {str(MAX_LENGTH)}
     with pytest.raises(ValueError, match="max_length"):
         t2v.diversity(ds, text_probe, batch_size=8, num_batches=2, max_length=1, progress=False, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny_gpt2():
-    """The tiny GPT-2 of tests/test_diversity.py (same options: the same cached folder)."""
-    spec = importlib.util.spec_from_file_location("train_tiny_gpt2", ROOT / "benchmarks" / "train_tiny_gpt2.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_tiny_gpt2"] = module
-    spec.loader.exec_module(module)
-    folder = module.cached(steps=60, n_embd=32, n_layer=2, n_head=2, context=32, batch_size=16)
-    from hf_task2vec.probes import load_probe
-
-    return load_probe(str(folder), max_length=24)
 
 
 def test_next_token_diversity_keeps_the_probe_and_records_max_length(tiny_gpt2):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..embedding import TaskEmbedding
+from ..embedding import TEXT_INPUT_KEYS, TaskEmbedding
 from ..errors import HubError
 
 if TYPE_CHECKING:
@@ -142,8 +142,8 @@ def _int_or_none(text: str | None) -> int | None:
 #: (an index written before they existed lacks them: a push fills them from the stored files).
 INPUT_COLUMNS: tuple[str, ...] = ("modality", "max_length", "pooling", "tokenizer", "tokenizer_revision")
 #: What text embeddings must share, besides the `META_TO_COLUMN` keys, for `EmbeddingStore.nearest`
-#: to compare them (inputs truncated or pooled differently are different inputs).
-TEXT_COMPARED: tuple[str, ...] = ("max_length", "pooling")
+#: to compare them: the keys `TaskEmbedding.check_compatible` compares (truncation and pooling).
+TEXT_COMPARED: tuple[str, ...] = TEXT_INPUT_KEYS
 
 
 def _text_settings(meta: dict[str, str]) -> dict[str, str]:
