@@ -84,7 +84,8 @@ ESTIMATORS: dict[str, dict[str, Any]] = {
     "default": {},
     "montecarlo": dict(method="montecarlo", n_samples=1),  # the one-draw estimator (the old default)
     "exact": dict(method="exact"),
-    "variational": dict(method="variational"),
+    "variational": dict(method="variational"),  # the paper's robust Fisher (fixed prior)
+    "relative": dict(method="relative"),  # the library default, named
 }
 ALL = "*"  # every estimator of ESTIMATORS
 

@@ -26,14 +26,14 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
-from .checks import check_embedder_options, check_float, check_int, check_output_dir
+from .checks import check_embedder_options, check_float, check_int, check_max_length, check_output_dir
 from .distributed import DistributedTask2Vec, _Comm
 from .embedding import TaskEmbedding
 from .errors import OptionError, Task2VecError
 from .hub import EmbeddingStore, sanitize_name
 from .lifeline import die_with_launcher, launched
 from .probes import load_probe
-from .task2vec import METHODS, Method, Task2Vec
+from .task2vec import DEFAULT_METHOD, METHODS, Method, Task2Vec
 from .tasks import Task, TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,9 @@ _TASK2VEC_OPTIONS = (
     "max_length",
 )
 _TOP_KEYS = ("tasks", "probe", "method", "options", "store", "shard", "timeout_minutes")
-_TASK_KEYS = ("source", "name", "split", "classes", "groups", "input_column", "label_column", "revision", "config")
+_TASK_KEYS = (
+    "source", "name", "split", "classes", "groups", "input_column", "label_column", "revision", "config", "allow_empty"
+)
 
 
 @dataclass
@@ -82,11 +84,13 @@ class BatchConfig:
 
     tasks: list[TaskSpec]
     probe: str = "embedded"
-    method: Method = "variational"
+    method: Method = DEFAULT_METHOD
     options: dict[str, Any] = field(default_factory=dict)
     store: str | None = None
     shard: ShardMode = "auto"
     timeout_minutes: float = 180.0
+    #: the YAML file it was read from (named in messages), if any
+    source: str = ""
 
 
 def _default_task_name(source: str, split: str, classes: Sequence[Any] | None) -> str:
@@ -126,9 +130,13 @@ def _parse_task_entry(entry: Any, i: int) -> list[TaskSpec]:
     for column in ("input_column", "label_column", "revision", "config", "name"):
         if entry.get(column) is not None and not isinstance(entry[column], str | int):
             raise BatchConfigError(f"{where}: {column} must be a string, got {entry[column]!r}")
+    allow_empty = entry.get("allow_empty", False)
+    if not isinstance(allow_empty, bool):
+        raise BatchConfigError(f"{where}: allow_empty must be true or false, got {allow_empty!r}")
     common = {
         "source": source,
         "split": split,
+        "allow_empty": allow_empty,
         "input_column": entry.get("input_column"),
         "label_column": entry.get("label_column"),
         "revision": entry.get("revision"),
@@ -149,6 +157,35 @@ def _parse_task_entry(entry: Any, i: int) -> list[TaskSpec]:
     return [TaskSpec(name=name, classes=classes, **common)]
 
 
+def _unique_key_loader(where: str) -> type:
+    """A `yaml.SafeLoader` that refuses a key given twice in one mapping (plain YAML keeps the last
+    one silently, so a second ``options:`` would drop the first without a word)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: SafeLoader reports it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise BatchConfigError(
+                    f"batch config {where}: key {key!r} is given twice in one mapping (lines {first} and "
+                    f"{key_node.start_mark.line + 1}); keep one (YAML would silently use the last)"
+                )
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return UniqueKeyLoader
+
+
 def load_batch_config(config: str | os.PathLike[str] | Mapping[str, Any] | BatchConfig) -> BatchConfig:
     """Read a batch config: a YAML file path, an already parsed mapping, or a `BatchConfig`.
 
@@ -156,7 +193,7 @@ def load_batch_config(config: str | os.PathLike[str] | Mapping[str, Any] | Batch
 
         store: ./task2vec-store          # the output store: a local folder or a Hub dataset repo user/name
         probe: embedded                  # anything load_probe accepts
-        method: montecarlo               # montecarlo | exact | variational
+        method: montecarlo               # relative (default) | variational | exact | montecarlo
         shard: auto                      # tasks | samples | auto
         options: {max_samples: 1000, image_size: 64, seed: 0}   # Task2Vec options
         # text: probe: embedded-text, options: {max_length: 128}, tasks: {source: offline:fortunes, ...}
@@ -171,15 +208,16 @@ def load_batch_config(config: str | os.PathLike[str] | Mapping[str, Any] | Batch
     if isinstance(config, BatchConfig):
         return config
     where = "batch config"
+    source = ""
     if not isinstance(config, Mapping):
         import yaml
 
         path = Path(config)
-        where = repr(str(path))
+        where, source = repr(str(path)), str(path)
         if not path.is_file():
             raise BatchConfigError(f"batch config {where} does not exist")
         try:
-            config = yaml.safe_load(path.read_text())
+            config = yaml.load(path.read_text(), Loader=_unique_key_loader(where))  # noqa: S506 (a SafeLoader)
         except yaml.YAMLError as exc:
             raise BatchConfigError(f"batch config {where} is not valid YAML: {exc}") from exc
         if not isinstance(config, Mapping):
@@ -203,7 +241,7 @@ def load_batch_config(config: str | os.PathLike[str] | Mapping[str, Any] | Batch
                 "give them distinct 'name's"
             )
         seen[key] = spec.name
-    method = config.get("method", "variational")
+    method = config.get("method", DEFAULT_METHOD)
     if method not in METHODS:
         raise BatchConfigError(f"{where}: unknown method {method!r}; use one of {list(METHODS)}")
     shard = config.get("shard", "auto")
@@ -235,6 +273,7 @@ def load_batch_config(config: str | os.PathLike[str] | Mapping[str, Any] | Batch
         store=str(store) if store is not None else None,
         shard=shard,
         timeout_minutes=float(timeout_minutes),  # type: ignore[arg-type]
+        source=source,
     )
 
 
@@ -296,6 +335,11 @@ class BatchReport:
 
 def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _expected(exc: BaseException) -> bool:
+    """A failure of the task's data or settings (reported in one line), not a bug (with its traceback)."""
+    return isinstance(exc, Task2VecError | ValueError | OSError)
 
 
 class _TaskLoader:
@@ -375,6 +419,7 @@ def run_batch(
     """
     started = time.perf_counter()
     cfg = load_batch_config(config)
+    where = f"batch config {cfg.source!r}" if cfg.source else "batch config"
     target = store if store is not None else cfg.store
     if target is None:
         raise BatchConfigError("no output store: set 'store:' in the batch config or pass --out STORE")
@@ -392,12 +437,16 @@ def run_batch(
     try:
         probe = load_probe(cfg.probe, image_size=image_size)
     except Exception as exc:
-        raise BatchConfigError(f"batch config probe {cfg.probe!r} cannot be loaded: {_error_text(exc)}") from exc
+        raise BatchConfigError(f"{where}: probe {cfg.probe!r} cannot be loaded: {_error_text(exc)}") from exc
     if cfg.options.get("max_length") is not None and getattr(probe, "modality", "image") != "text":
         raise BatchConfigError(
-            f"batch config: options.max_length applies to text probes, and {cfg.probe!r} is not one "
+            f"{where}: options.max_length applies to text probes, and {cfg.probe!r} is not one "
             "(use probe: embedded-text, or drop max_length)"
         )
+    try:  # the probe's position limit (512 for MiniLM), before any task is loaded
+        check_max_length(cfg.options.get("max_length"), probe, name="options.max_length")
+    except OptionError as exc:
+        raise BatchConfigError(f"{where}: {exc}") from exc
     keys = {spec.name: f"{sanitize_name(probe.name)}/{sanitize_name(spec.name)}" for spec in cfg.tasks}
     options = dict(cfg.options)
     options.pop("image_size", None)  # given to the probe
@@ -497,7 +546,9 @@ def _run_pending(
                     emb.meta["fisher_processes"] = "1"
                     item = (spec.name, emb.to_bytes(), None)
                 except Exception as exc:
-                    logger.warning("task %s failed on process %d: %s", spec.name, comm.rank, exc, exc_info=True)
+                    # an expected failure (bad task, file, option) is one line; a bug keeps its traceback
+                    logger.warning("task %s failed on process %d: %s", spec.name, comm.rank, exc,
+                                   exc_info=not _expected(exc) or logger.isEnabledFor(logging.DEBUG))
                     item = (spec.name, None, _error_text(exc))
             collect(comm.gather_objects(item))
         # The tasks left over: every process takes a shard of each one's examples.
@@ -517,6 +568,15 @@ def _run_pending(
             # would wait in a collective): it propagates and ends the launch; a rerun resumes.
             emb = sharded.embed(task)
             collect([(spec.name, emb.to_bytes(), None) if comm.is_main else None])
+    except KeyboardInterrupt as exc:  # say what the completed rounds left in the store (the CLI prints it)
+        kept = report.embedded
+        exc.hf_task2vec_note = (  # type: ignore[attr-defined]
+            f"the {len(kept)} task(s) finished before it are kept in {store_.name} ({', '.join(kept)}); run the same "
+            "command again to embed the rest (tasks already in the store are skipped)"
+            if kept
+            else f"nothing was written to {store_.name}"
+        )
+        raise
     finally:
         bar.close()
     report = comm.broadcast_object(report) if comm.world > 1 else report

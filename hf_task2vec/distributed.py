@@ -41,7 +41,7 @@ from .embedding import TaskEmbedding
 from .errors import Task2VecError
 from .fisher import FisherResult
 from .probes import Probe
-from .task2vec import Method, Task2Vec, _task_and_options
+from .task2vec import DEFAULT_METHOD, Method, Task2Vec, _task_and_options
 from .tasks import Task, TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ class DistributedTask2Vec(Task2Vec):
         mine = shard_indices(indices, comm.rank, comm.world)
         batches = self.batches(task, mine, desc=f"fisher {task.name}")
         result = self.fisher_pass(probe, batches, reduce=comm.reduce_sum, seed=rank_seed(self.seed, comm.rank))
-        if self.method == "variational":  # the closed form of the summed exact Fisher: the same on every rank
+        if self.method in ("relative", "variational"):  # closed forms of the summed sums: the same on every rank
             result = self.robust(probe, result, len(indices))
         result.options["seed_per_process"] = "seed on the main process, SeedSequence([seed, rank]) elsewhere"
         return result
@@ -276,7 +276,7 @@ class DistributedTask2Vec(Task2Vec):
 def embed_distributed(
     source: Task | TaskSpec | Any,
     probe: Probe | str | nn.Module = "embedded",
-    method: Method = "variational",
+    method: Method = DEFAULT_METHOD,
     *,
     accelerator: Any = None,
     spec: TaskSpec | None = None,

@@ -6,8 +6,10 @@ that a file edited after it was written (its values, or its probe, method, image
 instead of silently compared. The hash detects edits and corruption, not forgery: it has no secret.
 
 Format versions: 2 (written now) hashes tensors, layers and metadata; 1 (hf_task2vec 0.1.0) hashed
-the tensors only. Version-1 files still load (their tensors are verified) with a warning that their
-metadata is not; saving such an embedding again writes version 2.
+the tensors only, so its metadata cannot be verified (a "downgrade" to format 1 would hide an edit).
+Version-1 files are read only with an explicit ``allow_unverified=True`` (CLI ``--allow-unverified``);
+such an embedding carries the `UNVERIFIED_KEY` metadata entry, which saving keeps (it is covered by the
+format-2 hash), so re-saving never turns an unverified file into a verified one, and stores refuse it.
 """
 
 from __future__ import annotations
@@ -28,8 +30,13 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "hf_task2vec.embedding"
 FORMAT_VERSION = "2"
-#: Versions this release reads: "1" hashed the tensors only (its metadata is not verified).
+#: Versions this release reads: "1" hashed the tensors only (its metadata is not verified; read only
+#: with ``allow_unverified=True``).
 READABLE_VERSIONS: tuple[str, ...] = ("1", "2")
+#: The metadata entry marking an embedding whose metadata was never verified (read from a format-1
+#: file with ``allow_unverified=True``). Kept by `TaskEmbedding.save`; such files are again read only
+#: with ``allow_unverified=True`` and are never pushed to a store.
+UNVERIFIED_KEY = "unverified_metadata"
 
 # Metadata keys that must agree for two embeddings to be comparable.
 COMPATIBILITY_KEYS: tuple[str, ...] = ("probe", "probe_revision", "method", "image_size")
@@ -113,6 +120,17 @@ class TaskEmbedding:
         """L1 norm of the values (the paper's measure of task complexity, Fig. 2 right)."""
         return float(np.abs(self.values.astype(np.float64)).sum())
 
+    @property
+    def data_norm(self) -> float:
+        """L1 norm of the data part of the embedding, ``values - trivial``, in the units the estimator
+        measured it: the norm that tracks a task's difficulty (Fig. 2 right) without the prior. For the
+        default ``relative`` estimator, whose values are the Fisher divided by the task's own level
+        ``c`` (recorded as ``fisher_scale``), it is ``c * ||values - trivial||_1``. `norm` includes
+        the prior."""
+        data = np.abs(self.values.astype(np.float64) - self.trivial.astype(np.float64)).sum()
+        scale = _method_options(self.meta).get("fisher_scale")
+        return float(data * float(scale)) if self.method == "relative" and scale is not None else float(data)
+
     def layer(self, name: str) -> np.ndarray:
         """The values of one layer's filters."""
         for sl in self.layers:
@@ -134,12 +152,21 @@ class TaskEmbedding:
         ]
         if self.dim != other.dim:
             problems.append(f"dimension: {self.dim} vs {other.dim}")
-        elif self.method == other.method == "variational" and not np.allclose(self.trivial, other.trivial, rtol=1e-5):
+        elif self.method == other.method and self.method in ("variational", "relative") and not np.allclose(
+            self.trivial, other.trivial, rtol=1e-5
+        ):
             # robust embeddings on different priors (floors): d_sym would measure the floors, not the tasks
-            problems.append(
-                "robust-Fisher prior (trivial embedding): prior_examples "
-                f"{_prior_examples(self)} vs {_prior_examples(other)} (embed both with the same prior_examples)"
-            )
+            mine, theirs = _prior_examples(self), _prior_examples(other)
+            if mine != theirs:
+                problems.append(
+                    f"robust-Fisher prior (trivial embedding): prior_examples {mine} vs {theirs} (embed both with "
+                    "the same prior_examples; on the command line it is --max-samples)"
+                )
+            else:
+                problems.append(
+                    f"their trivial embeddings differ although both record prior_examples {mine}: one was made by "
+                    "another library version or its trivial tensor was altered; re-embed it"
+                )
         if problems:
             raise IncompatibleEmbeddingsError(
                 f"cannot compare embedding {self.name!r} with {other.name!r}: "
@@ -220,8 +247,20 @@ class TaskEmbedding:
         return path
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, source: str = "<bytes>") -> TaskEmbedding:
-        """Parse and verify a safetensors serialisation."""
+    def from_bytes(cls, data: bytes, *, source: str = "<bytes>", allow_unverified: bool = False) -> TaskEmbedding:
+        """Parse and verify a safetensors serialisation.
+
+        Args:
+            data: the bytes `to_bytes` / `save` wrote.
+            source: how to name the data in messages (e.g. the file path).
+            allow_unverified: also read an embedding whose metadata cannot be verified (format 1,
+                hashed over the tensors only, or a file saved from such an embedding). It is marked
+                with `UNVERIFIED_KEY` in ``meta`` (see `unverified_reason`) and stores refuse it.
+
+        Raises:
+            EmbeddingFileError: unreadable, truncated, edited or corrupted; or unverified metadata
+                without ``allow_unverified``.
+        """
         from safetensors import safe_open  # noqa: F401  (import check only)
         from safetensors.numpy import load
 
@@ -262,30 +301,52 @@ class TaskEmbedding:
                     f"{source} failed its integrity check (the sha256 of its values does not match the one "
                     f"recorded when it was written): the file was modified or corrupted; {fix}"
                 )
-            logger.warning(
-                "%s was written in embedding format 1, whose integrity hash covers the tensors only: its metadata "
-                "(probe, method, image size...) is not verified. Save it again (TaskEmbedding.load(path).save(path)) "
-                "to upgrade it to format %s",
-                source,
-                FORMAT_VERSION,
-            )
+            if not allow_unverified:
+                raise EmbeddingFileError(
+                    f"{source} is in embedding format 1, whose hash covers the tensors only: its metadata (probe, "
+                    "method, image size, label names...) cannot be verified, so it is not read. Re-create it with "
+                    "`hf-task2vec embed` (recommended), or read it anyway with --allow-unverified "
+                    "(TaskEmbedding.load(path, allow_unverified=True)); an unverified embedding is never pushed to "
+                    "a store"
+                )
+            emb.meta.setdefault(UNVERIFIED_KEY, "format 1: the hash covered the tensors only")
         elif digest != emb._digest():
             raise EmbeddingFileError(
                 f"{source} failed its integrity check: the sha256 recorded when it was written does not match its "
                 "tensors and metadata, so the file was modified (e.g. its probe, method or image size edited) or "
                 f"corrupted; {fix}"
             )
+        elif UNVERIFIED_KEY in emb.meta and not allow_unverified:
+            raise EmbeddingFileError(
+                f"{source} was saved from an unverified embedding ({emb.meta[UNVERIFIED_KEY]}): its metadata "
+                "(probe, method, image size, label names...) was never verified, so it is not read. Re-create it "
+                "with `hf-task2vec embed`, or read it anyway with --allow-unverified "
+                "(TaskEmbedding.load(path, allow_unverified=True))"
+            )
+        if UNVERIFIED_KEY in emb.meta:
+            logger.warning(
+                "%s: reading an embedding whose metadata is not verified (%s; allow_unverified=True). Saving it "
+                "keeps it unverified, and stores refuse it; re-create it with `hf-task2vec embed` to verify it",
+                source,
+                emb.meta[UNVERIFIED_KEY],
+            )
         if not np.all(np.isfinite(emb.values)):
             raise EmbeddingFileError(f"{source} contains non-finite values: {fix}")
         return emb
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> TaskEmbedding:
-        """Read and verify an embedding written by `save`."""
+    def load(cls, path: str | os.PathLike[str], *, allow_unverified: bool = False) -> TaskEmbedding:
+        """Read and verify an embedding written by `save` (``allow_unverified``: see `from_bytes`)."""
         path = Path(path)
         if not path.is_file():
             raise EmbeddingFileError(f"embedding file {str(path)!r} does not exist")
-        return cls.from_bytes(path.read_bytes(), source=repr(str(path)))
+        return cls.from_bytes(path.read_bytes(), source=repr(str(path)), allow_unverified=allow_unverified)
+
+
+def unverified_reason(embedding: TaskEmbedding) -> str | None:
+    """Why ``embedding``'s metadata is not verified (it was read with ``allow_unverified=True``),
+    or ``None`` for a verified one."""
+    return embedding.meta.get(UNVERIFIED_KEY)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -334,3 +395,12 @@ def _prior_examples(embedding: TaskEmbedding) -> str:
         return str(json.loads(embedding.meta.get("method_options") or "{}").get("prior_examples", "?"))
     except ValueError:
         return "?"
+
+
+def _method_options(meta: dict[str, str]) -> dict[str, str]:
+    """The estimator's own options recorded in ``method_options`` (JSON; empty when absent or unreadable)."""
+    try:
+        found = json.loads(meta.get("method_options") or "{}")
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}

@@ -271,12 +271,22 @@ class SquaredGradientHooks:
     conv of a frozen network, or a token-embedding output) gets one through a forward pre-hook.
     """
 
-    def __init__(self, probe: Probe, strategy: Strategy = "auto", accumulate_dtype: torch.dtype = torch.float64):
+    def __init__(
+        self,
+        probe: Probe,
+        strategy: Strategy = "auto",
+        accumulate_dtype: torch.dtype = torch.float64,
+        second_moment: bool = False,
+    ):
         self.probe = probe
         self.strategy = strategy
         modules = dict(probe.backbone.named_modules())
         self.groups: list[tuple[FilterGroup, nn.Module]] = [(g, modules[g.name]) for g in probe.filters]
         self.sums = torch.zeros(probe.dim, dtype=accumulate_dtype, device=probe.device)
+        # second_moment: also sum_n (per-sample total over this forward's backward passes)^2, the
+        # spread of the per-sample Fisher that the evidence floor needs (docs/robust_fisher.md)
+        self.sumsq = torch.zeros_like(self.sums) if second_moment else None
+        self._batch: torch.Tensor | None = None
         self.sample_weights: torch.Tensor | None = None
         self._handles: list = []
         self._calls: dict[int, int] = {}
@@ -298,7 +308,15 @@ class SquaredGradientHooks:
         self._handles.clear()
 
     def new_forward(self) -> None:
+        self.flush()
         self._calls.clear()
+
+    def flush(self) -> None:
+        """Add the finished forward's per-sample totals to `sumsq` (called by `new_forward`; call it
+        once more after the last backward pass)."""
+        if self._batch is not None and self.sumsq is not None:
+            self.sumsq += self._batch.square().sum(0).to(self.sumsq.dtype)
+        self._batch = None
 
     def _mine(self) -> bool:
         return threading.get_ident() == self._thread and torch.is_grad_enabled()
@@ -330,6 +348,11 @@ class SquaredGradientHooks:
                 if self.sample_weights is not None:
                     sq = sq * self.sample_weights.to(sq.dtype)[:, None]
                 self.sums[group.start : group.stop] += sq.sum(0).to(self.sums.dtype)
+                if self.sumsq is not None:
+                    if self._batch is None:
+                        shape = (sq.shape[0], self.sums.shape[0])
+                        self._batch = torch.zeros(shape, dtype=self.sums.dtype, device=sq.device)
+                    self._batch[:, group.start : group.stop] += sq.to(self._batch.dtype)
 
             output.register_hook(grad_hook)
 
@@ -352,6 +375,8 @@ class FisherResult:
     num_draws: int
     options: dict[str, str] = field(default_factory=dict)
     trivial: np.ndarray | None = None
+    #: with ``second_moment=True``: per filter, the mean over inputs of the squared per-input Fisher
+    second_moment: np.ndarray | None = None
 
 
 # Backbones in use by a Fisher pass: id -> [users, saved requires_grad flags, saved training flag].
@@ -463,12 +488,13 @@ def _hooked_pass(
     precision: str = "fp32",
     channels_last: bool = False,
     rank: int | None = None,
-) -> tuple[torch.Tensor, int, int]:
+    second_moment: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, int, int]:
     device, dtype = probe.device, probe.dtype
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     n_inputs = 0
     draws = 0
-    with SquaredGradientHooks(probe, strategy) as hooks:
+    with SquaredGradientHooks(probe, strategy, second_moment=second_moment) as hooks:
         for x, _ in batches:
             x, mask = split_loss_mask(to_device(x, device, dtype))
             if channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
@@ -504,8 +530,10 @@ def _hooked_pass(
                     log_p.gather(1, y[:, None]).sum().backward(retain_graph=s < n_samples - 1)
                 draws += n * n_samples
             n_inputs += n
+        hooks.flush()
         sums = hooks.sums.detach().cpu()
-    return sums, n_inputs, draws
+        sumsq = None if hooks.sumsq is None else hooks.sumsq.detach().cpu()
+    return sums, sumsq, n_inputs, draws
 
 
 def _functional_pass(
@@ -514,7 +542,8 @@ def _functional_pass(
     method: str,
     n_samples: int,
     generator: torch.Generator,
-) -> tuple[torch.Tensor, int, int]:
+    second_moment: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, int, int]:
     """Per-sample gradients with torch.func.vmap(grad): any layer type, more time and memory."""
     from torch.func import functional_call, grad, vmap
 
@@ -533,6 +562,7 @@ def _functional_pass(
 
     per_sample = vmap(grad(log_prob), in_dims=(None, 0, 0, 0))
     sums = torch.zeros(probe.dim, dtype=torch.float64)
+    sumsq = torch.zeros_like(sums) if second_moment else None
     n_inputs = draws = 0
     device, dtype = probe.device, probe.dtype
     for x, _ in batches:
@@ -558,6 +588,7 @@ def _functional_pass(
                 (torch.multinomial(probs.float().cpu(), 1, generator=generator).squeeze(1).to(device), None)
                 for _ in range(n_samples)
             ]
+        per_sample_totals = torch.zeros(n, probe.dim, dtype=torch.float64) if sumsq is not None else None
         for y, w in labels:
             for start in range(0, n, 8):
                 sl = slice(start, start + 8)
@@ -568,9 +599,13 @@ def _functional_pass(
                     if w is not None:
                         sq = sq * w[sl, None].detach()
                     sums[g.start : g.stop] += sq.sum(0).double().cpu()
+                    if per_sample_totals is not None:
+                        per_sample_totals[sl, g.start : g.stop] += sq.double().cpu()
+        if sumsq is not None:
+            sumsq += per_sample_totals.square().sum(0)
         n_inputs += n
         draws += n * (1 if method == "exact" else n_samples)
-    return sums, n_inputs, draws
+    return sums, sumsq, n_inputs, draws
 
 
 def hooks_can_run(probe: Probe, first: Inputs) -> str | None:
@@ -617,6 +652,7 @@ def fisher_diagonal(
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     precision: Literal["fp32", "bf16"] = "fp32",
     channels_last: bool = False,
+    second_moment: bool = False,
 ) -> FisherResult:
     """Per-filter Fisher of ``probe`` (with its current head) over ``batches`` of ``(x, y)``.
 
@@ -643,6 +679,8 @@ def fisher_diagonal(
             norms are still summed in float32 and the totals in float64.
         channels_last: NHWC memory format for convolutions during the pass (often faster on GPU);
             the probe's own layout is restored afterwards.
+        second_moment: also return `FisherResult.second_moment`, the mean over inputs of the squared
+            per-input Fisher of each filter (its spread gives the estimate's standard error).
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -659,6 +697,7 @@ def fisher_diagonal(
     first = next(stream, None)
     if first is None:
         sums, n_inputs, draws = torch.zeros(probe.dim, dtype=torch.float64), 0, 0
+        sumsq = torch.zeros_like(sums) if second_moment else None
     else:
         batches = itertools.chain([first], stream)
         with frozen(probe):
@@ -668,31 +707,42 @@ def fisher_diagonal(
                 if strategy != "functional":
                     logger.warning("Fisher hooks cannot handle this probe (%s); using torch.func.vmap(grad)", reason)
                 with _functional_lock(probe):
-                    sums, n_inputs, draws = _functional_pass(probe, batches, method, n_samples, generator)
+                    sums, sumsq, n_inputs, draws = _functional_pass(
+                        probe, batches, method, n_samples, generator, second_moment
+                    )
             else:
                 layout = _memory_format(probe) if channels_last else None
                 if channels_last:
                     probe.to(memory_format=torch.channels_last)
                 try:
-                    sums, n_inputs, draws = _hooked_pass(
-                        probe, batches, method, n_samples, generator, strategy, precision, channels_last, rank
+                    sums, sumsq, n_inputs, draws = _hooked_pass(
+                        probe, batches, method, n_samples, generator, strategy, precision, channels_last, rank,
+                        second_moment,
                     )
                 finally:
                     if layout is not None:
                         probe.to(memory_format=layout)
     if reduce is not None:
-        totals = reduce(torch.cat([sums, torch.tensor([n_inputs, draws], dtype=sums.dtype)]).to(probe.device))
+        parts = [sums] + ([sumsq] if sumsq is not None else [])
+        totals = reduce(torch.cat([*parts, torch.tensor([n_inputs, draws], dtype=sums.dtype)]).to(probe.device))
         totals = totals.detach().cpu()
-        sums, n_inputs, draws = totals[:-2], int(totals[-2]), int(totals[-1])
+        d = sums.shape[0]
+        sums, n_inputs, draws = totals[:d], int(totals[-2]), int(totals[-1])
+        if sumsq is not None:
+            sumsq = totals[d : 2 * d]
     if n_inputs == 0:
         raise ValueError("no data: the batches were empty")
     denom = n_inputs if method == "exact" else draws
-    values = (sums / denom / _weights_per_filter(probe)).numpy()
+    per_filter = _weights_per_filter(probe)
+    values = (sums / denom / per_filter).numpy()
     if method == "montecarlo":
         options = {"n_samples": str(n_samples)}
+        # a montecarlo input's total is over its n_samples draws: its mean draw is total / n_samples
+        moment = None if sumsq is None else (sumsq / n_inputs / (n_samples * per_filter) ** 2).numpy()
     else:
         options = {"rank": "K-1" if rank is None else str(rank)}
-    return FisherResult(values, n_inputs, draws, options)
+        moment = None if sumsq is None else (sumsq / n_inputs / per_filter**2).numpy()
+    return FisherResult(values, n_inputs, draws, options, second_moment=moment)
 
 
 def _memory_format(probe: Probe) -> torch.memory_format:

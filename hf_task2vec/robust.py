@@ -73,6 +73,50 @@ def robust_fisher(
     return FisherResult(fisher.values + trivial, fisher.num_inputs, fisher.num_draws, options, trivial=trivial)
 
 
+def fisher_scale(x: np.ndarray, groups: Iterable[FilterGroup]) -> float:
+    """The typical level of a per-filter Fisher ``x`` (in prior units): the geometric mean, over the
+    layers, of each layer's mean. Scaling ``x`` by ``k`` scales it by ``k``; rescaling one layer's
+    weights (``x`` of that layer times ``1/s^2``, its ``lambda^2`` too) leaves it unchanged. Layers
+    whose Fisher is exactly 0 are left out; 0 when every layer is."""
+    means = [float(x[g.start : g.stop].mean()) for g in groups]
+    logs = [np.log(m) for m in means if m > 0]
+    return float(np.exp(np.mean(logs))) if logs else 0.0
+
+
+def relative_fisher(probe: Probe, fisher: FisherResult) -> FisherResult:
+    """The default estimator (``method="relative"``): the robust Fisher with a prior whose height the
+    task's own evidence sets (docs/robust_fisher.md derives it).
+
+    With ``x = F / lambda^2`` the exact Fisher in units of the probe's `prior_precision` and ``s`` its
+    standard error over the sampled inputs (``fisher`` must carry ``second_moment``):
+
+    * each filter is shrunk by its own reliability, ``x_hat = x * x^2 / (x^2 + s^2)``: a filter whose
+      Fisher is within its sampling noise falls towards 0, a well-measured one keeps its value;
+    * the prior sits at the task's own level ``c = fisher_scale(x_hat)``: ``values = x_hat / c + 1``,
+      ``trivial = 1``. A filter the data lift above the task's typical level speaks, the others sit
+      near 1 in every task (ratio 1/2 in ``d_sym``, no noise); scaling the whole Fisher (a harder
+      task) changes nothing but ``c``: the distance sees what a task is, not how hard it is;
+    * the task's level is kept: ``options["fisher_scale"] = c``, and `TaskEmbedding.data_norm` is
+      ``c * ||values - trivial||_1 = ||x_hat||_1``, the norm that tracks difficulty.
+
+    Every embedding of a probe has the same trivial embedding (all ones), whatever its sample size,
+    and rescaling a layer's weights leaves the values unchanged.
+    """
+    if fisher.second_moment is None:
+        raise ValueError("relative_fisher needs the Fisher's second moment: fisher_diagonal(..., second_moment=True)")
+    lam2 = prior_precision(probe)
+    n = max(int(fisher.num_inputs), 1)
+    x = np.clip(fisher.values, 0.0, None) / lam2
+    var = np.clip(fisher.second_moment - fisher.values**2, 0.0, None) / n / lam2**2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reliability = np.where(x > 0, x**2 / (x**2 + var), 0.0)
+    shrunk = x * reliability
+    scale = fisher_scale(shrunk, probe.filters)
+    values = shrunk / scale + 1.0 if scale > 0 else np.ones_like(shrunk)
+    options = {**fisher.options, "prior": "relative", "fisher_scale": repr(scale)}
+    return FisherResult(values, fisher.num_inputs, fisher.num_draws, options, trivial=np.ones_like(values))
+
+
 class _NoisyWeights:
     """Forward hooks that add the local-reparametrisation noise of N(w_hat, diag(exp(-L))) to every
     filter layer's output: ``out + sqrt(var) * eps`` with ``var = sigma2_filter * (a^2 conv 1)``."""

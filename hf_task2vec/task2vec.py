@@ -35,16 +35,21 @@ from .fisher import FisherResult, Strategy, fisher_diagonal, to_device
 from .head import fit_linear_head, set_head
 from .pipeline import iter_batches
 from .probes import Probe, load_probe
-from .robust import fisher_variational, robust_fisher
+from .robust import fisher_variational, relative_fisher, robust_fisher
 from .sampling import balanced_sample
 from .tasks import Task, TaskSpec, load_task
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["montecarlo", "exact", "variational"]
-METHODS: tuple[str, ...] = ("montecarlo", "exact", "variational")
-#: Label directions per input of the default (variational) estimator: exact up to 5 classes; for
-#: more, the leading 4 directions of ``diag(p) - p p^T`` (most of its trace once the head is confident).
+Method = Literal["relative", "variational", "exact", "montecarlo"]
+METHODS: tuple[str, ...] = ("relative", "variational", "exact", "montecarlo")
+#: The library's default estimator: the robust Fisher whose prior the task's own evidence sets
+#: (`hf_task2vec.robust.relative_fisher`); ``"variational"`` is the paper's, with a fixed prior.
+DEFAULT_METHOD: Method = "relative"
+#: Methods that start from the exact Fisher along the label covariance's leading directions.
+ROBUST_METHODS = ("relative", "variational")
+#: Label directions per input of the robust estimators: exact up to 5 classes; for more, the
+#: leading 4 directions of ``diag(p) - p p^T`` (most of its trace once the head is confident).
 VARIATIONAL_RANK = 4
 # The automatic CPU batch size: DEFAULT_BATCH_SIZE images up to AUTO_BATCH_SIDE px, fewer above.
 DEFAULT_BATCH_SIZE = 32
@@ -156,13 +161,14 @@ class Task2Vec:
 
     Args:
         probe: a `Probe` or anything `load_probe` accepts (default: the offline ``"embedded"``).
-        method: ``"variational"`` (default: the paper's robust Fisher, in closed form from the exact
-            Fisher; docs/robust_fisher.md), ``"exact"`` or ``"montecarlo"`` (DESIGN.md).
+        method: ``"relative"`` (default: the robust Fisher with a prior set by the task's own
+            evidence: content apart from difficulty; docs/robust_fisher.md), ``"variational"`` (the
+            paper's robust Fisher, fixed prior, in closed form), ``"exact"`` or ``"montecarlo"``.
         n_samples: label draws per input for ``montecarlo``.
-        rank: ``exact`` and ``variational``: backward passes per input along the leading directions
+        rank: ``exact``, ``relative`` and ``variational``: backward passes per input along the leading directions
             of the label covariance ``diag(p) - p p^T`` (see `fisher_diagonal`); ``K - 1`` of them are
             exact. Default: all ``K - 1`` for ``exact``, at most `VARIATIONAL_RANK` (4) for
-            ``variational`` — the cost stays about 2.5x a one-draw montecarlo pass for any K.
+            ``relative`` and ``variational`` — the cost stays about 2.5x a one-draw montecarlo pass for any K.
         prior_examples: ``variational``: the ``N`` weighing the prior against the data (default:
             ``max_samples``, or the task's size when that is ``None``): embeddings are comparable
             when they share it (one trivial embedding).
@@ -195,7 +201,7 @@ class Task2Vec:
         self,
         probe: Probe | str | nn.Module = "embedded",
         *,
-        method: Method = "variational",
+        method: Method = DEFAULT_METHOD,
         n_samples: int = 1,
         rank: int | None = None,
         prior_examples: int | None = None,
@@ -301,11 +307,10 @@ class Task2Vec:
         the trivial embedding's kind and the library versions. `embed` adds the task's provenance
         and the facts of the run (samples used, estimator options, head accuracy, time)."""
         out = {row.key: self._recorded_value(row) for row in PROVENANCE if not row.in_method_options}
-        out["trivial"] = (
-            "robust-Fisher prior (beta/2N) lambda^2, lambda^2 = 1/mean(w^2) per layer"
-            if self.method == "variational"
-            else f"constant prior_fisher={self.probe.prior_fisher!r}"
-        )
+        out["trivial"] = {
+            "relative": "ones: the prior at the task's own Fisher level (values = F / (lambda^2 c) + 1)",
+            "variational": "robust-Fisher prior (beta/2N) lambda^2, lambda^2 = 1/mean(w^2) per layer",
+        }.get(self.method, f"constant prior_fisher={self.probe.prior_fisher!r}")
         settings = getattr(self.probe, "settings", None)
         if settings:  # text probes: tokenizer, padding, truncation, pooling
             out["text_settings"] = json.dumps(settings, sort_keys=True)
@@ -436,10 +441,10 @@ class Task2Vec:
     def _fisher(self, probe: Probe, task: Task, indices: np.ndarray) -> FisherResult:
         """The Fisher of ``probe`` (this call's copy, head fitted) on the examples ``indices``."""
         result = self.fisher_pass(probe, self.batches(task, indices, desc=f"fisher {task.name}"))
-        if self.method != "variational":
+        if self.method not in ROBUST_METHODS:
             return result
         result = self.robust(probe, result, len(indices))
-        if self.variational_epochs == 0:
+        if self.method != "variational" or self.variational_epochs == 0:
             return result
         rng = np.random.default_rng(self.seed)
 
@@ -460,10 +465,11 @@ class Task2Vec:
         return refined
 
     def fisher_pass(self, probe: Probe, batches: Any, reduce: Any = None, seed: int | None = None) -> FisherResult:
-        """The Fisher pass of this embedder's estimator over ``batches`` (the variational estimator
-        starts from the exact Fisher, at most `VARIATIONAL_RANK` label directions per input)."""
+        """The Fisher pass of this embedder's estimator over ``batches`` (the robust estimators start
+        from the exact Fisher, at most `VARIATIONAL_RANK` label directions per input; ``relative``
+        also sums the per-input second moment)."""
         rank = self.rank
-        if self.method == "variational" and rank is None:
+        if self.method in ROBUST_METHODS and rank is None:
             rank = VARIATIONAL_RANK
         return fisher_diagonal(
             probe,
@@ -476,10 +482,14 @@ class Task2Vec:
             reduce=reduce,
             precision=self.precision,
             channels_last=self.channels_last,
+            second_moment=self.method == "relative",
         )
 
     def robust(self, probe: Probe, fisher: FisherResult, num_examples: int) -> FisherResult:
-        """The closed-form robust Fisher (`robust_fisher`) of an exact Fisher over ``num_examples``."""
+        """The closed-form robust Fisher of an exact Fisher over ``num_examples``: `relative_fisher`
+        (default) or, for ``variational``, the paper's fixed prior (`robust_fisher`)."""
+        if self.method == "relative":
+            return relative_fisher(probe, fisher)
         n_prior = self.prior_examples or self.max_samples or num_examples
         return robust_fisher(probe, fisher, prior_examples=n_prior, beta=self.beta)
 
@@ -533,7 +543,7 @@ def _check_finite_result(values: np.ndarray, task: Task) -> None:
 def embed(
     source: Task | TaskSpec | Any,
     probe: Probe | str | nn.Module = "embedded",
-    method: Method = "variational",
+    method: Method = DEFAULT_METHOD,
     *,
     spec: TaskSpec | None = None,
     **options: Any,

@@ -167,7 +167,7 @@ def test_one_process_batch_resume_and_settings_check(tmp_path, capsys):
     np.testing.assert_allclose(emb.values, direct.values, rtol=1e-5, atol=1e-6 * np.abs(direct.values).max())
     index = pq.read_table(store / "index.parquet").to_pylist()
     assert [r["key"] for r in index] == ["embedded/d01", "embedded/d38"]
-    assert index[1]["norm"] == pytest.approx(emb.norm, rel=1e-6)
+    assert index[1]["norm"] == pytest.approx(emb.data_norm, rel=1e-6)
     assert index[1]["path"] == "embeddings/embedded/d38.safetensors" and index[1]["samples"] == 32
     assert t2v.EmbeddingStore(store).pull("embedded/d38").values.tobytes() == emb.values.tobytes()
 
@@ -194,7 +194,7 @@ WORKER = textwrap.dedent(
     from hf_task2vec.distributed import DistributedTask2Vec
 
     out = sys.argv[1]
-    for method in ["exact", "montecarlo", "variational"]:
+    for method in ["relative", "exact", "montecarlo", "variational"]:
         embedder = DistributedTask2Vec(
             "embedded", method=method, max_samples=48, image_size=32, progress=False, variational_epochs=1
         )
@@ -215,14 +215,15 @@ def test_two_processes_equal_one_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     task = t2v.load_task("offline:animal-mnist", classes=["cat", "dog"], name="cat-dog")
     opts = {"max_samples": 48, "image_size": 32, "device": "cpu", "progress": False, "variational_epochs": 1}
-    for method in ["exact", "variational", "montecarlo"]:
+    for method in ["relative", "exact", "variational", "montecarlo"]:
         two = [t2v.TaskEmbedding.load(tmp_path / f"{method}-rank{r}.safetensors") for r in range(2)]
         np.testing.assert_array_equal(two[0].values, two[1].values)  # identical on every rank
         assert two[0].meta["fisher_processes"] == "2" and two[0].meta["num_samples"] == "48"
         one_embedder = t2v.Task2Vec("embedded", method=method, **opts)
         one = one_embedder.embed(task)
         if method != "montecarlo":
-            # exact: the same sums in another order; variational: run on the main process with the same head
+            # exact, relative: the same sums (and squared sums) in another order; variational: run on the main
+            # process with the same head
             np.testing.assert_allclose(two[0].values, one.values, rtol=1e-5, atol=1e-5 * np.abs(one.values).max())
             np.testing.assert_allclose(two[0].trivial, one.trivial, rtol=1e-5)
             continue

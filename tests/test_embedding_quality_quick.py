@@ -219,7 +219,7 @@ def test_cache_keys_follow_the_effective_settings(monkeypatch):
         return module.make_job("digits", ("3", "8"), gp, seed, False, name, digest).key
 
     assert key("same-as-default") == key("default")
-    assert key("variational") == key("default")  # the library default is the variational estimator
+    assert key("relative") == key("default")  # the library default is the relative estimator
     assert len({key("default"), key("other-batch"), key("exact"), key("montecarlo")}) == 4
     assert key("default", seed=1) != key("default")
     assert key("default", gp=module.GridPoint(64, 100, module.ALL)) != key("default")

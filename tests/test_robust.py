@@ -1,5 +1,5 @@
-"""The robust (variational) Fisher, the default estimator: closed form, prior, limits and invariances
-(docs/robust_fisher.md)."""
+"""The paper's robust (variational) Fisher, ``method="variational"``: closed form, fixed prior, limits
+and invariances (docs/robust_fisher.md). The library default, ``relative``, is tested in test_relative.py."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tests.test_fisher import _blob_task, _mlp_probe, sigmoid_probe
 
 
 def _embed(probe, task, **kw):
+    kw.setdefault("method", "variational")
     return Task2Vec(probe, progress=False, device="cpu", **kw).embed(task)
 
 
@@ -23,7 +24,7 @@ def _inputs(n: int, seed: int) -> torch.Tensor:
     return torch.randn(n, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def test_default_is_the_closed_form_robust_fisher_with_the_weight_prior():
+def test_variational_is_the_closed_form_robust_fisher_with_the_weight_prior():
     """values = F + (beta/2N) lambda^2 with lambda^2 = 1/mean(w^2) of the layer, by hand."""
     probe, w1, w2 = sigmoid_probe()
     x = _inputs(200, 3)

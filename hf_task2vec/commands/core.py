@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..task2vec import DEFAULT_METHOD, METHODS
 from .options import add_task_arguments, task_spec
 
 logger = logging.getLogger(__name__)
@@ -37,8 +38,11 @@ def _slug(text: str) -> str:
 
 def _add_embed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe", default="embedded", help="probe spec for load_probe (default: embedded)")
-    p.add_argument("--method", default="variational", choices=["montecarlo", "exact", "variational"],
-                   help="Fisher estimator (default variational: the robust Fisher, exact labels + the prior)")
+    p.add_argument("--arch", default=None,
+                   help="timm architecture of a local weights file given as --probe (e.g. resnet18)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS),
+                   help="Fisher estimator (default relative: the robust Fisher with the prior at the task's own "
+                   "level; variational: the paper's fixed prior)")
     p.add_argument("--max-samples", type=int, default=10_000, help="examples used at most (class-balanced)")
     p.add_argument("--n-samples", type=int, default=1, help="label draws per input (montecarlo)")
     p.add_argument("--image-size", type=int, default=None, help="resize images to this side (default: probe's)")
@@ -56,11 +60,31 @@ _EMBED_OPTIONS = (
 
 
 def _embedder(args: argparse.Namespace):
-    """The `Task2Vec` of the embed options given on the command line (the others keep their defaults)."""
+    """The `Task2Vec` of the embed options given on the command line (the others keep their defaults).
+    A local weights file as ``--probe`` is loaded with its timm architecture ``--arch``."""
+    from ..errors import OptionError
     from ..task2vec import Task2Vec
 
     options = {k: getattr(args, k) for k in _EMBED_OPTIONS if hasattr(args, k)}
-    return Task2Vec(args.probe, **options)
+    embedder = Task2Vec(args.probe, **options)  # checks the options before any probe is loaded
+    arch = getattr(args, "arch", None)
+    weights_file = isinstance(args.probe, str) and Path(args.probe).is_file()
+    if weights_file and arch is None:
+        flag = "--arch" if hasattr(args, "arch") else "`hf-task2vec embed --arch`"
+        raise OptionError(
+            f"--probe {args.probe!r} is a weights file: say which timm architecture it holds with {flag} "
+            "(e.g. --arch resnet18)"
+        )
+    if arch is not None and not weights_file:
+        raise OptionError(
+            f"--arch {arch!r} applies to a local weights file given as --probe, and --probe {args.probe!r} is not "
+            "one: drop --arch, or give the weights file"
+        )
+    if weights_file:
+        from ..probes import load_probe
+
+        embedder = Task2Vec(load_probe(args.probe, arch=arch, image_size=args.image_size), **options)
+    return embedder
 
 
 def _expected_file_bytes(embedder) -> int:
@@ -69,7 +93,7 @@ def _expected_file_bytes(embedder) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from ..checks import check_output_dir, check_output_file
+    from ..checks import check_max_length, check_output_dir, check_output_file
 
     # everything that can be checked is checked before the work: the options (Task2Vec), the output
     # location (not a directory, writable), the task source, then the room for the file (needs the probe)
@@ -85,6 +109,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if task.is_text and args.probe == "embedded":  # the default image probe: use its text counterpart
         args.probe = "embedded-text"
         embedder = _embedder(args)
+    if task.is_text and args.max_length is not None:  # the probe's position limit (512 for MiniLM)
+        check_max_length(args.max_length, embedder.probe)
     check_out(_expected_file_bytes(embedder))
     start = time.perf_counter()
     emb = embedder.embed(task)
@@ -92,7 +118,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     emb.save(out)
     print(
         f"embedded {task.name!r}: {emb.meta['num_samples']} examples, {task.num_classes} classes, dim {emb.dim}, "
-        f"L1 norm {emb.norm:.4g}, {time.perf_counter() - start:.1f} s -> {out}"
+        f"data norm {emb.data_norm:.4g}, {time.perf_counter() - start:.1f} s -> {out}"
     )
     return 0
 
@@ -105,7 +131,7 @@ def cmd_distance(args: argparse.Namespace) -> int:
         from ..errors import OptionError
 
         raise OptionError(f"distance needs at least two embedding files, got {len(args.files)}: give two or more")
-    embs = [TaskEmbedding.load(f) for f in args.files]
+    embs = [TaskEmbedding.load(f, allow_unverified=args.allow_unverified) for f in args.files]
     m = distance_matrix(embs, kind=args.kind, alpha=args.alpha)
     if len(embs) == 2:
         print(f"{m[0, 1]:.6f}")
@@ -152,7 +178,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         task = load_task(datasets_cache[dataset], classes=classes, name=name)
         t0 = time.perf_counter()
         emb = embedder.embed(task)
-        print(f"  {name:28s} {emb.meta['num_samples']:>5s} ex  norm {emb.norm:9.4g}  {time.perf_counter() - t0:5.1f} s")
+        print(f"  {name:28s} {emb.meta['num_samples']:>5s} ex  data norm {emb.data_norm:9.4g}  "
+              f"{time.perf_counter() - t0:5.1f} s")
         if out_dir is not None:
             emb.save(out_dir / f"{_slug(name)}.safetensors")
         embeddings.append(emb)
@@ -187,6 +214,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("files", nargs="+", help="embedding .safetensors files (for asymmetric: source first)")
     p.add_argument("--kind", default="symmetric", choices=["symmetric", "asymmetric", "cosine"])
     p.add_argument("--alpha", type=float, default=0.15, help="asymmetric distance weight")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="also read files whose metadata cannot be verified (format 1); never pushed to a store")
     p.set_defaults(func=cmd_distance)
 
     p = sub.add_parser("probes", help="list the registered offline probes")
@@ -197,8 +226,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embeddings-dir", default=None, help="also save the embeddings here")
     p.add_argument("--probe", default="embedded")
     p.add_argument("--max-samples", type=int, default=200)
-    p.add_argument("--method", default="variational", choices=["montecarlo", "exact", "variational"],
-                   help="Fisher estimator (default variational: the robust Fisher, exact labels + the prior)")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS),
+                   help="Fisher estimator (default relative: the robust Fisher with the prior at the task's own "
+                   "level; variational: the paper's fixed prior)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)

@@ -93,7 +93,7 @@ def _load_query(args: argparse.Namespace) -> Any:
 
     source = Path(args.source)
     if source.suffix == ".safetensors" and source.is_file():
-        return TaskEmbedding.load(source)
+        return TaskEmbedding.load(source, allow_unverified=getattr(args, "allow_unverified", False))
     return task_spec(args).load()
 
 
@@ -104,7 +104,7 @@ def _query_embedding(args: argparse.Namespace, index: Any, task: Any = None):
         return task
     source = Path(args.source)
     if task is None and source.suffix == ".safetensors" and source.is_file():
-        return TaskEmbedding.load(source)
+        return TaskEmbedding.load(source, allow_unverified=getattr(args, "allow_unverified", False))
     task = task_spec(args).load() if task is None else task
     overrides: dict[str, Any] = {"progress": not args.json}
     if args.max_samples is not None:
@@ -286,6 +286,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-samples", type=int, default=None, help="override the index's max_samples")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="also read a query embedding file whose metadata cannot be verified (format 1)")
     p.set_defaults(func=cmd_select)
 
     experts = sub.add_parser("experts", help="build and inspect an expert index (add Hub models, list, remove)")
@@ -302,7 +304,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--split", default="train")
     p.add_argument("--probe", default=None, help="probe for a new index (default: embedded)")
-    p.add_argument("--method", default=None, choices=["montecarlo", "exact", "variational"])
+    p.add_argument("--method", default=None, choices=["relative", "variational", "exact", "montecarlo"])
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)

@@ -27,7 +27,7 @@ INDEX_SPEC: tuple[tuple[str, str, str], ...] = (
     ("task", "string", "the task name"),
     ("probe", "string", "the probe network"),
     ("probe_revision", "string", "the probe's weights revision / hash"),
-    ("estimator", "string", "the Fisher estimator (montecarlo, exact, variational)"),
+    ("estimator", "string", "the Fisher estimator (relative, variational, exact, montecarlo)"),
     ("image_size", "string", "the input resolution of the probe (images)"),
     ("modality", "string", "what the task's inputs are: `image` or `text` (empty: not recorded)"),
     ("max_length", "int64", "text: the truncation length in tokens, special tokens included"),
@@ -46,7 +46,7 @@ INDEX_SPEC: tuple[tuple[str, str, str], ...] = (
     ("num_classes", "int64", "classes in the task"),
     ("samples", "int64", "examples the Fisher was computed on"),
     ("dim", "int64", "embedding dimension (number of probe filters)"),
-    ("norm", "float64", "L1 norm of the embedding (task complexity, paper Fig. 2)"),
+    ("norm", "float64", "L1 norm of the embedding's data part, values - trivial (task complexity, paper Fig. 2)"),
     ("created", "string", "when the embedding was computed (UTC)"),
     ("sha256", "string", "sha256 of the file"),
     ("size", "int64", "file size in bytes"),
@@ -195,7 +195,7 @@ def _index_row(key: str, data: bytes, emb: TaskEmbedding, digest: str) -> dict[s
         "num_classes": _int_or_none(meta.get("num_classes")),
         "samples": _int_or_none(meta.get("num_samples")),
         "dim": emb.dim,
-        "norm": emb.norm,
+        "norm": emb.data_norm,
         "created": meta.get("created", ""),
         "sha256": _sha256(data),
         "size": len(data),
@@ -238,14 +238,21 @@ def _table_to_frame(table) -> pd.DataFrame:
     return frame[list(INDEX_COLUMNS)].sort_values("key", kind="stable").reset_index(drop=True)
 
 
+class CorruptIndexError(HubError):
+    """A store's ``index.parquet`` cannot be read; `EmbeddingStore.rebuild_index` (CLI ``hf-task2vec
+    index --repo STORE --rebuild``) rewrites it from the stored embedding files, and a push does so too."""
+
+
 def _index_from_bytes(data: bytes, source: str) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(io.BytesIO(data))
     except Exception as exc:
-        raise HubError(
-            f"{source}: {INDEX_PATH} is not a readable parquet file ({exc}); push again to rewrite it"
+        raise CorruptIndexError(
+            f"{source}: {INDEX_PATH} is not a readable parquet file ({exc}); rebuild it from the stored embedding "
+            "files with `hf-task2vec index --repo STORE --rebuild` (EmbeddingStore.rebuild_index(); a push rebuilds "
+            "it too)"
         ) from exc
     if "key" not in table.column_names or "path" not in table.column_names:
         raise HubError(f"{source}: {INDEX_PATH} has no key/path columns; it was not written by hf_task2vec")

@@ -49,6 +49,7 @@ import threading
 import time
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -200,6 +201,36 @@ class ExtractedZip:
     images: list[PurePosixPath]
     tables: list[PurePosixPath]
     ignored: list[str] = field(default_factory=list)
+    #: members named like images whose first bytes are not an image's (never extracted)
+    not_images: list[str] = field(default_factory=list)
+
+
+#: How each image format starts (checked on a member's first bytes before anything is extracted).
+_IMAGE_MAGIC: tuple[tuple[bytes, ...], ...] = (
+    (b"\x89PNG\r\n\x1a\n",),
+    (b"\xff\xd8\xff",),
+    (b"GIF87a", b"GIF89a"),
+    (b"BM",),
+    (b"II*\x00", b"MM\x00*"),
+)
+
+
+def _looks_like_image(head: bytes) -> bool:
+    """Whether ``head`` (a file's first bytes) starts like a PNG, JPEG, GIF, BMP, TIFF or WebP file."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return any(head.startswith(magic) for group in _IMAGE_MAGIC for magic in group)
+
+
+def _member_head(zf: zipfile.ZipFile, info: zipfile.ZipInfo, n: int = 16) -> bytes:
+    """The first ``n`` bytes of a member (only they are decompressed)."""
+    try:
+        with zf.open(info) as src:
+            return src.read(n)
+    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError, ValueError, zlib.error) as exc:
+        raise InputError(
+            f"the zip entry {_short(info.filename)} is damaged ({_public(exc)}); create the zip again"
+        ) from exc
 
 
 def _zip_entry_count(fh: Any, label: str = "the uploaded file") -> int:
@@ -302,6 +333,21 @@ def _extract_checked(zf: zipfile.ZipFile, label: str, root: Path, limits: Limits
             f"{label!r} holds {n_images} images; this Space takes at most {limits.max_images}. Keep a few hundred "
             "per class (Task2Vec samples at most `max samples` of them anyway)."
         )
+    # The members' type, from their first bytes, before anything is written: a zip of files named .png that
+    # are not images is refused (or they are left out) without extracting them.
+    not_images = [
+        info.filename for info, parts in wanted
+        if PurePosixPath(parts[-1]).suffix.lower() in IMAGE_EXTENSIONS and not _looks_like_image(_member_head(zf, info))
+    ]
+    if not_images:
+        bad = set(not_images)
+        wanted = [(info, parts) for info, parts in wanted if info.filename not in bad]
+        if not any(PurePosixPath(p[-1]).suffix.lower() in IMAGE_EXTENSIONS for _, p in wanted):
+            raise InputError(
+                f"{label!r}: none of its {len(not_images)} image files could be read as an image (e.g. "
+                f"{_short(not_images[0])} does not start like a PNG, JPEG, GIF, BMP, TIFF or WebP file); nothing was "
+                "extracted. Zip real image files, one folder per class"
+            )
     images: list[PurePosixPath] = []
     tables: list[PurePosixPath] = []
     written = 0
@@ -319,7 +365,7 @@ def _extract_checked(zf: zipfile.ZipFile, label: str, root: Path, limits: Limits
         written += _copy_capped(zf, info, target, cap - written)
         rel = PurePosixPath(*parts)
         (tables if rel.suffix.lower() in TABLE_EXTENSIONS else images).append(rel)
-    return ExtractedZip(root, images, tables, ignored)
+    return ExtractedZip(root, images, tables, ignored, not_images)
 
 
 def _total_cap(root: Path, limits: Limits) -> int:
@@ -510,7 +556,7 @@ def task_from_zip(
     top = {PurePosixPath(*r) for r in rel_parts if len(r) == 1}
     table = next((t for t in sorted(top) if t.name.lower() in METADATA_NAMES), None)
     unused = [str(t) for t in ex.tables if table is None or t != PurePosixPath(*prefix, table)]
-    ignored = ex.ignored + unused
+    ignored = ex.ignored + unused + ex.not_images
     if ignored:
         shown = ", ".join(html.escape(n) for n in ignored[:5]) + (" ..." if len(ignored) > 5 else "")
         notes.append(f"Ignored {len(ignored)} file(s) that are not images: {shown}")
@@ -761,7 +807,8 @@ def _text_task_from_table(
     )
     notes: list[str] = []
     try:
-        task = load_task(ds, input_column=text_column or None, label_column=lab_col, name=name)
+        # allow_empty: empty texts are left out here (and counted in the notes below), not refused
+        task = load_task(ds, input_column=text_column or None, label_column=lab_col, name=name, allow_empty=True)
         if not task.is_text:
             raise InputError(f"{label!r}: column {task.input_column!r} does not hold text")
         text_cols = [task.input_column] + ([task.pair_column] if getattr(task, "pair_column", None) else [])
@@ -1113,6 +1160,7 @@ METHOD_WORDS = {
     "montecarlo": "Monte Carlo Fisher (labels drawn from the probe's own predictions)",
     "exact": "exact Fisher (the expectation over every label, no sampling)",
     "variational": "robust (variational) Fisher of the paper",
+    "relative": "robust Fisher, prior at the task's own level",
 }
 
 
