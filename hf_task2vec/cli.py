@@ -63,6 +63,11 @@ def expected_error(exc: BaseException, args: argparse.Namespace) -> str | None:
         flag = _flag(args, exc.option)
         if flag is not None:
             text = re.sub(rf"(?<![\w-]){re.escape(exc.option)}\b", flag, text, count=1)
+        # other options the message mentions (the fix: "lower batch_size"), as this command spells them
+        for other in sorted({m for m in re.findall(r"(?<![\w-])[a-z]+(?:_[a-z]+)+\b", text)}):
+            other_flag = _flag(args, other)
+            if other_flag is not None:
+                text = re.sub(rf"(?<![\w-]){re.escape(other)}\b", other_flag, text)
         return text
     if isinstance(exc, Task2VecError | ValueError):
         return str(exc)
@@ -99,10 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = f"hf-task2vec {args.command}"
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        # on a new line: Ctrl-C usually lands in the middle of a progress bar
-        print(f"\n{prefix}: interrupted; nothing was written (a partly written output is never left behind)",
-              file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # on a new line: Ctrl-C usually lands in the middle of a progress bar. A command that keeps
+        # completed work (batch: the rounds already pushed) says so in the interrupt's note.
+        note = getattr(exc, "hf_task2vec_note", None) or "nothing was written"
+        print(f"\n{prefix}: interrupted; {note} (a partly written output is never left behind)", file=sys.stderr)
         return 130
     except Exception as exc:
         message = expected_error(exc, args)

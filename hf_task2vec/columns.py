@@ -58,14 +58,31 @@ def _is_string(feature: Any) -> bool:
     return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
 
 
+def _all_missing(ds: Any, column: str) -> bool:
+    """Whether every value of ``column`` is missing (a CSV column with no text reads as float NaNs)."""
+    if ds is None or len(ds) == 0:
+        return False
+    col = ds.data.column(column) if ds._indices is None else ds.select_columns([column]).data.column(column)
+    return col.null_count == len(col)
+
+
+def _empty_column_error(ds: Any, column: str, source: str) -> TaskError:
+    return TaskError(
+        f"{source!r}: text column {column!r} is empty: all {len(ds)} of its values are missing, so there is no "
+        "text to embed; check the file and the split, or pass input_column=... (--input-column) for the column "
+        "that holds the texts"
+    )
+
+
 def _detect_text_columns(
-    features: Any, input_column: str | None, label_column: str | None, source: str
+    features: Any, input_column: str | None, label_column: str | None, source: str, ds: Any = None
 ) -> tuple[str, str | None] | None:
     """``(text_column, pair_column)`` when the features describe a text task, else ``None``.
 
     A text task has no ``Image`` column and either a text pair (``sentence1``/``sentence2``,
     ``premise``/``hypothesis``...), a column named like text (``text``, ``sentence``,
-    ``content``...) or exactly one other string column next to its label column.
+    ``content``...) or exactly one other string column next to its label column. ``ds`` (the data,
+    when at hand) tells an all-missing text column from a column of numbers.
     """
     import datasets
 
@@ -76,6 +93,8 @@ def _detect_text_columns(
         if input_column.lower() in _INPUT_NAMES:
             return None  # image paths
         if not _is_string(features[input_column]):
+            if input_column.lower() in _TEXT_NAMES and _all_missing(ds, input_column):
+                raise _empty_column_error(ds, input_column, source)
             if input_column.lower() in _TEXT_NAMES:
                 raise TaskError(
                     f"{source!r}: column {input_column!r} has type {features[input_column]}, not strings; a text task "
@@ -90,6 +109,8 @@ def _detect_text_columns(
         if first in lower and second in lower:
             a, b = lower[first], lower[second]
             for col in (a, b):
+                if not _is_string(features[col]) and _all_missing(ds, col):
+                    raise _empty_column_error(ds, col, source)
                 if not _is_string(features[col]):
                     raise TaskError(
                         f"{source!r}: column {col!r} of the text pair ({a!r}, {b!r}) has type {features[col]}, not "
@@ -100,6 +121,8 @@ def _detect_text_columns(
     named = [n for n in candidates if n.lower() in _TEXT_NAMES]
     if len(named) == 1:
         col = named[0]
+        if not _is_string(features[col]) and _all_missing(ds, col):
+            raise _empty_column_error(ds, col, source)
         if not _is_string(features[col]):
             raise TaskError(
                 f"{source!r}: column {col!r} has type {features[col]}, not strings; a text task needs a string column "
@@ -137,10 +160,11 @@ def _detect_label_column(features: Any, label_column: str | None, source: str) -
 
 
 def _detect_task_columns(
-    features: Any, input_column: str | None, label_column: str | None, source: str
+    features: Any, input_column: str | None, label_column: str | None, source: str, *, ds: Any = None
 ) -> tuple[str, str, str | None, str]:
-    """``(modality, input_column, pair_column, label_column)`` of a dataset: text or image."""
-    text = _detect_text_columns(features, input_column, label_column, source)
+    """``(modality, input_column, pair_column, label_column)`` of a dataset: text or image (``ds``:
+    the data, when at hand, for clearer messages about empty columns)."""
+    text = _detect_text_columns(features, input_column, label_column, source, ds)
     if text is None:
         inp, lab = _detect_columns(features, input_column, label_column, source)
         return "image", inp, None, lab
@@ -159,10 +183,16 @@ def _holds_image_paths(ds: Any, column: str, probe_rows: int = 16) -> bool:
     return bool(values) and all(v.strip().lower().endswith(IMAGE_SUFFIXES) for v in values)
 
 
-def _check_text_columns(ds: Any, columns: Sequence[str], source: str) -> None:
-    """Refuse a text column that holds nothing but empty strings (or nulls)."""
+def _check_text_columns(
+    ds: Any, columns: Sequence[str], source: str, *, allow_empty: bool = False
+) -> list[int] | None:
+    """Refuse a text column that holds nothing but empty strings (or nulls), and one with some empty
+    or missing texts (they would be embedded as ``""`` without a word) unless ``allow_empty``: then
+    the rows to keep are returned (``None``: keep every row)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
+    empty = None
     for col in columns:
         table_col = ds.data.column(col) if ds._indices is None else ds.select_columns([col]).data.column(col)
         lengths = pc.utf8_length(pc.utf8_trim_whitespace(table_col))
@@ -172,6 +202,62 @@ def _check_text_columns(ds: Any, columns: Sequence[str], source: str) -> None:
                 f"{source!r}: text column {col!r} holds only empty strings (or nulls) in {len(ds)} rows: there is no "
                 "text to embed; check the column (input_column=...) and the split"
             )
+        blank = pc.fill_null(pc.equal(lengths, 0), True)
+        blank = blank.combine_chunks() if isinstance(blank, pa.ChunkedArray) else blank
+        mask = np.asarray(blank.to_numpy(zero_copy_only=False), dtype=bool)
+        if mask.any() and not allow_empty:
+            rows = np.flatnonzero(mask)
+            raise TaskError(
+                f"{source!r}: {rows.size} of the {len(ds)} texts in column {col!r} are empty or missing (rows "
+                f"{', '.join(str(int(r)) for r in rows[:5])}{'...' if rows.size > 5 else ''}); they would be embedded "
+                "as empty texts. Drop or fill them (e.g. dataset.filter), or pass --allow-empty (allow_empty=True) to "
+                "leave them out"
+            )
+        empty = mask if empty is None else empty | mask
+    if empty is None or not empty.any():
+        return None
+    return np.flatnonzero(~empty).tolist()
+
+
+def _image_like_columns(ds: Any, skip: Sequence[str]) -> list[str]:
+    """Columns that hold images: an ``Image`` feature, ``{bytes, path}`` structs, a column named like
+    images (``image``, ``img``...) or strings that are image file paths."""
+    import datasets
+
+    found = []
+    for name, feat in ds.features.items():
+        if name in skip:
+            continue
+        if isinstance(feat, datasets.Image) or (isinstance(feat, dict) and {"bytes", "path"} <= set(feat)):
+            found.append(name)
+        elif _is_string(feat) and (name.lower() in _INPUT_NAMES or _holds_image_paths(ds, name)):
+            found.append(name)
+    return found
+
+
+def _text_like_columns(features: Any, skip: Sequence[str]) -> list[str]:
+    """String columns named like text (``text``, ``sentence``... or a text-pair name)."""
+    pair_names = {n for pair in _PAIR_NAMES for n in pair}
+    return [
+        n for n, f in features.items()
+        if n not in skip and _is_string(f) and (n.lower() in _TEXT_NAMES or n.lower() in pair_names)
+    ]
+
+
+def _check_unambiguous(ds: Any, modality: str, inp: str, pair: str | None, lab: str, source: str) -> None:
+    """Refuse a table with both an image column and a text column when no input column was given:
+    either could be the task's input (an image task would ignore the texts, a text task the images)."""
+    used = [c for c in (inp, pair, lab) if c]
+    if modality == "text":
+        images, texts = _image_like_columns(ds, used), [c for c in (inp, pair) if c]
+    else:
+        images, texts = [inp], _text_like_columns(ds.features, used)
+    if images and texts:
+        raise TaskError(
+            f"{source!r} has an image column ({', '.join(map(repr, images))}) and a text column "
+            f"({', '.join(map(repr, texts))}): say which one is the input with --input-column (input_column=...), "
+            f"e.g. --input-column {images[0]} for an image task or --input-column {texts[0]} for a text task"
+        )
 
 
 def _prepare_columns(ds: Any, inp: str, lab: str, source: str, *, modality: str = "image") -> Any:

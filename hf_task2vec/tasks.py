@@ -23,7 +23,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .columns import _check_text_columns, _detect_task_columns, _holds_image_paths, _prepare_columns
+from .checks import check_max_length
+from .columns import (
+    _check_text_columns,
+    _check_unambiguous,
+    _detect_task_columns,
+    _holds_image_paths,
+    _prepare_columns,
+)
 from .errors import HubDatasetError, HubError, TaskError
 from .gateway import HubTarget, hub_call
 from .sampling import class_index
@@ -78,6 +85,8 @@ class TaskSpec:
             read only until ``max_examples`` class-balanced examples are found.
         max_examples: how many examples to keep from a stream (``None``: the whole stream).
         max_scan: stop reading a stream after this many examples whatever the class quotas.
+        allow_empty: text tasks: leave out the rows whose text is empty or missing (logged) instead
+            of refusing the dataset (CLI ``--allow-empty``).
     """
 
     source: Any
@@ -91,6 +100,7 @@ class TaskSpec:
     streaming: bool = False
     max_examples: int | None = None
     max_scan: int | None = None
+    allow_empty: bool = False
 
     def __post_init__(self) -> None:
         if self.classes is not None and not isinstance(self.classes, tuple):
@@ -307,9 +317,13 @@ class Task:
             images = self.dataset[idx][self.input_column]
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             bad = _find_bad_row(self.dataset, self.input_column, idx)
+            file = _row_file(self.dataset, self.input_column, bad)
+            what = f"the image file {file!r} (row {bad} of column {self.input_column!r})" if file else (
+                f"the image in row {bad} of column {self.input_column!r}"
+            )
             raise TaskError(
-                f"task {self.name!r}: the image in row {bad} of column {self.input_column!r} cannot be decoded "
-                f"({exc}). Remove or replace that example (e.g. dataset.filter) and try again."
+                f"task {self.name!r}: {what} cannot be decoded ({exc}). Remove or replace "
+                f"{'that file' if file else 'that example (e.g. dataset.filter)'} and try again."
             ) from exc
         out = []
         for i, img in zip(idx, images, strict=True):
@@ -329,10 +343,27 @@ class Task:
                 f"task {self.name!r} holds text (column {self.input_column!r}): embed it with a text probe such as "
                 "'embedded-text' (or any transformers text encoder)"
             )
+        probe = getattr(transform, "probe", None)
+        if probe is not None:  # a truncation beyond the model's positions (Task2Vec(max_length=...)): refuse
+            check_max_length(getattr(probe, "max_length", None), probe)
         rows = self.dataset[idx]
         texts = [t if t is not None else "" for t in rows[self.input_column]]
         pairs = [t if t is not None else "" for t in rows[self.pair_column]] if self.pair_column else None
         return transform(texts, pairs)
+
+
+def _row_file(dataset: Any, column: str, row: int | str) -> str | None:
+    """The file an image of row ``row`` was read from (an image folder or a table of paths), if known."""
+    if not isinstance(row, int):
+        return None
+    try:
+        import datasets
+
+        raw = dataset.cast_column(column, datasets.Image(decode=False))[row][column]
+    except Exception:  # no path to name: the row number is all there is
+        return None
+    path = raw.get("path") if isinstance(raw, dict) else None
+    return str(path) if path else None
 
 
 def _find_bad_row(dataset: Any, column: str, idx: list[int]) -> int | str:
@@ -510,11 +541,19 @@ def load_task(source: Any, *, token: str | bool | None = None, **fields: Any) ->
             ds, stream_stats = prefix.dataset, {"rows_read": prefix.rows_read, "exhausted": prefix.exhausted}
         if len(ds) == 0:
             raise TaskError(f"{src_label!r} (split {spec.split!r}) is empty: nothing to embed")
-        modality, inp, pair, lab = _detect_task_columns(ds.features, spec.input_column, spec.label_column, src_label)
+        modality, inp, pair, lab = _detect_task_columns(
+            ds.features, spec.input_column, spec.label_column, src_label, ds=ds
+        )
         if modality == "text" and pair is None and _holds_image_paths(ds, inp):
             modality = "image"  # a CSV of image file paths: the strings name images, they are not the text
+        if spec.input_column is None:  # an image column AND a text column: say so, do not pick one silently
+            _check_unambiguous(ds, modality, inp, pair, lab, src_label)
         if modality == "text":
-            _check_text_columns(ds, [c for c in (inp, pair) if c], src_label)
+            keep = _check_text_columns(ds, [c for c in (inp, pair) if c], src_label, allow_empty=spec.allow_empty)
+            if keep is not None:
+                logger.warning("%r: left out %d row(s) whose text is empty or missing (allow_empty=True)",
+                               src_label, len(ds) - len(keep))
+                ds = ds.select(keep)
         ds = _prepare_columns(ds, inp, lab, src_label, modality=modality)
         label_names = list(ds.features[lab].names)
         labels = np.array(ds.data.column(lab).to_numpy() if ds._indices is None else ds[lab], dtype=np.int64)

@@ -73,7 +73,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def cmd_nearest(args: argparse.Namespace) -> int:
     from ..embedding import TaskEmbedding
 
-    query = TaskEmbedding.load(args.query)
+    query = TaskEmbedding.load(args.query, allow_unverified=args.allow_unverified)
     store = _store(args)
     result = store.nearest(query, k=args.k, kind=args.kind, alpha=args.alpha)
     print(f"nearest to {query.name!r} in {store.name} ({args.kind} distance, stored task -> query):")
@@ -83,6 +83,9 @@ def cmd_nearest(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     store = _store(args)
+    if args.rebuild:
+        result = store.rebuild_index()
+        print(f"rebuilt the index of {result.store} from {len(result.keys)} embedding file(s)")
     frame = store.index()
     if frame.empty:
         print(f"{store.name} holds no embeddings")
@@ -120,8 +123,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=5, help="how many (default 5)")
     p.add_argument("--kind", default="asymmetric", choices=["asymmetric", "symmetric", "cosine"])
     p.add_argument("--alpha", type=float, default=0.15, help="asymmetric distance weight")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="also read a query file whose metadata cannot be verified (format 1)")
     p.set_defaults(func=cmd_nearest)
 
     p = sub.add_parser("index", help="print the index of a store")
     _add_store_options(p)
+    p.add_argument("--rebuild", action="store_true",
+                   help="first rewrite the index from the stored embedding files (fixes an unreadable index)")
     p.set_defaults(func=cmd_index)

@@ -11,14 +11,23 @@ from .options import add_task_arguments, task_spec
 
 
 def cmd_diversity(args: argparse.Namespace) -> int:
-    from ..checks import check_output_file
+    from ..checks import MAX_BATCH_SIZE, MAX_SEED, check_int, check_max_length, check_output_file
     from ..diversity import PAPER_REFERENCE_VALUES, cross_diversity, diversity
     from ..embedding import atomic_write_bytes
     from ..probes import load_probe
 
+    check_int("batch_size", args.batch_size, maximum=MAX_BATCH_SIZE,
+              why="every batch is embedded in one pass, whose activations grow with it")
+    check_int("num_batches", args.num_batches, maximum=MAX_DIVERSITY_BATCHES,
+              why="each batch is one Task2Vec embedding (the paper uses 200)")
+    check_int("head_steps", args.head_steps, maximum=MAX_HEAD_STEPS,
+              why="Adam steps on the LM head per batch (50 by default)")
+    check_int("seed", args.seed, minimum=0, maximum=MAX_SEED, why="numpy and torch take seeds up to 2^32 - 1")
+    check_max_length(args.max_length)
     if args.json:
         check_output_file(args.json, option="--json")
     probe = load_probe(args.probe, **({"max_length": args.max_length} if args.max_length else {}))
+    check_max_length(args.max_length, probe)  # the probe's position limit (512 for MiniLM)
     objective = args.objective
     if objective == "auto":
         objective = "next-token" if getattr(probe, "causal", False) else "supervised"
@@ -48,6 +57,11 @@ def cmd_diversity(args: argparse.Namespace) -> int:
         atomic_write_bytes(Path(args.json), (json.dumps(summary, indent=2) + "\n").encode())
         print(f"-> {args.json}")
     return 0
+
+
+#: Bounds of the diversity options (each batch is one embedding; head steps are per batch).
+MAX_DIVERSITY_BATCHES = 100_000
+MAX_HEAD_STEPS = 100_000
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..checks import check_int
 from ..distance import DEFAULT_ALPHA, KINDS, Kind, pairwise_distances
-from ..embedding import COMPATIBILITY_KEYS, TaskEmbedding, atomic_write_bytes
+from ..embedding import COMPATIBILITY_KEYS, TaskEmbedding, atomic_write_bytes, unverified_reason
 from ..errors import EmbeddingNotFoundError, HubError, IncompatibleEmbeddingsError
 from ..gateway import HubTarget, hub_call, status_of
 from ..locking import StoreLock
@@ -48,6 +48,7 @@ from .index import (
     INDEX_PATH,
     META_TO_COLUMN,
     TEXT_COMPARED,
+    CorruptIndexError,
     _empty_index,
     _frame_rows,
     _index_from_bytes,
@@ -420,9 +421,17 @@ class EmbeddingStore:
                 if not path.is_file():
                     raise HubError(f"cannot push {str(path)!r}: no such file")
                 data = path.read_bytes()
-                emb = TaskEmbedding.from_bytes(data, source=repr(str(path)))
+                emb = TaskEmbedding.from_bytes(data, source=repr(str(path)), allow_unverified=True)
             else:
                 raise HubError(f"cannot push a {type(obj).__name__}: give TaskEmbedding objects or .safetensors files")
+            unverified = unverified_reason(emb)
+            if unverified is not None:
+                shown = repr(str(obj)) if isinstance(obj, str | os.PathLike) else f"embedding {emb.name!r}"
+                raise HubError(
+                    f"cannot push {shown} to {self._backend.label}: its metadata (probe, method, image size, label "
+                    f"names...) is not verified ({unverified}), and a store holds verified embeddings only; "
+                    "re-create it with `hf-task2vec embed` and push that file"
+                )
             item_key = _normalize_key(key, emb) if key is not None else embedding_key(emb)
             if item_key in items:
                 raise HubError(
@@ -451,8 +460,11 @@ class EmbeddingStore:
                 raise HubError(f"cannot push to {backend.label} while HF_HUB_OFFLINE is set: unset it to push")
         else:
             snap = backend.snapshot()
-        frame = self._read_index(snap)
-        rows = {r["key"]: r for r in _frame_rows(frame)}
+        try:
+            rows = {r["key"]: r for r in _frame_rows(self._read_index(snap))}
+        except CorruptIndexError as exc:  # rebuilt from the stored files (the push writes it back)
+            logger.warning("%s; rebuilding it from the stored embedding files", exc)
+            rows = self._rows_from_files(snap)
         uploads: dict[str, bytes] = {}
         for item in items:
             old = rows.get(item.key)
@@ -487,6 +499,60 @@ class EmbeddingStore:
         self._index_cache = None
         logger.info("pushed %d files to %s%s", len(uploads), self.name, f" ({commit})" if commit else "")
         return PushResult(self.name, keys, sorted(uploads), commit, url)
+
+    def _embedding_paths(self, snap: Snapshot) -> list[str]:
+        """The stored embedding files (``embeddings/<key>.safetensors``), temporary files left out."""
+        prefix, suffix = EMBEDDINGS_DIR + "/", ".safetensors"
+        if self.is_local:
+            assert self.path is not None
+            root = self.path / EMBEDDINGS_DIR
+            found = [p.relative_to(self.path).as_posix() for p in root.rglob("*" + suffix)] if root.is_dir() else []
+        elif snap.files is not None:
+            found = list(snap.files)
+        else:
+            raise HubError(
+                f"cannot list the files of {self._backend.label} (offline or not reachable): rebuild its index when "
+                "the Hub can be reached (unset HF_HUB_OFFLINE)"
+            )
+        return sorted(
+            p for p in found
+            if p.startswith(prefix) and p.endswith(suffix) and not any(part.startswith(".") for part in p.split("/"))
+        )
+
+    def _rows_from_files(self, snap: Snapshot) -> dict[str, dict[str, Any]]:
+        """Index rows made from the stored embedding files; a file that cannot be read is left out (logged)."""
+        rows: dict[str, dict[str, Any]] = {}
+        for path in self._embedding_paths(snap):
+            key = path[len(EMBEDDINGS_DIR) + 1 : -len(".safetensors")]
+            try:
+                data = self._retry("read", lambda path=path: self._backend.read(snap, path))
+                emb = TaskEmbedding.from_bytes(data, source=f"{self.name}:{path}")
+            except Exception as exc:
+                logger.warning("%s: %s left out of the rebuilt index: %s", self.name, path, exc)
+                continue
+            rows[key] = _index_row(key, data, emb, content_digest(emb))
+        return rows
+
+    def rebuild_index(self) -> PushResult:
+        """Rewrite ``index.parquet`` and the card from the stored embedding files (the fix for an
+        index that cannot be read); files that cannot be read are left out and logged. One commit."""
+
+        def once() -> PushResult:
+            snap = self._snapshot()
+            rows = self._rows_from_files(snap)
+            all_rows = list(rows.values())
+            uploads = {
+                INDEX_PATH: _index_to_bytes(all_rows),
+                CARD_PATH: render_card(all_rows, self.name, license=self.license).encode(),
+            }
+            commit, url = self._backend.commit(snap, uploads, "Rebuild the Task2Vec embedding index")
+            self._index_cache = None
+            return PushResult(self.name, sorted(rows), sorted(uploads), commit, url)
+
+        if self.is_local:
+            with self.lock(purpose="rebuild index"):
+                return self._retry("rebuild the index", once)
+        return self._retry("rebuild the index", once)
 
     def _fill_input_columns(self, snap: Snapshot, rows: dict[str, dict[str, Any]]) -> None:
         """Index rows written before the input columns existed (``modality`` missing): fill them

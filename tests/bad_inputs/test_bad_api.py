@@ -11,6 +11,7 @@ from torch import nn
 
 import hf_task2vec as t2v
 from hf_task2vec import Task, Task2Vec, Task2VecError, TaskError
+from hf_task2vec.errors import OptionError
 from tests.bad_inputs.common import assert_says, snapshot, tiny_embedding
 
 
@@ -70,6 +71,13 @@ def test_non_finite_inputs_are_refused_before_the_fisher(bad):
         ("beta", float("inf"), ["beta", "finite"]),
         ("device", "bogus", ["device", "'bogus'", "cpu"]),
         ("seed", -3, ["seed", "got -3"]),
+        # issue 23 item 5: upper bounds with the reason
+        ("n_samples", 10**12, ["n_samples", "at most 1000", "backward pass"]),
+        ("image_size", 100_000, ["image_size", "at most 1024", "GB"]),
+        ("batch_size", 10**9, ["batch_size", "at most 8192", "activations"]),
+        ("head_epochs", 10**9, ["head_epochs", "at most"]),
+        ("variational_epochs", 10**9, ["variational_epochs", "at most 1000"]),
+        ("seed", 2**70, ["seed", "at most", "2^32 - 1"]),
     ],
 )
 def test_bad_embedder_options(option, value, needles):
@@ -134,3 +142,78 @@ def test_errors_form_one_hierarchy():
 
     assert issubclass(errors.OptionError, Task2VecError) and issubclass(errors.OptionError, ValueError)
     assert issubclass(errors.OutputError, Task2VecError) and issubclass(errors.OutputError, OSError)
+
+
+def test_image_batch_that_cannot_fit_in_memory_is_refused_up_front():
+    """Issue 23 item 5: a memory estimate for image_size x batch_size, before anything is loaded."""
+    with pytest.raises(OptionError) as err:
+        Task2Vec("embedded", image_size=1024, batch_size=8000, device="cpu")
+    assert_says(str(err.value), "image_size 1024", "batch_size 8000", "GB", "per image", "lower batch_size")
+
+
+def test_max_length_beyond_the_probe_positions_is_refused_before_the_fisher():
+    """Issue 23 item 5 (API): Task2Vec(max_length=100000) on MiniLM (512 positions) stops at the first batch."""
+    task = t2v.load_task("offline:fortunes", classes=["computers", "science"])
+    embedder = Task2Vec("embedded-text", max_length=100_000, max_samples=8, progress=False, device="cpu")
+    with pytest.raises(OptionError) as err:
+        embedder.embed(task)
+    assert_says(str(err.value), "max_length", "at most 512", "got 100000", "positions")
+
+
+def _png(path, seed: int) -> str:
+    from PIL import Image
+
+    arr = np.random.default_rng(seed).integers(0, 255, (12, 12, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+    return str(path)
+
+
+def test_table_with_an_image_and_a_text_column_is_ambiguous(tmp_path):
+    """Issue 23 item 3: such a table silently became a text task (images and image_size ignored)."""
+    import pandas as pd
+
+    (tmp_path / "img").mkdir()
+    rows = [{"image": _png(tmp_path / "img" / f"{i}.png", i), "text": f"caption number {i}", "label": ["a", "b"][i % 2]}
+            for i in range(6)]
+    pd.DataFrame(rows).to_csv(tmp_path / "both.csv", index=False)
+    with pytest.raises(TaskError) as err:
+        t2v.load_task(str(tmp_path / "both.csv"))
+    assert_says(str(err.value), "both.csv", "image column ('image')", "text column ('text')", "--input-column")
+    assert t2v.load_task(str(tmp_path / "both.csv"), input_column="image").is_image
+    assert t2v.load_task(str(tmp_path / "both.csv"), input_column="text").is_text
+    # and the other way round: an Image feature next to a text column
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"img": [r["image"] for r in rows], "text": [r["text"] for r in rows],
+                                     "label": [i % 2 for i in range(6)]}).cast_column("img", datasets.Image())
+    with pytest.raises(TaskError, match="--input-column"):
+        t2v.load_task(ds)
+
+
+def _text_csv(path, texts):
+    import pandas as pd
+
+    pd.DataFrame({"text": texts, "label": ["x", "y"] * (len(texts) // 2)}).to_csv(path, index=False)
+    return str(path)
+
+
+def test_empty_texts_are_refused_unless_allowed(tmp_path):
+    """Issue 23 item 4: 24 of 32 null texts were embedded as "" without a word."""
+    texts = [f"a real text {i}" if i % 8 < 2 else None for i in range(32)]
+    path = _text_csv(tmp_path / "holes.csv", texts)
+    with pytest.raises(TaskError) as err:
+        t2v.load_task(path)
+    assert_says(str(err.value), "holes.csv", "24 of the 32 texts", "'text'", "empty or missing", "rows 2, 3, 4",
+                "drop or fill", "--allow-empty")
+    task = t2v.load_task(path, allow_empty=True)
+    assert len(task) == 8 and all(t.startswith("a real text") for t in task.dataset["text"])
+
+
+def test_all_empty_text_column_is_reported_as_empty(tmp_path):
+    """Issue 23 item 4: an all-empty column was reported as "float64, not strings; cast it"."""
+    path = _text_csv(tmp_path / "none.csv", [None] * 8)
+    with pytest.raises(TaskError) as err:
+        t2v.load_task(path)
+    text = str(err.value)
+    assert_says(text, "none.csv", "'text'", "is empty", "all 8", "missing")
+    assert "float64" not in text and "cast" not in text

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.bad_inputs.common import REPO, assert_says, error_line, run_main, snapshot
+from tests.bad_inputs.common import REPO, assert_says, error_line, run_cli, run_main, snapshot
 
 GOOD_TASK = {"source": "offline:digits", "split": "all", "classes": ["0", "1"], "name": "d01"}
 
@@ -40,6 +40,12 @@ BAD_CONFIGS = {
     "options-list": ({"options": ["max_samples", 3]}, ["options", "mapping"]),
     "seed-negative": ({"options": {"seed": -1}}, ["seed", "at least 0"]),
     "alpha-in-options": ({"options": {"alpha": 0.1}}, ["unknown options", "alpha"]),
+    # issue 23 item 5: upper bounds in the YAML too
+    "n_samples-huge": ({"options": {"n_samples": 10**12}}, ["n_samples", "at most 1000", "backward pass"]),
+    "image_size-huge": ({"options": {"image_size": 100000}}, ["image_size", "at most 1024", "GB"]),
+    "max_length-over-positions": ({"probe": "embedded-text", "options": {"max_length": 100000, "max_samples": 8},
+                                   "tasks": [{"source": "offline:fortunes", "classes": ["computers", "science"]}]},
+                                  ["max_length", "at most 512", "positions"]),
 }
 
 
@@ -213,3 +219,56 @@ def test_two_batch_runs_on_one_store(tmp_path):
     assert any(f"{len(groups)} already in the store" in s for s in summaries), summaries
     assert indexed(store) == sorted(f"embedded/{g}" for g in groups)
     assert not (store / ".hf_task2vec.lock").exists()
+
+
+def test_duplicate_top_level_key_is_refused(tmp_path, capsys):
+    """Issue 23 item 7: YAML keeps the last of two equal keys silently (here: the first options are lost)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "probe: embedded\n"
+        "options: {max_samples: 16, image_size: 32}\n"
+        "tasks: [offline:digits]\n"
+        "options: {max_samples: 100000}\n"
+    )
+    before = snapshot(tmp_path)
+    rc, err = run_main(["batch", str(path), "--out", str(tmp_path / "store")], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "c.yaml", "'options'", "twice", "lines 2 and 4", "keep one")
+    assert snapshot(tmp_path) == before
+
+
+def test_expected_task_failure_prints_no_traceback(tmp_path):
+    """Issue 23 item 7: a task that fails for a reason the user can fix (here an unknown class) is one line
+    (and a FAILED line at the end), not a traceback; exit status 1."""
+    path = write_config(tmp_path / "c.yaml", tasks=[{"source": "offline:digits", "classes": ["0", "zebra"],
+                                                      "name": "bad"}])
+    proc = run_cli(["batch", str(path), "--out", str(tmp_path / "store"), "--no-progress"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert_says(proc.stderr, "FAILED bad", "zebra")
+
+
+def test_interrupt_says_what_the_completed_rounds_kept(tmp_path, capsys, monkeypatch):
+    """Issue 23 item 6: Ctrl-C during `batch` said "nothing was written" although the completed rounds were
+    pushed to the store. Now it names what was kept and how to resume."""
+    from hf_task2vec.task2vec import Task2Vec
+
+    real = Task2Vec.embed
+    calls = []
+
+    def embed_then_interrupt(self, task, *args, **kwargs):
+        calls.append(task.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, task, *args, **kwargs)
+
+    monkeypatch.setattr(Task2Vec, "embed", embed_then_interrupt)
+    tasks = [GOOD_TASK, {**GOOD_TASK, "classes": ["2", "3"], "name": "d23"}]
+    path = write_config(tmp_path / "c.yaml", tasks=tasks)
+    store = tmp_path / "store"
+    rc, err = run_main(["batch", str(path), "--out", str(store), "--no-progress"], capsys)
+    assert rc == 130
+    line = [ln for ln in err.splitlines() if "interrupted" in ln][0]
+    assert "nothing was written" not in line
+    assert_says(line, "1 task(s)", "kept in", "store", "d01", "run the same command again")
+    assert sorted(p.name for p in (store / "embeddings").rglob("*.safetensors")) == ["d01.safetensors"]

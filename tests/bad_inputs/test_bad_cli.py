@@ -46,6 +46,12 @@ OPTION_CASES = {
     "image-size-1": (["--image-size", "1"], ["--image-size", "at least", "got 1"]),
     "seed-negative": (["--seed", "-1"], ["--seed", "got -1"]),
     "device-bogus": (["--device", "bogus"], ["--device", "'bogus'", "cpu", "cuda"]),
+    # issue 23 item 5: upper bounds, with the bound and the reason (these used to hang or end in a traceback)
+    "n-samples-huge": (["--n-samples", "1000000000000"], ["--n-samples", "at most 1000", "backward pass"]),
+    "image-size-huge": (["--image-size", "100000"], ["--image-size", "at most 1024", "GB", "per 100000-px image"]),
+    "batch-size-over-memory": (["--image-size", "1024", "--batch-size", "8000", "--device", "cpu"],
+                               ["--image-size 1024", "--batch-size 8000", "GB", "lower --batch-size to at most"]),
+    "seed-huge": (["--seed", str(2**70)], ["--seed", "at most 4294967295", "2^32 - 1"]),
 }
 
 
@@ -288,7 +294,8 @@ def test_embed_fails_on_the_data_when_out_is_fine(tmp_path, capsys, monkeypatch)
     before = snapshot(tmp_path)
     rc, err = run_main(["embed", str(data), *FAST, "--out", "e.safetensors"], capsys)
     assert rc == 2
-    assert_says(error_line(err), "cannot be decoded", "remove or replace")
+    # issue 23 item 6: the file is named, not only its row number
+    assert_says(error_line(err), "cannot be decoded", "remove or replace that file", "data/cat/cat0.png")
     assert snapshot(tmp_path) == before
 
 
@@ -398,3 +405,65 @@ def test_an_unexpected_bug_keeps_its_traceback(tmp_path, capsys, monkeypatch):
         pytest.skip("the probes command is bound at registration; cannot inject a bug this way")
     assert rc == 1
     assert "Traceback" in err and "ZeroDivisionError" in err and "report" in err
+
+
+def test_max_length_beyond_the_text_probes_positions(tmp_path, capsys, monkeypatch):
+    """Issue 23 item 5: --max-length 100000 was accepted for MiniLM (512 positions), then a long text asked for
+    4.9 GB; now refused before the work with the probe's position limit."""
+    monkeypatch.chdir(tmp_path)
+    rc, err = run_main(["embed", "offline:fortunes", "--classes", "computers,science", "--max-samples", "8",
+                        "--max-length", "100000"], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "--max-length", "at most 512", "got 100000", "positions")
+    assert snapshot(tmp_path) == {}
+
+
+def test_weights_file_probe_names_the_arch_option_and_it_works(tmp_path, capsys, monkeypatch):
+    """Issue 23 item 6: ``--probe random.pt`` pointed to ``load_probe(..., arch=...)``, but embed had no
+    --arch. Now the message names --arch, and --arch works."""
+    import timm
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(timm.create_model("mobilenetv3_small_050", pretrained=False).state_dict(), tmp_path / "random.pt")
+    argv = ["embed", "offline:digits", "--classes", "0,1", *FAST, "--method", "montecarlo", "--probe", "random.pt",
+            "--out", "e.safetensors"]
+    rc, err = run_main(argv, capsys)
+    assert rc == 2
+    assert_says(error_line(err), "--probe 'random.pt'", "weights file", "--arch")
+    assert not (tmp_path / "e.safetensors").exists()
+    rc, err = run_main([*argv, "--arch", "mobilenetv3_small_050"], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "e.safetensors").is_file()
+
+
+def test_empty_texts_and_ambiguous_columns_on_the_command_line(tmp_path, capsys, monkeypatch):
+    """Issue 23 items 3 and 4 through the CLI: one line naming the fix; --allow-empty leaves the empty texts out."""
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    texts = [f"a real text number {i}" if i % 4 < 2 else "" for i in range(32)]
+    pd.DataFrame({"text": texts, "label": ["x", "y"] * 16}).to_csv(tmp_path / "holes.csv", index=False)
+    argv = ["embed", "holes.csv", "--max-samples", "8", "--max-length", "16", "--method", "montecarlo",
+            "--out", "e.safetensors"]
+    rc, err = run_main(argv, capsys)
+    assert rc == 2
+    assert_says(error_line(err), "holes.csv", "16 of the 32 texts", "--allow-empty")
+    rc, err = run_main([*argv, "--allow-empty"], capsys)
+    assert rc == 0, err
+    assert t2v_load(tmp_path / "e.safetensors").meta["num_samples"] == "8"
+    image_folder(tmp_path / "img", {"a": 3, "b": 3})
+    paths = sorted(str(p) for p in (tmp_path / "img").rglob("*.png"))
+    labels = [p.split("/")[-2] for p in paths]
+    pd.DataFrame({"image": paths, "text": [f"caption {i}" for i in range(6)], "label": labels}).to_csv(
+        tmp_path / "both.csv", index=False
+    )
+    rc, err = run_main(["embed", "both.csv", *FAST, "--out", "both.safetensors"], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "both.csv", "image column", "text column", "--input-column")
+    assert not (tmp_path / "both.safetensors").exists()
+
+
+def t2v_load(path):
+    from hf_task2vec import TaskEmbedding
+
+    return TaskEmbedding.load(path)

@@ -1,6 +1,7 @@
 """Embedding files: the integrity hash covers the tensors AND the provenance metadata; files of the
-previous format (hash over the tensors only) still load, with a warning; writes never leave a
-partial file, keep an existing file on failure, and get the umask's permissions."""
+previous format (hash over the tensors only) are read only with allow_unverified=True and never
+enter a store; writes never leave a partial file, keep an existing file on failure, and get the
+umask's permissions."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import pytest
 
 import hf_task2vec as t2v
 from hf_task2vec import EmbeddingFileError, TaskEmbedding
-from tests.bad_inputs.common import assert_says, run_main, snapshot, tiny_embedding
+from hf_task2vec.embedding import UNVERIFIED_KEY, unverified_reason
+from tests.bad_inputs.common import assert_says, error_line, run_main, snapshot, tiny_embedding
 
 
 def _edit_header(path, old: str, new: str) -> None:
@@ -76,19 +78,74 @@ def _v1_bytes(emb: TaskEmbedding) -> bytes:
     return save({"values": emb.values, "trivial": emb.trivial}, metadata=meta)
 
 
-def test_version_1_files_still_load_with_a_warning(tmp_path, caplog):
+def test_version_1_files_are_read_only_with_allow_unverified(tmp_path, caplog):
     emb = tiny_embedding("old", 0)
     path = tmp_path / "old.safetensors"
     path.write_bytes(_v1_bytes(emb))
+    with pytest.raises(EmbeddingFileError) as err:
+        TaskEmbedding.load(path)
+    assert_says(str(err.value), "old.safetensors", "format 1", "metadata", "allow-unverified", "hf-task2vec embed")
     with caplog.at_level(logging.WARNING, logger="hf_task2vec"):
-        back = TaskEmbedding.load(path)
+        back = TaskEmbedding.load(path, allow_unverified=True)
     np.testing.assert_array_equal(back.values, emb.values)
-    assert back.meta == emb.meta
-    assert_says(caplog.text, "old.safetensors", "format 1", "metadata", "save")
-    back.save(tmp_path / "new.safetensors")  # re-saving upgrades it: now its metadata is covered
-    _edit_header(tmp_path / "new.safetensors", '"image_size":"32"', '"image_size":"64"')
+    assert {k: v for k, v in back.meta.items() if k != UNVERIFIED_KEY} == emb.meta
+    assert unverified_reason(back) is not None
+    assert_says(caplog.text, "old.safetensors", "not verified")
+
+
+def _downgraded(tmp_path):
+    """Issue 23 item 2: a format-2 file 'downgraded' to format 1 (sha256 over the tensors alone) with its
+    probe and label names changed."""
+    emb = tiny_embedding("victim", 0)
+    forged = TaskEmbedding(emb.values, emb.trivial, emb.layers,
+                           {**emb.meta, "probe": "other-probe", "label_names": json.dumps(["x", "y"])})
+    path = tmp_path / "forged.safetensors"
+    path.write_bytes(_v1_bytes(forged))
+    return path
+
+
+def test_format_1_downgrade_is_refused_and_never_pushed(tmp_path, capsys):
+    path = _downgraded(tmp_path)
+    with pytest.raises(EmbeddingFileError, match="format 1"):
+        TaskEmbedding.load(path)
+    store = tmp_path / "store"
+    assert run_main(["push", str(tiny_embedding("good", 1).save(tmp_path / "good.safetensors")), "--repo",
+                     str(store)], capsys)[0] == 0
+    before = snapshot(store)
+    rc, err = run_main(["push", str(path), "--repo", str(store)], capsys)  # the file
+    assert rc == 2
+    assert_says(error_line(err), "forged.safetensors", "not verified", "hf-task2vec embed")
+    emb = TaskEmbedding.load(path, allow_unverified=True)
+    with pytest.raises(t2v.HubError, match="not verified"):  # the object
+        t2v.EmbeddingStore(store).push(emb)
+    assert snapshot(store) == before
+
+
+def test_resaving_an_unverified_embedding_does_not_bless_it(tmp_path, capsys):
+    emb = TaskEmbedding.load(_downgraded(tmp_path), allow_unverified=True)
+    resaved = emb.save(tmp_path / "resaved.safetensors")
+    with pytest.raises(EmbeddingFileError) as err:  # still unverified: the mark is covered by the format-2 hash
+        TaskEmbedding.load(resaved)
+    assert_says(str(err.value), "resaved.safetensors", "unverified", "allow-unverified")
+    again = TaskEmbedding.load(resaved, allow_unverified=True)
+    assert unverified_reason(again) is not None and again.probe == "other-probe"
+    _edit_header(resaved, '"unverified_metadata"', '"unverified_metadatb"')  # removing the mark breaks the hash
     with pytest.raises(EmbeddingFileError, match="integrity"):
-        TaskEmbedding.load(tmp_path / "new.safetensors")
+        TaskEmbedding.load(resaved, allow_unverified=True)
+    store = tmp_path / "store"
+    rc, err = run_main(["push", str(tmp_path / "forged.safetensors"), "--repo", str(store)], capsys)
+    assert rc == 2 and not store.exists()
+
+
+def test_cli_reads_unverified_files_only_with_the_flag(tmp_path, capsys):
+    old = tmp_path / "old.safetensors"
+    old.write_bytes(_v1_bytes(tiny_embedding("old", 0)))
+    other = tiny_embedding("new", 1).save(tmp_path / "new.safetensors")
+    rc, err = run_main(["distance", str(old), str(other)], capsys)
+    assert rc == 2
+    assert_says(error_line(err), "old.safetensors", "format 1", "--allow-unverified")
+    rc, _ = run_main(["distance", str(old), str(other), "--allow-unverified"], capsys)
+    assert rc == 0
 
 
 def test_version_1_files_with_edited_tensors_are_refused(tmp_path):

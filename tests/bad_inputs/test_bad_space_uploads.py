@@ -238,3 +238,30 @@ def test_public_text_strips_paths():
     text = finder._public(ValueError(f"cannot open {tempfile.gettempdir()}/t2v-space-abc/extracted/cat/x.png"))
     assert text == "cannot open t2v-space-abc/extracted/cat/x.png" or text == "cannot open x.png"
     assert finder._public(ValueError("bad file /srv/data/secret/thing.csv here")) == "bad file thing.csv here"
+
+
+def test_members_that_are_not_images_are_never_extracted(tmp_path):
+    """Issue 23 item 7: a 25 MB zip of 1,000 one-MB entries named .png (39x) was written out in full (1,000 MB)
+    before its files were found not to be images. The members' type is now checked from their first bytes
+    before anything is extracted (here 200 entries of 256 KiB of text, about 50 MB uncompressed)."""
+    rng = np.random.default_rng(0)
+    words = np.array([b"lorem ", b"ipsum ", b"dolor ", b"sit ", b"amet "])
+    blob = b"".join(rng.choice(words, 60_000))[: 2**18]
+    entries = {f"{c}/{c}{i}.png": blob for c in ("cat", "dog") for i in range(100)}
+    zpath = write_zip(tmp_path / "fake.zip", entries)
+    dest = tmp_path / "x"
+    with pytest.raises(InputError) as err:
+        finder.safe_extract_zip(zpath, dest, Limits())
+    assert_says(str(err.value), "fake.zip", "none of its 200 image files", "does not start like a PNG",
+                "nothing was extracted")
+    no_server_path(str(err.value), tmp_path)
+    assert snapshot(dest) == {}
+
+
+def test_some_non_images_are_left_out_unextracted_and_named(tmp_path):
+    entries = {**good_entries(3), "cat/fake.png": b"just text, not a png" * 100}
+    zpath = write_zip(tmp_path / "mixed.zip", entries)
+    ex = finder.safe_extract_zip(zpath, tmp_path / "x", Limits())
+    assert ex.not_images == ["cat/fake.png"]
+    assert not (tmp_path / "x" / "cat" / "fake.png").exists()
+    assert len(ex.images) == 6

@@ -104,3 +104,26 @@ def test_two_concurrent_writers_lose_no_index_row(tmp_path):
     assert sorted(frame["key"]) == keys
     assert not (store / LOCK).exists()
     assert [p for p in store.rglob("*") if p.name.endswith((".tmp", ".bak"))] == []
+
+
+def test_corrupt_index_advice_works(tmp_path, capsys):
+    """Issue 23 item 6: a corrupt index.parquet used to say "push again to rewrite it", and the push failed
+    with the same message. Now the message names `index --rebuild`, which works, and a push rebuilds it too."""
+    from tests.bad_inputs.common import error_line, run_main
+
+    store = tmp_path / "store"
+    files = [tiny_embedding(name, i).save(tmp_path / f"{name}.safetensors") for i, name in enumerate("abc")]
+    assert run_main(["push", str(files[0]), str(files[1]), "--repo", str(store)], capsys)[0] == 0
+    (store / "index.parquet").write_bytes(b"not parquet at all")
+    rc, err = run_main(["index", "--repo", str(store)], capsys)
+    assert rc == 2
+    line = error_line(err)
+    assert_says(line, "index.parquet", "not a readable parquet", "hf-task2vec index --repo", "--rebuild")
+    assert "push again" not in line
+    rc, _ = run_main(["index", "--repo", str(store), "--rebuild"], capsys)
+    assert rc == 0
+    assert t2v.EmbeddingStore(store).keys() == ["tiny/a", "tiny/b"]
+    (store / "index.parquet").write_bytes(b"broken again")
+    rc, err = run_main(["push", str(files[2]), "--repo", str(store)], capsys)  # a push rebuilds it as well
+    assert rc == 0, err
+    assert t2v.EmbeddingStore(store).keys() == ["tiny/a", "tiny/b", "tiny/c"]
