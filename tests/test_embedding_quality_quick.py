@@ -1,10 +1,12 @@
 """The embedding-quality benchmark (`benchmarks/embedding_quality.py`, issue 11).
 
 The quick run (slow: real weights, real data, a few minutes) embeds 5 real tasks with every
-estimator and fails when the default's SNR is below the quick floor or when label-permuted copies
-are not within the resampling noise. The other tests check the statistics by hand on small
-distance matrices, the checks on fabricated results, the permuted copies on real data and the
-cache keys (fast).
+estimator and fails when the default's SNR is below the quick floor, when label-permuted copies
+are not within the resampling noise, when the nearest other task is from the same dataset no more
+often than chance, when a label-noise copy is farther than a task of another dataset or when the
+dendrogram purity by dataset is below the exact estimator's.
+The other tests check the statistics by hand on small distance matrices, the checks on fabricated
+results, the permuted and label-noise copies on real data and the cache keys (fast).
 """
 
 from __future__ import annotations
@@ -61,6 +63,16 @@ def test_quick_run_default_reaches_the_quick_snr_floor(tmp_path):
         assert s["cost"]["per_training_pass_median"] > 0 and s["cost"]["step_cpu_s_median"] > 0, name
         assert s["head_train_accuracy_mean"] > 0.5, name
         assert s["taxonomy"]["pairs"] == 3, name
+        nn = s["nearest_same_dataset"]  # 3 Animal-MNIST tasks, 1 Fashion, 1 digits: chance (3 x 2/4) / 5
+        assert nn["n"] == 10 and 0 <= nn["hits"] <= 6 and abs(nn["chance"] - 0.3) < 1e-9, name
+        noisy = s["noisy_copy"]  # the first task of each dataset
+        assert noisy["copies"] == 3 and noisy["label_noise"] == module.LABEL_NOISE, name
+        expected = [module.task_name(*module.QUICK_TASKS[i]) for i in (0, 3, 4)]
+        assert [t["task"] for t in noisy["per_task"]] == expected, name
+        for t in noisy["per_task"]:  # the min of the other-dataset distances is at most their median
+            assert t["d"] > 0 and t["over_min_other_dataset"] >= t["over_median_other_dataset"] > 0, name
+        pur = s["dendrogram_purity"]
+        assert 0 < pur["purity"] <= 1 and 0 < pur["random_purity_mean"] < 1 and 0 < pur["p_value"] <= 1, name
     # the exact label expectation has no label-draw noise: its permuted copy (same images) is closer
     # to the original than a resample is
     assert res["exact"]["permuted"]["over_noise"] < 1.0
@@ -135,29 +147,85 @@ def test_taxonomy_statistic_follows_the_tree():
     assert s["spearman"] < -0.9
 
 
-def _fake_result(quick: bool, snr: float, perm: float, rho: float = 0.5, cost: float = 2.0) -> dict:
+def test_nearest_same_dataset_by_hand():
+    """Tasks 0, 1 from dataset x, task 2 from y, two seeds each; chance = (1/2 + 1/2 + 0) / 3."""
+    module = _load_script()
+    task_of = np.array([0, 0, 1, 1, 2, 2])
+    d = np.full((6, 6), 0.5)
+    d[0, 2] = d[2, 0] = 0.1  # task 0 seed 0 -> task 1: same dataset
+    d[1, 4] = d[4, 1] = 0.2  # task 0 seed 1 -> task 2: another dataset (and task 2 seed 0 -> task 0)
+    d[3, 5] = d[5, 3] = 0.3  # task 1 seed 1 -> task 2 (and task 2 seed 1 -> task 1)
+    # task 1 seed 0 -> task 0 seed 0 (0.1): same dataset; task 2 can only find another dataset
+    s = module.nearest_same_dataset(d, task_of, ["x", "x", "y"])
+    assert (s["hits"], s["n"]) == (2, 6) and np.isclose(s["rate"], 2 / 6) and np.isclose(s["chance"], 1 / 3)
+
+
+def test_noisy_copy_statistics_by_hand():
+    """Task 0 (dataset x) at row 0, its copy at row 4; other-dataset rows 2, 3 at 0.4 and 0.8."""
+    module = _load_script()
+    task_of = np.array([0, 0, 1, 1])
+    d = np.zeros((5, 5))
+    d[0, 2], d[0, 3], d[0, 4] = 0.4, 0.8, 0.3
+    d = d + d.T
+    s = module.noisy_copy_stats(d, task_of, ["x", "y"], {0: (0, 4)})
+    (t,) = s["per_task"]
+    assert t["d"] == 0.3 and np.isclose(t["over_min_other_dataset"], 0.75)
+    assert np.isclose(t["over_median_other_dataset"], 0.5) and np.isclose(s["over_min_max"], 0.75)
+    assert s["nearer_than_any_other_dataset"] == 1 and s["copies"] == 1
+    assert module.noisy_tasks([("a", ("1",)), ("b", ("2",)), ("a", ("3",))]) == [("a", ("1",)), ("b", ("2",))]
+
+
+def test_dataset_purity_separates_and_mixes():
+    """Two datasets far apart in d_sym: purity 1, above its random relabelings; a tree that mixes them: lower."""
+    module = _load_script()
+    ds = ["x", "x", "x", "y", "y", "y"]
+    d = np.where(np.equal.outer(ds, ds), 0.1, 1.0) + 0.01 * np.arange(6)[:, None] * np.arange(6)[None, :]
+    np.fill_diagonal(d, 0.0)
+    s = module.dataset_purity(d, ds)
+    assert s["purity"] == 1.0 and s["random_purity_mean"] < 0.9 and s["p_value"] < 0.2
+    mixed = module.dataset_purity(d, ["x", "y", "x", "y", "x", "y"])
+    assert mixed["purity"] < 0.8
+
+
+def _fake_result(quick: bool, snr: float, perm: float, rho: float = 0.5, cost: float = 2.0, nn: int = 9,
+                 noisy: float = 0.6, purity: float = 0.9) -> dict:  # fmt: skip
     key = "32x160" if quick else "32x500"
     est = {"snr": snr, "permuted": {"over_noise": perm}, "taxonomy": {"spearman": rho, "pairs": 28},
-           "cost": {"per_training_pass_median": cost}}  # fmt: skip
+           "cost": {"per_training_pass_median": cost},
+           "nearest_same_dataset": {"hits": nn, "n": 10, "rate": nn / 10, "chance": 0.3},
+           "noisy_copy": {"label_noise": 0.25, "copies": 3, "over_min_max": noisy, "over_median_max": noisy / 2},
+           "dendrogram_purity": {"purity": purity, "random_purity_mean": 0.4, "p_value": 0.01}}  # fmt: skip
     mc = {"snr": 1.3, "permuted": {"over_noise": 0.9}, "cost": {"per_training_pass_median": 2.0}}
-    return {"config": {"quick": quick, "headline": key}, "results": {key: {"default": est, "montecarlo": mc}}}
+    exact = {"snr": 2.0, "dendrogram_purity": {"purity": 0.8, "random_purity_mean": 0.4, "p_value": 0.01}}
+    return {"config": {"quick": quick, "headline": key},
+            "results": {key: {"default": est, "montecarlo": mc, "exact": exact}}}  # fmt: skip
 
 
 def test_checks_fail_on_bad_science_and_pass_on_good():
     module = _load_script()
     good = module.checks(_fake_result(False, snr=5.0, perm=0.5))
-    assert len(good) == 4 and all(ok for _, ok, _ in good)
+    assert len(good) == 7 and all(ok for _, ok, _ in good)
     for bad in (
         _fake_result(False, snr=3.9, perm=0.5),  # below the target
         _fake_result(False, snr=5.0, perm=1.2),  # permuted copies farther than a resample
         _fake_result(False, snr=5.0, perm=0.5, rho=-0.1),  # taxonomy reversed
         _fake_result(False, snr=5.0, perm=0.5, cost=6.5),  # 3.25x the one-draw montecarlo cost
+        _fake_result(False, snr=5.0, perm=0.5, nn=6),  # 0.6 < 0.3 + 0.5 x 0.7: not well above chance
+        _fake_result(False, snr=5.0, perm=0.5, noisy=1.1),  # a noisy copy farther than a task of another dataset
+        _fake_result(False, snr=5.0, perm=0.5, purity=0.7),  # purity below the exact estimator's
     ):
         results = module.checks(bad)
         assert sum(not ok for _, ok, _ in results) == 1, results
     quick = module.checks(_fake_result(True, snr=module.QUICK_SNR_FLOOR - 0.01, perm=0.5))
-    assert len(quick) == 2 and [ok for _, ok, _ in quick] == [False, True]
-    assert all(ok for _, ok, _ in module.checks(_fake_result(True, snr=module.QUICK_SNR_FLOOR, perm=1.0)))
+    assert len(quick) == 5 and [ok for _, ok, _ in quick] == [False, True, True, True, True]
+    # --quick: more than chance is enough for the nearest task (4/10 > 0.3)
+    assert all(ok for _, ok, _ in module.checks(_fake_result(True, snr=module.QUICK_SNR_FLOOR, perm=1.0, nn=4)))
+    for bad in (
+        _fake_result(True, snr=3.0, perm=0.5, nn=3),
+        _fake_result(True, snr=3.0, perm=0.5, noisy=1.01),
+        _fake_result(True, snr=3.0, perm=0.5, purity=0.79),
+    ):
+        assert sum(not ok for _, ok, _ in module.checks(bad)) == 1
 
 
 def test_failed_check_makes_main_exit_nonzero(tmp_path, monkeypatch):
@@ -200,6 +268,26 @@ def test_permuted_copy_has_the_same_images_and_rotated_labels():
     assert perm.label_names == ["6", "8", "9", "0"]
     assert all(perm.label_names[perm.labels[i]] == sub.label_names[sub.labels[i]] for i in range(100))
     assert job.key != perm_job.key
+
+
+def test_label_noise_copy_has_the_same_images_and_a_quarter_of_labels_flipped():
+    """The label-noise copy: the seed's resample, same images in the same order, LABEL_NOISE of the labels moved
+    to another class (seeded: the same flips every time); its own cache key, the other keys unchanged."""
+    module = _load_script()
+    emb = module.Embedder(threads=1)
+    gp = module.GridPoint(32, 100, ("exact",))
+    classes = ("0", "6", "8", "9")
+    job = module.make_job("digits", classes, gp, 1, False, "exact", "d")
+    noisy_job = module.make_job("digits", classes, gp, 1, False, "exact", "d", label_noise=module.LABEL_NOISE)
+    sub, noisy = emb.resample(job), emb.resample(noisy_job)
+    assert noisy.dataset["image"] == sub.dataset["image"] and noisy.label_names == sub.label_names
+    changed = noisy.labels != sub.labels
+    assert changed.sum() == round(module.LABEL_NOISE * 100) and (noisy.labels < 4).all()
+    assert (emb.resample(noisy_job).labels == noisy.labels).all()  # seeded
+    assert len({job.key, noisy_job.key, module.make_job("digits", classes, gp, 1, True, "exact", "d").key}) == 3
+    assert module.make_job("digits", classes, gp, 1, False, "exact", "d", label_noise=0.0).key == job.key
+    with pytest.raises(ValueError, match="not both"):
+        module.make_job("digits", classes, gp, 1, True, "exact", "d", label_noise=0.25)
 
 
 def test_cache_keys_follow_the_effective_settings(monkeypatch):
