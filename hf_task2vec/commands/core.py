@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import re
 import time
@@ -186,15 +187,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
         names.append(name)
         groups.append(dataset)
     dist = distance_matrix(embeddings, kind="symmetric")
-    print("\nnearest task (symmetric Task2Vec distance):")
-    same = 0
+    # the noise level a reader needs to judge the distances: one task embedded again from another sample
+    resampler = copy.copy(embedder)
+    resampler.seed = args.seed + 1
+    first = next(iter(DEMO_TASKS))
+    again = resampler.embed(load_task(datasets_cache[DEMO_TASKS[first][0]], classes=DEMO_TASKS[first][1], name=first))
+    noise = float(distance_matrix([embeddings[0], again], kind="symmetric")[0, 1])
+    print("\nnearest task (symmetric Task2Vec distance; x = times the resampling noise):")
+    same, unclear = 0, []
     for i, name in enumerate(names):
         d = dist[i].copy()
         d[i] = np.inf
         j = int(np.argmin(d))
         same += groups[i] == groups[j]
-        print(f"  {name:28s} -> {names[j]:28s} {d[j]:.4f}")
-    print(f"\n{same}/{len(names)} tasks have their nearest neighbour in the same source dataset")
+        ratio = d[j] / noise if noise > 0 else np.inf
+        if ratio < 2:
+            unclear.append(name)
+        print(f"  {name:28s} -> {names[j]:28s} {d[j]:.4f}  ({ratio:.1f}x)")
+    print(f"\nresampling noise: {first!r} embedded again from another sample (seed {resampler.seed}) lies "
+          f"{noise:.4f} from itself")
+    if unclear:
+        print(f"{len(unclear)} task(s) have their nearest neighbour within 2x that noise, so they cannot be told apart "
+              f"from it at {args.max_samples} examples: {', '.join(unclear)}")
+    print(f"{same}/{len(names)} tasks have their nearest neighbour in the same source dataset")
     distance_heatmap(dist, names, args.out, groups=groups, title="Task2Vec symmetric distance (12 offline tasks)")
     print(f"heatmap with dendrogram -> {args.out}")
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
