@@ -12,7 +12,7 @@ text task out of the box.
   split (and, for reference, the error of a linear head alone on the frozen probe).
 * **Embeddings.** Each expert is represented, as in the paper, by the Task2Vec embedding of its source
   task made with the probe and the DEFAULT embedder (`t2v.Task2Vec("embedded-text", ...)`: the
-  variational estimator), here with ``max_length=64`` and ``max_samples=200`` training texts.
+  relative estimator), here with ``max_length=64`` and ``max_samples=200`` training texts.
 * **Held-out check.** Target tasks cut from the *test* splits of the same datasets, with class subsets
   no expert was trained on; for each, is the nearest expert (asymmetric distance, the `select` default)
   from the same dataset? Measured with 200 and with 64 query texts (what the test uses).
@@ -390,7 +390,7 @@ def report(r: dict) -> str:
             f"a median {sig['excess_over_trivial_median']:.1e} of it per filter (95th percentile "
             f"{sig['excess_over_trivial_p95']:.1e}); the symmetric distance between two experts is "
             f"{sig['dsym_between_experts_mean']:.1e} on average (max {sig['dsym_between_experts_max']:.1e}). "
-            + ("With the default (variational) embedder on MiniLM the prior dominates: every text task embeds "
+            + ("With this embedder on MiniLM the prior dominates: every text task embeds "
                "almost exactly to the prior, so the distances below are differences of ~1e-8 and the ranking is "
                "noise-level." if sig["dsym_between_experts_mean"] < 1e-4 else ""),
         ]
