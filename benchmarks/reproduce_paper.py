@@ -2,10 +2,15 @@
 """Reproduce the Task2Vec paper's findings (Achille et al., ICCV 2019) on real offline data.
 
 Six experiments (the paper's figure in brackets, the module of ``benchmarks/paper/`` that runs it
-in parentheses), each run with both the ``montecarlo`` and the ``variational`` Fisher estimator:
+in parentheses), each run with every Fisher estimator (``paper.harness.ESTIMATORS``; ``exact`` not on the
+real-image tasks of ``--quick``): ``relative``, the library default (``hf_task2vec.task2vec.DEFAULT_METHOD``:
+the robust Fisher with its prior at the task's own level, docs/robust_fisher.md), which the verdicts
+judge; ``montecarlo``; ``variational`` (the paper's fixed-prior robust Fisher, round two's default);
+``exact`` (the reference):
 
-1. Analytic FIM [Suppl. A] (``paper.analytic``): a two-layer sigmoid network; exact / montecarlo /
-   variational Fisher against the closed form; montecarlo error vs number of label draws (expect ~1/sqrt(n)).
+1. Analytic FIM [Suppl. A] (``paper.analytic``): a two-layer sigmoid network; exact / relative /
+   montecarlo / variational Fisher against the closed form; montecarlo error vs number of label draws
+   (expect ~1/sqrt(n)).
 2. Toy tasks on the unit square [Fig. 5] (``paper.toy``): 64 binary k-means tasks (k in [3, 16]) embedded
    with 10 random ReLU features and with degree-3 polynomial features; t-SNE with task pictures; how
    embedding norm and nearest neighbours follow the task complexity k.

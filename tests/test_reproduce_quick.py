@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from hf_task2vec.task2vec import DEFAULT_METHOD
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "reproduce_paper.py"
 
@@ -54,6 +56,8 @@ def test_quick_run_reproduces_the_papers_findings(quick_run):
     assert -0.75 < a["montecarlo"]["loglog_slope"] < -0.25
     errs = a["montecarlo"]["rel_err_mean"]
     assert errs[-1] < errs[0] / 3  # 64x more label draws: error well down (1/sqrt(64) = 1/8)
+    # the relative estimator (the default): scaled back by fisher_scale * lambda^2, the closed form up to shrinkage
+    assert a["relative"]["spearman_vs_closed_form"] > 0.9 and a["relative"]["rel_err_unscaled"] < 0.1
 
     # 2. toy tasks: nearest neighbours under d_sym have a closer complexity k than random pairs
     poly = r["toy"]["probes"]["poly3"]["montecarlo"]
@@ -78,9 +82,13 @@ def test_quick_run_reproduces_the_papers_findings(quick_run):
     assert sep["montecarlo"]["within_over_between"] > sep["domain"]["within_over_between"] + 0.05
     assert sep["montecarlo"]["same_domain_pairs_at_zero"] == 0
 
-    # both estimators ran everywhere, and every check the script made passed
+    # every estimator ran everywhere, the library default first; every check the script made (on the
+    # default) passed
+    assert r["config"]["methods"][0] == DEFAULT_METHOD
     for key in ("taxonomy", "difficulty", "domains"):
         assert "montecarlo_vs_variational" in r[key]["agreement"]
+        assert f"{DEFAULT_METHOD}_vs_montecarlo" in r[key]["agreement"]
+        assert DEFAULT_METHOD in r[key].get("methods", r[key].get("separation"))
     assert r["checks"] and all(ok for _, ok, _ in r["checks"])
 
     # the report and the figures
@@ -109,19 +117,21 @@ def test_failed_check_makes_the_script_exit_nonzero(tmp_path, monkeypatch):
 
 
 def test_checks_catch_a_broken_taxonomy_and_difficulty():
-    """The checks fail on results that contradict the paper (no embeddings needed)."""
+    """The checks (on the library default estimator) fail on results that contradict the paper (no
+    embeddings needed)."""
     module = _load_script()
+    d = DEFAULT_METHOD
     bad = {
-        "taxonomy": {"random_mean_dtax": 1.0, "methods": {"montecarlo": {"curve": [0.5, 1.2, 1.3]}}},
-        "difficulty": {"methods": {"montecarlo": {"norm_vs_error_spearman": -0.2}}},
-        "domains": {"separation": {"montecarlo": {"within_over_between": 0.0}, "domain": {"within_over_between": 0.0}}},
+        "taxonomy": {"random_mean_dtax": 1.0, "methods": {d: {"curve": [0.5, 1.2, 1.3]}}},
+        "difficulty": {"methods": {d: {"norm_vs_error_spearman": -0.2}}},
+        "domains": {"separation": {d: {"within_over_between": 0.0}, "domain": {"within_over_between": 0.0}}},
     }
     results = {name: ok for name, ok, _ in module.checks(bad)}
     assert results and not any(results.values())
     good = {
-        "taxonomy": {"random_mean_dtax": 1.0, "methods": {"montecarlo": {"curve": [0.2, 0.5, 0.9]}}},
-        "difficulty": {"methods": {"montecarlo": {"norm_vs_error_spearman": 0.4}}},
-        "domains": {"separation": {"montecarlo": {"within_over_between": 0.7}, "domain": {"within_over_between": 0.0}}},
+        "taxonomy": {"random_mean_dtax": 1.0, "methods": {d: {"curve": [0.2, 0.5, 0.9]}}},
+        "difficulty": {"methods": {d: {"norm_vs_error_spearman": 0.4}}},
+        "domains": {"separation": {d: {"within_over_between": 0.7}, "domain": {"within_over_between": 0.0}}},
     }
     assert all(ok for _, ok, _ in module.checks(good))
 

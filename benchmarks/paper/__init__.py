@@ -8,8 +8,10 @@
 - ``difficulty``: 4. embedding norm vs task difficulty [Fig. 2 right].
 - ``domains``: 5. task vs domain embedding [Fig. 1].
 - ``clustering``: 6. clustered similarity matrix [Fig. 2 left] (``dendrogram_purity``, ``purity_test``).
-- ``agreement``: how far the montecarlo / variational / exact estimators agree (experiments 2-5).
-- ``verdicts``: the paper's claims, our verdicts, and the checks that set the exit status.
+- ``agreement``: how far the estimators (relative, the library default; montecarlo; variational;
+  exact) agree (experiments 1-5).
+- ``verdicts``: the paper's claims, our verdicts on the library default estimator, and the checks that
+  set the exit status.
 - ``report``: the Markdown report and the JSON.
 
 The command line and the order of the experiments are in ``benchmarks/reproduce_paper.py``.

@@ -1,12 +1,15 @@
 """1. Analytic FIM of a two-layer sigmoid network [Suppl. A].
 
-Exact / montecarlo / variational Fisher against the closed form of ``tests.analytic``; the montecarlo
-error against the number of label draws (expect ~1/sqrt(n)); the variational error against its
-SGD epochs.
+Every estimator against the closed form of ``tests.analytic``: exact (to float precision); the library
+default ``relative`` (its data part ``(values - 1) * fisher_scale * lambda^2`` is the exact Fisher shrunk
+by each filter's reliability, docs/robust_fisher.md: close to the closed form, same ranking); the
+montecarlo error against the number of label draws (expect ~1/sqrt(n)); the variational (the paper's
+fixed prior) error against its SGD epochs.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +20,11 @@ from tqdm.auto import tqdm
 import hf_task2vec as t2v
 from hf_task2vec import plots
 from hf_task2vec.fisher import fisher_diagonal
+from hf_task2vec.robust import prior_precision
 from tests.analytic import analytic_two_layer_sigmoid_fisher  # (the test oracle)
 
-from .harness import Config, fig_path, spearman
+from .agreement import agreement
+from .harness import ESTIMATORS, Config, fig_path, spearman
 
 
 def two_layer_probe(w1: torch.Tensor, w2: torch.Tensor) -> t2v.Probe:
@@ -66,6 +71,19 @@ def exp_analytic(cfg: Config, fig_dir: Path, prefix: str) -> dict:
     res["exact_rel_err_float64"] = rel_err(exact64)
     res["exact_max_abs_rel_err_float64"] = float(np.max(np.abs(exact64 - closed) / np.abs(closed)))
     res["exact_rel_err_embedding_float32"] = rel_err(exact_emb.values)
+    # relative (the library default): values = x_hat / c + 1 with x_hat = F / lambda^2 shrunk by each
+    # filter's reliability and c = fisher_scale (recorded); undo the scaling to compare with F
+    rel_emb = embedder("relative").embed(task)
+    scale = float(json.loads(rel_emb.meta["method_options"])["fisher_scale"])
+    lam2 = prior_precision(two_layer_probe(w1, w2))
+    rel_fisher = (rel_emb.values.astype(np.float64) - rel_emb.trivial) * scale * lam2
+    res["relative"] = {
+        "fisher_scale": scale,
+        "spearman_vs_closed_form": spearman(rel_emb.values, closed)[0],
+        "rel_err_unscaled": rel_err(rel_fisher),  # (values - 1) * c * lambda^2: the shrinkage's bias
+        "max_abs_rel_err_unscaled": float(np.max(np.abs(rel_fisher - closed) / np.abs(closed))),
+        "data_norm_over_closed_form": float(rel_emb.data_norm / np.sum(closed / lam2)),
+    }
     # montecarlo: error vs label draws per input
     errs = np.zeros((len(cfg.analytic_draws), cfg.analytic_repeats))
     mc_default = None
@@ -108,7 +126,8 @@ def exp_analytic(cfg: Config, fig_dir: Path, prefix: str) -> dict:
     if var_default is None:
         var_default = embedder("variational", variational_epochs=cfg.variational_epochs).embed(task)
     res["variational"] = {"epochs_curve": var_curve, "default_epochs": cfg.variational_epochs}
-    res["agreement_mc_vs_var"] = {"values_spearman": spearman(mc_default.values, var_default.values)[0]}
+    one = {"relative": rel_emb, "montecarlo": mc_default, "variational": var_default, "exact": exact_emb}
+    res["agreement"] = agreement({m: [one[m]] for m in ESTIMATORS})  # one task: values only
     default_row = next((r for r in var_curve if r["epochs"] == cfg.variational_epochs), None)
     res["variational"]["default"] = default_row
 
@@ -119,6 +138,7 @@ def exp_analytic(cfg: Config, fig_dir: Path, prefix: str) -> dict:
     lim = [closed.min() * 0.8, closed.max() * 1.25]
     ax.plot(lim, lim, "k:", lw=1)
     ax.scatter(closed, exact64, s=40, facecolors="none", edgecolors="k", label="exact (float64)")
+    ax.scatter(closed, rel_fisher, s=14, marker="s", label="relative (default), unscaled")
     ax.scatter(closed, mc_default.values, s=14, label="montecarlo, 1 draw")
     ax.scatter(closed, var_default.values - var_default.trivial, s=14, marker="x", label="variational - prior")
     ax.set_xscale("log")

@@ -14,6 +14,7 @@ import numpy as np
 
 from hf_task2vec import plots
 from hf_task2vec.distance import distance_matrix, taxonomic_distance
+from hf_task2vec.task2vec import DEFAULT_METHOD
 
 from .harness import Config, RealTask, fig_path, spearman, upper
 from .taxonomy import tree_distance
@@ -78,14 +79,14 @@ def exp_heatmaps(
             "domains_dendrogram_purity": purity_test(z, dsets, cfg.seed + 6),
             "pairs_cophenetic_vs_dtax_spearman": spearman(cophenet(zp), upper(dtax))[0],
         }
-        if m == "montecarlo":
+        if m == DEFAULT_METHOD:  # the figures: the library default
             plots.distance_heatmap(
                 d_dom, dom["_names"], fig_path(fig_dir, prefix, "heatmap_domains"), groups=dsets,
-                title="Task2Vec d_sym (montecarlo): Fashion-MNIST relabelings, Animal-MNIST and digits tasks",
+                title=f"Task2Vec d_sym ({m}): Fashion-MNIST relabelings, Animal-MNIST and digits tasks",
             )  # fmt: skip
             plots.distance_heatmap(
                 d_pairs, [t.name for t in pairs], fig_path(fig_dir, prefix, "heatmap_taxonomy"), groups=pair_groups,
-                title="Task2Vec d_sym (montecarlo): Animal-MNIST class pairs (colour: taxonomic level of the pair)",
+                title=f"Task2Vec d_sym ({m}): Animal-MNIST class pairs (colour: taxonomic level of the pair)",
             )  # fmt: skip
     res["figures"] = [str(fig_path(fig_dir, prefix, n)) for n in ("heatmap_domains", "heatmap_taxonomy")]
     res["domains_clusters"] = len(set(dsets))

@@ -1,7 +1,7 @@
 """4. Difficulty [Fig. 2 right].
 
-The embedding L1 norm against the held-out error of a linear classifier on the probe's features,
-over the real-image tasks of experiments 3 and 5.
+The embedding L1 norm (its data part, ``harness.l1``) of every estimator against the held-out error
+of a linear classifier on the probe's features, over the real-image tasks of experiments 3 and 5.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .harness import Config, RealData, RealTask, fig_path, l1, spearman
 def feature_pools(cfg: Config, data: RealData, datasets_used: set[str]) -> dict:
     """Probe features of a class-balanced train sample and test sample of every dataset (computed
     once per run; the linear classifiers of all sub-tasks of a dataset read them)."""
-    feats = data.embedders["montecarlo"]
+    feats = data.embedders[cfg.methods[0]]  # probe features: the same for every estimator
     pools = {}
     for name in sorted(datasets_used):
         pool = {}

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 import hf_task2vec as t2v
 from hf_task2vec import plots
 from hf_task2vec.distance import distance_matrix
+from hf_task2vec.task2vec import DEFAULT_METHOD
 
 from .agreement import agreement
 from .harness import Config, RealData, RealTask, fig_path, nn_index
@@ -116,7 +117,10 @@ def exp_domains(cfg: Config, data: RealData, tasks: list[RealTask], fig_dir: Pat
     perplexity = 4.0
     for ax, (key, title) in zip(
         axes,
-        (("montecarlo", "task embedding (Task2Vec, d_sym)"), ("domain", "domain embedding (mean activations, cosine)")),
+        (
+            (DEFAULT_METHOD, f"task embedding (Task2Vec {DEFAULT_METHOD}, d_sym)"),
+            ("domain", "domain embedding (mean activations, cosine)"),
+        ),
         strict=True,
     ):
         keep, labels = merge_identical(dists[key], names)

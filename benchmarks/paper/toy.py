@@ -18,9 +18,9 @@ from hf_task2vec import plots
 from hf_task2vec.distance import distance_matrix
 
 from .agreement import agreement
-from .harness import Config, embed_all, fig_path, l1, nn_index, spearman, upper
+from .harness import ESTIMATORS, Config, embed_all, fig_path, l1, nn_index, spearman, upper
 
-TOY_METHODS = ("montecarlo", "variational", "exact")  # "exact" (summed over labels) is the reference
+TOY_METHODS = ESTIMATORS  # the library default first; "exact" (summed over labels) is the reference
 
 
 class ReLUFeatures(nn.Module):
@@ -140,13 +140,14 @@ def exp_toy(cfg: Config, fig_dir: Path, prefix: str) -> dict:
     res["figure_tsne"] = str(plots.save_figure(fig, fig_path(fig_dir, prefix, "toy_tsne")))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
     for ax, pname in zip(axes, probes, strict=True):
-        for i, (m, marker) in enumerate(zip(TOY_METHODS, ("o", "x", "+"), strict=True)):
+        for i, (m, marker) in enumerate(zip(TOY_METHODS, "ox+^", strict=False)):
             norms = [l1(e) for e in embs_by_probe[pname][m]]
             rho = res["probes"][pname][m]["norm_vs_k_spearman"]
-            ax.scatter(ks + 0.15 * (i - 1), norms, marker=marker, s=18, label=f"{m} (rho {rho:.2f})")
+            offset = 0.15 * (i - (len(TOY_METHODS) - 1) / 2)
+            ax.scatter(ks + offset, norms, marker=marker, s=18, label=f"{m} (rho {rho:.2f})")
         ax.set_yscale("log")
         ax.set_xlabel("task complexity k (clusters)")
-        ax.set_ylabel("embedding L1 norm")
+        ax.set_ylabel("embedding L1 norm (data part)")
         ax.set_title(f"{pname} probe", fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
