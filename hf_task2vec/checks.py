@@ -130,12 +130,26 @@ def memory_of(device: Any) -> tuple[int, str] | None:
     return None
 
 
+# The automatic CPU batch size: DEFAULT_BATCH_SIZE images up to AUTO_BATCH_SIDE px, fewer above.
+DEFAULT_BATCH_SIZE = 32
+AUTO_BATCH_SIDE = 112
+
+
+def auto_batch_size(image_side: int | None, device: Any = "cpu") -> int:
+    """The batch size `Task2Vec` uses when none is given: on the CPU it shrinks with the pixel count
+    (a 224-px pass of 32 images peaks at ~4.5 GB with the embedded probe, one of 8 at ~1.9 GB;
+    benchmarks/results/fisher_memory.md); accelerators and text probes get `DEFAULT_BATCH_SIZE`."""
+    import torch
+
+    if torch.device(device).type != "cpu" or not image_side:
+        return DEFAULT_BATCH_SIZE
+    return max(1, min(DEFAULT_BATCH_SIZE, int(DEFAULT_BATCH_SIZE * (AUTO_BATCH_SIDE / image_side) ** 2)))
+
+
 def check_pass_memory(image_size: int, batch_size: int | None, device: Any = None) -> None:
     """Refuse an ``image_size`` / ``batch_size`` whose Fisher pass cannot fit in the memory of
     ``device`` (estimate: `FISHER_BYTES_PER_PIXEL` per pixel of every image of a batch; ``None``:
     the automatic batch size)."""
-    from .task2vec import auto_batch_size
-
     found = memory_of(device)
     if found is None:
         return

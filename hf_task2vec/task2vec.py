@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._version import __version__
-from .checks import check_embedder_options, check_int
+from .checks import AUTO_BATCH_SIDE, DEFAULT_BATCH_SIZE, auto_batch_size, check_embedder_options, check_int  # noqa: F401  (re-exported)
 from .embedding import TaskEmbedding
 from .errors import TaskError
 from .fisher import FisherResult, Strategy, fisher_diagonal, to_device
@@ -51,18 +51,6 @@ ROBUST_METHODS = ("relative", "variational")
 #: Label directions per input of the robust estimators: exact up to 5 classes; for more, the
 #: leading 4 directions of ``diag(p) - p p^T`` (most of its trace once the head is confident).
 VARIATIONAL_RANK = 4
-# The automatic CPU batch size: DEFAULT_BATCH_SIZE images up to AUTO_BATCH_SIDE px, fewer above.
-DEFAULT_BATCH_SIZE = 32
-AUTO_BATCH_SIDE = 112
-
-
-def auto_batch_size(image_side: int | None, device: torch.device | str = "cpu") -> int:
-    """The batch size `Task2Vec` uses when none is given: on the CPU it shrinks with the pixel count
-    (a 224-px pass of 32 images peaks at ~4.5 GB with the embedded probe, one of 8 at ~1.9 GB;
-    benchmarks/results/fisher_memory.md); accelerators and text probes get `DEFAULT_BATCH_SIZE`."""
-    if torch.device(device).type != "cpu" or not image_side:
-        return DEFAULT_BATCH_SIZE
-    return max(1, min(DEFAULT_BATCH_SIZE, int(DEFAULT_BATCH_SIZE * (AUTO_BATCH_SIDE / image_side) ** 2)))
 
 
 def default_device() -> torch.device:
