@@ -680,13 +680,15 @@ def test_corrupt_and_oversized_images(tmp_path):
         write_zip(tmp_path / "c.zip", entries), tmp_path / "w", Limits(max_image_pixels=50_000)
     )
     assert len(prepared.task) == 6 and np.bincount(prepared.task.labels).tolist() == [3, 3]
-    note = next(n for n in prepared.notes if n.startswith("Left out 3"))
-    assert "truncated.png" in note and "text.png" in note and "huge.png" in note and "300x300" in note
+    # a member that does not start like an image is never extracted; the others fail when decoded
+    ignored = next(n for n in prepared.notes if n.startswith("Ignored 1"))
+    note = next(n for n in prepared.notes if n.startswith("Left out 2"))
+    assert "text.png" in ignored and "truncated.png" in note and "huge.png" in note and "300x300" in note
 
     all_bad_dog = {k: v for k, v in good.items() if k.startswith("cat/")} | {"dog/x.png": b"garbage"}
     with pytest.raises(InputError, match="single class.*after leaving out unreadable images"):
         finder.task_from_upload(write_zip(tmp_path / "d.zip", all_bad_dog), tmp_path / "w2", Limits())
-    with pytest.raises(InputError, match="none of the 2 images could be read"):
+    with pytest.raises(InputError, match="none of its 2 image files could be read.*nothing was extracted"):
         finder.task_from_upload(
             write_zip(tmp_path / "e.zip", {"a/1.png": b"x", "b/2.png": b"y"}), tmp_path / "w3", Limits()
         )

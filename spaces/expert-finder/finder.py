@@ -501,9 +501,11 @@ def _task_from_records(
     names = sorted({lab for _, lab in good})
     if len(names) < 2:
         only = names[0]
+        # files dropped before (not images) or here (unreadable) may be why a class is missing
+        dropped = bad or any(n.startswith("Ignored ") for n in notes)
         raise InputError(
-            f"the data has a single class ({only!r}{' after leaving out unreadable images' if bad else ''}): a task "
-            "needs at least two classes. Add a folder (or label) for another class."
+            f"the data has a single class ({only!r}{' after leaving out unreadable images' if dropped else ''}): a "
+            "task needs at least two classes. Add a folder (or label) for another class."
         )
     if len(names) > limits.max_classes:
         raise InputError(f"{len(names)} classes; this Space takes at most {limits.max_classes}")
