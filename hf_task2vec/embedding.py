@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -391,13 +392,10 @@ def _umask() -> int:
 
 
 def _prior_examples(embedding: TaskEmbedding) -> str:
-    try:
-        return str(json.loads(embedding.meta.get("method_options") or "{}").get("prior_examples", "?"))
-    except ValueError:
-        return "?"
+    return str(_method_options(embedding.meta).get("prior_examples", "?"))
 
 
-def _method_options(meta: dict[str, str]) -> dict[str, str]:
+def _method_options(meta: Mapping[str, str]) -> dict[str, str]:
     """The estimator's own options recorded in ``method_options`` (JSON; empty when absent or unreadable)."""
     try:
         found = json.loads(meta.get("method_options") or "{}")

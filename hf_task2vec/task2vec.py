@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ._version import __version__
 from .checks import AUTO_BATCH_SIDE, DEFAULT_BATCH_SIZE, auto_batch_size, check_embedder_options, check_int  # noqa: F401  (re-exported)
-from .embedding import TaskEmbedding
+from .embedding import TaskEmbedding, _method_options
 from .errors import TaskError
 from .fisher import FisherResult, Strategy, fisher_diagonal, to_device
 from .head import fit_linear_head, set_head
@@ -121,14 +121,6 @@ def _probe_for(task: Task, probe: Any) -> Any:
         logger.info("task %r is text: using the offline text probe %r", task.name, DEFAULT_TEXT_PROBE)
         return DEFAULT_TEXT_PROBE
     return probe
-
-
-def _method_options(meta: Mapping[str, str]) -> dict[str, str]:
-    try:
-        found = json.loads(meta.get("method_options") or "{}")
-    except ValueError:
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 def _own_head(probe: Probe) -> Probe:
