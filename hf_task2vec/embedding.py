@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EmbeddingFileError, IncompatibleEmbeddingsError, OutputError, Task2VecError
+from .compat import ALWAYS_RECORDED, check_comparable
+from .errors import EmbeddingFileError, OutputError, Task2VecError
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +40,11 @@ READABLE_VERSIONS: tuple[str, ...] = ("1", "2")
 #: with ``allow_unverified=True`` and are never pushed to a store.
 UNVERIFIED_KEY = "unverified_metadata"
 
-# Metadata keys that must agree for two embeddings to be comparable.
-COMPATIBILITY_KEYS: tuple[str, ...] = ("probe", "probe_revision", "method", "image_size")
+# The metadata keys every embedding records that decide comparability (an `ExpertIndex` keeps them as its
+# ``settings``, a store index has a column for each). The whole rule is `hf_task2vec.compat`.
+COMPATIBILITY_KEYS: tuple[str, ...] = ALWAYS_RECORDED
 # text embeddings: the truncation and pooling decide what the probe saw, as the image size does for
-# images; compared where both embeddings record them (older files may not)
+# images; compared where both embeddings record them (older files may not), by `hf_task2vec.compat`
 TEXT_INPUT_KEYS: tuple[str, ...] = ("max_length", "pooling")
 
 
@@ -140,40 +142,10 @@ class TaskEmbedding:
         raise KeyError(f"no layer {name!r}; layers are {[sl.name for sl in self.layers][:8]}...")
 
     def check_compatible(self, other: TaskEmbedding) -> None:
-        """Raise `IncompatibleEmbeddingsError` unless `other` was made the same way."""
-        problems = [
-            f"{key}: {self.meta.get(key)!r} vs {other.meta.get(key)!r}"
-            for key in COMPATIBILITY_KEYS
-            if self.meta.get(key, "") != other.meta.get(key, "")
-        ]
-        problems += [
-            f"{key}: {self.meta[key]!r} vs {other.meta[key]!r}"
-            for key in TEXT_INPUT_KEYS
-            if key in self.meta and key in other.meta and self.meta[key] != other.meta[key]
-        ]
-        if self.dim != other.dim:
-            problems.append(f"dimension: {self.dim} vs {other.dim}")
-        elif self.method == other.method and self.method in ("variational", "relative") and not np.allclose(
-            self.trivial, other.trivial, rtol=1e-5
-        ):
-            # robust embeddings on different priors (floors): d_sym would measure the floors, not the tasks
-            mine, theirs = _prior_examples(self), _prior_examples(other)
-            if mine != theirs:
-                problems.append(
-                    f"robust-Fisher prior (trivial embedding): prior_examples {mine} vs {theirs} (embed both with "
-                    "the same prior_examples; on the command line it is --max-samples)"
-                )
-            else:
-                problems.append(
-                    f"their trivial embeddings differ although both record prior_examples {mine}: one was made by "
-                    "another library version or its trivial tensor was altered; re-embed it"
-                )
-        if problems:
-            raise IncompatibleEmbeddingsError(
-                f"cannot compare embedding {self.name!r} with {other.name!r}: "
-                + "; ".join(problems)
-                + ". Re-embed both tasks with the same probe, estimator and image size (text: max_length, pooling)."
-            )
+        """Raise `IncompatibleEmbeddingsError` unless `other` was made the same way: the comparability
+        rule of `hf_task2vec.compat` (probe, weights, estimator, robust prior, image size, text
+        truncation and pooling, dimension, trivial embedding), one line naming the option that fixes it."""
+        check_comparable(self, other)
 
     def __repr__(self) -> str:
         return (
@@ -389,10 +361,6 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _prior_examples(embedding: TaskEmbedding) -> str:
-    return str(_method_options(embedding.meta).get("prior_examples", "?"))
 
 
 def _method_options(meta: Mapping[str, str]) -> dict[str, str]:

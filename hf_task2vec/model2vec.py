@@ -57,8 +57,23 @@ def _as_matrix(x: Sequence[TaskEmbedding] | np.ndarray, what: str) -> tuple[np.n
     if not embs:
         raise ValueError(f"{what}: need at least one embedding")
     for e in embs[1:]:
-        embs[0].check_compatible(e)
+        embs[0].check_compatible(e)  # the comparability rule of hf_task2vec.compat
     return np.stack([e.values for e in embs]).astype(np.float64), np.stack([e.trivial for e in embs]).astype(np.float64)
+
+
+def _first_embedding(x: Sequence[TaskEmbedding] | np.ndarray) -> TaskEmbedding | None:
+    if isinstance(x, np.ndarray):
+        return None
+    first = next(iter(x), None)
+    return first if isinstance(first, TaskEmbedding) else None
+
+
+def _check_against(reference: TaskEmbedding | None, tasks: Sequence[TaskEmbedding] | np.ndarray) -> None:
+    """The tasks must be comparable with the experts (the rule of `hf_task2vec.compat`; the tasks agree
+    among themselves already): the first expert against the first task, where both are embeddings."""
+    task = _first_embedding(tasks)
+    if reference is not None and task is not None:
+        task.check_compatible(reference)
 
 
 @dataclass
@@ -146,6 +161,7 @@ class Model2Vec:
         self.log_scale_: np.ndarray | None = None
         self.gamma_: float | None = None
         self.loss_history_: list[float] = []
+        self.reference_: TaskEmbedding | None = None  # the first expert, when fitted on TaskEmbeddings
 
     def __repr__(self) -> str:
         fitted = "unfitted" if self.gamma_ is None else f"gamma={self.gamma_:.4g}"
@@ -187,6 +203,8 @@ class Model2Vec:
         """
         f, triv = _as_matrix(experts, "experts")
         t, _ = _as_matrix(tasks, "tasks")
+        reference = _first_embedding(experts)
+        _check_against(reference, tasks)
         if expert_trivial is not None:
             triv = np.atleast_2d(np.asarray(expert_trivial, np.float64))
         if triv is None:
@@ -237,6 +255,7 @@ class Model2Vec:
         del workspace
         self.expert_values_ = f
         self.expert_trivial_ = triv
+        self.reference_ = reference
         self.log_scale_ = (c + scale).detach().to(torch.float64).numpy()
         self.gamma_ = float(torch.exp(log_gamma.detach()))
         logger.info(
@@ -270,6 +289,7 @@ class Model2Vec:
         """``[T, J]`` ``d_asym(m_j -> t)`` (lower = better)."""
         self._check_fitted()
         t, _ = _as_matrix(tasks, "tasks")
+        _check_against(self.reference_, tasks)
         with torch.no_grad():
             d = torch_asymmetric_distance(
                 torch.from_numpy(self.expert_vectors_),
@@ -306,6 +326,7 @@ class Model2Vec:
         Arguments as in `fit`; ``options`` go to the constructor.
         """
         t, _ = _as_matrix(tasks, "tasks")
+        _check_against(_first_embedding(experts), tasks)
         e = np.asarray(errors, np.float64)
         if t.shape[0] < 2:
             raise ValueError("leave-one-task-out needs at least two tasks")

@@ -78,6 +78,9 @@ def cmd_nearest(args: argparse.Namespace) -> int:
     result = store.nearest(query, k=args.k, kind=args.kind, alpha=args.alpha)
     print(f"nearest to {query.name!r} in {store.name} ({args.kind} distance, stored task -> query):")
     print(_table(result, ["key", "distance", "task", "estimator", "samples", "norm", "task_source", "task_revision"]))
+    skipped = result.attrs.get("skipped") or {}
+    if skipped:  # each one was logged (a warning line with the reason and the option that fixes it)
+        print(f"skipped {len(skipped)} stored embedding(s) that cannot be compared with the query (see the warnings)")
     return 0
 
 

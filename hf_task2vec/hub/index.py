@@ -55,7 +55,8 @@ INDEX_SPEC: tuple[tuple[str, str, str], ...] = (
 )
 INDEX_COLUMNS: tuple[str, ...] = tuple(name for name, _, _ in INDEX_SPEC)
 _HEX40 = re.compile(r"[0-9a-f]{40}")
-# how the metadata keys that decide comparability (embedding.COMPATIBILITY_KEYS) are named in the index
+# how the metadata keys every embedding records for the comparability rule (`hf_task2vec.compat`) are named
+# in the index
 META_TO_COLUMN = {
     "probe": "probe",
     "probe_revision": "probe_revision",
@@ -142,8 +143,25 @@ def _int_or_none(text: str | None) -> int | None:
 #: (an index written before they existed lacks them: a push fills them from the stored files).
 INPUT_COLUMNS: tuple[str, ...] = ("modality", "max_length", "pooling", "tokenizer", "tokenizer_revision")
 #: What text embeddings must share, besides the `META_TO_COLUMN` keys, for `EmbeddingStore.nearest`
-#: to compare them: the keys `TaskEmbedding.check_compatible` compares (truncation and pooling).
+#: to compare them: the text keys of the comparability rule (`hf_task2vec.compat`: truncation and pooling).
 TEXT_COMPARED: tuple[str, ...] = TEXT_INPUT_KEYS
+
+
+def comparable_meta(row: dict[str, Any]) -> dict[str, str]:
+    """The metadata of the comparability rule (`hf_task2vec.compat`) that an index row records: the
+    `META_TO_COLUMN` keys (a missing value is ``""``, as in the files) and the `TEXT_COMPARED` ones
+    where recorded. A rule key the index has no column for (the robust prior: ``prior_examples``,
+    ``beta``) or leaves empty (rows of an index written before the input columns existed) is left
+    out, i.e. unknown: `EmbeddingStore.nearest` lets the stored file decide it."""
+    meta = {}
+    for key, column in META_TO_COLUMN.items():
+        value = row.get(column)
+        meta[key] = "" if value is None else str(value)
+    for column in TEXT_COMPARED:
+        value = row.get(column)
+        if value is not None and value != "":
+            meta[column] = str(value)
+    return meta
 
 
 def _text_settings(meta: dict[str, str]) -> dict[str, str]:

@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from ..checks import check_int
+from ..compat import Incompatibility, incompatibilities, incompatibility_message
 from ..distance import DEFAULT_ALPHA, KINDS, Kind, pairwise_distances
-from ..embedding import COMPATIBILITY_KEYS, TaskEmbedding, atomic_write_bytes, unverified_reason
+from ..embedding import TaskEmbedding, atomic_write_bytes, unverified_reason
 from ..errors import EmbeddingNotFoundError, HubError, IncompatibleEmbeddingsError
 from ..gateway import HubTarget, hub_call, status_of
 from ..locking import StoreLock
@@ -46,8 +47,6 @@ from .index import (
     CARD_PATH,
     EMBEDDINGS_DIR,
     INDEX_PATH,
-    META_TO_COLUMN,
-    TEXT_COMPARED,
     CorruptIndexError,
     _empty_index,
     _frame_rows,
@@ -58,6 +57,7 @@ from .index import (
     _normalize_key,
     _sha256,
     canonical_bytes,
+    comparable_meta,
     content_digest,
     embedding_key,
     input_columns,
@@ -71,6 +71,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _HEX40 = re.compile(r"[0-9a-f]{40}")
+#: `EmbeddingStore.nearest` logs at most this many "skipped" lines, then a count.
+SKIP_LINES = 20
 
 
 @dataclass(frozen=True)
@@ -318,13 +320,18 @@ class EmbeddingStore:
         """The ``k`` stored embeddings nearest to ``embedding`` (a `TaskEmbedding` or a file).
 
         The query is the *target* task and the stored embeddings the *sources* of the asymmetric
-        distance ``d(source -> query)`` (which stored task's expert would transfer best). Only
-        stored embeddings made the same way (probe, probe revision, estimator, image size; for text
-        also max_length and pooling) are compared; the others are skipped. Returns a DataFrame
-        sorted by ``distance`` (the index columns plus ``distance``).
+        distance ``d(source -> query)`` (which stored task's expert would transfer best). Only stored
+        embeddings comparable with the query by the rule of `hf_task2vec.compat` (probe, probe revision,
+        estimator, robust prior, image size; text: max_length and pooling; dimension) are compared: the
+        index's columns decide first, the stored files then decide what the index does not record (the
+        prior; the text settings of rows written before those columns existed). Every other entry is
+        skipped with one warning line (the line `distance` gives for the same mismatch; at most
+        `SKIP_LINES` of them, then a count); the skipped keys and their lines are in ``.attrs["skipped"]``
+        of the result. Returns a DataFrame sorted by ``distance`` (the index columns plus ``distance``).
 
         Raises:
-            IncompatibleEmbeddingsError: no stored embedding can be compared with the query.
+            IncompatibleEmbeddingsError: no stored embedding can be compared with the query (the reasons
+                named, each with the option that fixes it).
         """
         import pandas as pd
 
@@ -334,16 +341,20 @@ class EmbeddingStore:
         query = embedding if isinstance(embedding, TaskEmbedding) else TaskEmbedding.load(embedding)
         snap = self._snapshot()
         frame = self._read_index(snap)
-        wanted = {META_TO_COLUMN[m]: query.meta.get(m, "") for m in COMPATIBILITY_KEYS}
-        mask = np.ones(len(frame), dtype=bool)
-        for column, value in wanted.items():
-            mask &= frame[column].fillna("").astype(str).to_numpy() == str(value)
-        mask &= frame["dim"].fillna(-1).astype("int64").to_numpy() == query.dim
-        inputs = _text_inputs(query.meta)
-        for column, value in inputs.items():  # text: the same truncation and pooling (where recorded)
-            recorded = frame[column].astype(object).to_numpy()
-            mask &= np.array([_missing(v) or str(v) == str(value) for v in recorded], dtype=bool)
-        candidates = frame[mask].reset_index(drop=True)
+        first = f"the query {query.name!r}"
+        skipped: dict[str, list[Incompatibility]] = {}
+        by_settings: dict[tuple[Any, ...], list[Incompatibility]] = {}
+        keep: list[int] = []
+        for i, row in enumerate(_frame_rows(frame)):
+            meta = comparable_meta(row)
+            settings = (*sorted(meta.items()), row.get("dim"))
+            if settings not in by_settings:  # one check per distinct setting, not per row
+                by_settings[settings] = incompatibilities(query.meta, meta, dims=(query.dim, row.get("dim")))
+            if by_settings[settings]:
+                skipped[row["key"]] = by_settings[settings]
+            else:
+                keep.append(i)
+        candidates = frame.iloc[keep].reset_index(drop=True)
         rows = _frame_rows(candidates)
         stored: list[TaskEmbedding] = []
         if rows:
@@ -352,54 +363,55 @@ class EmbeddingStore:
             stored = [
                 TaskEmbedding.from_bytes(b, source=f"{self.name}:{r['path']}") for b, r in zip(blobs, rows, strict=True)
             ]
-            if inputs:  # rows of an index without the text columns: the files decide
-                keep = [i for i, e in enumerate(stored) if _text_inputs(e.meta) == inputs]
-                if len(keep) < len(stored):
-                    candidates = candidates.iloc[keep].reset_index(drop=True)
-                    stored = [stored[i] for i in keep]
+            keep = []
+            for i, (row, emb) in enumerate(zip(rows, stored, strict=True)):  # the files decide the rest
+                problems = incompatibilities(query.meta, emb.meta, dims=(query.dim, emb.dim),
+                                             trivials=(query.trivial, emb.trivial))
+                if problems:
+                    skipped[row["key"]] = problems
+                else:
+                    keep.append(i)
+            candidates = candidates.iloc[keep].reset_index(drop=True)
+            stored = [stored[i] for i in keep]
+        lines = {key: incompatibility_message(first, f"stored {key!r}", p) for key, p in sorted(skipped.items())}
         if not stored:
-            raise self._nothing_comparable(query, frame, wanted, inputs)
-        if len(candidates) < len(frame):
-            logger.info(
-                "%s: %d of %d embeddings are not comparable with the query and were skipped",
-                self.name,
-                len(frame) - len(candidates),
-                len(frame),
-            )
-        for emb in stored:
-            emb.check_compatible(query)
+            raise self._nothing_comparable(query, len(frame), skipped, lines)
+        for n, line in enumerate(lines.values()):
+            if n == SKIP_LINES:
+                logger.warning("%s: %d more stored embeddings skipped (not comparable)", self.name, len(lines) - n)
+                break
+            logger.warning("%s: skipped: %s", self.name, line)
         values = np.stack([e.values for e in stored])
         trivial = np.stack([e.trivial for e in stored])
         d = pairwise_distances(values, query.values[None, :], kind=kind, alpha=alpha, source_trivial=trivial)[:, 0]
         out = candidates.copy()
         out.insert(1, "distance", d)
         out = out.sort_values(["distance", "key"], kind="stable").head(k).reset_index(drop=True)
-        return pd.DataFrame(out)
+        result = pd.DataFrame(out)
+        result.attrs["skipped"] = lines
+        return result
 
     def _nothing_comparable(
-        self, query: TaskEmbedding, frame: pd.DataFrame, wanted: dict[str, str], inputs: dict[str, Any]
+        self, query: TaskEmbedding, total: int, skipped: dict[str, list[Incompatibility]], lines: dict[str, str]
     ) -> IncompatibleEmbeddingsError:
-        made = sorted(
-            {
-                f"{r['probe']}@{r['probe_revision']} {r['estimator']} "
-                + (
-                    f"max_length={r['max_length']} pooling={r['pooling']}"
-                    if r.get("modality") == "text"
-                    else f"image_size={r['image_size']}"
-                )
-                for r in _frame_rows(frame)
-            }
+        if not total:
+            return IncompatibleEmbeddingsError(
+                f"{self._backend.label} holds no embeddings to compare {query.name!r} with: push some first"
+            )
+        reasons: dict[str, list[str]] = {}  # the reasons, with the keys that have them
+        for key, problems in skipped.items():
+            reasons.setdefault("; ".join(str(p) for p in problems), []).append(key)
+        shown = [
+            f"{text} ({len(keys)} embedding{'s' if len(keys) > 1 else ''}, e.g. {keys[0]!r})"
+            for text, keys in sorted(reasons.items(), key=lambda kv: -len(kv[1]))[:3]
+        ]
+        more = f" | and {len(reasons) - 3} other settings" if len(reasons) > 3 else ""
+        error = IncompatibleEmbeddingsError(
+            f"none of the {total} embeddings in {self._backend.label} can be compared with the query "
+            f"{query.name!r}: " + " | ".join(shown) + more
         )
-        how = (
-            f"max_length {inputs['max_length']!r}, pooling {inputs['pooling']!r}"
-            if inputs
-            else f"image_size {wanted['image_size']!r}"
-        )
-        return IncompatibleEmbeddingsError(
-            f"none of the {len(frame)} embeddings in {self._backend.label} can be compared with {query.name!r} "
-            f"(probe {query.probe!r}, estimator {query.method!r}, {how}); the store holds: {made or 'nothing'}. "
-            "Embed the query with the same probe, estimator and image size (text: the same max_length and pooling)."
-        )
+        error.problems = [p for problems in skipped.values() for p in problems]  # type: ignore[attr-defined]
+        return error
 
     # -- writing ---------------------------------------------------------------------------------
     def _items(
@@ -612,18 +624,3 @@ class EmbeddingStore:
         if not self.is_local or self.path is None:
             raise HubError(f"{self._backend.label} is a Hub repo: only local stores have a lock")
         return StoreLock(self.path, timeout=self.lock_timeout if timeout is None else timeout, purpose=purpose)
-
-
-def _missing(value: Any) -> bool:
-    import pandas as pd
-
-    if isinstance(value, str):
-        return value == ""
-    return value is None or bool(pd.isna(value))
-
-
-def _text_inputs(meta: dict[str, str]) -> dict[str, Any]:
-    """What a text embedding's inputs must share to be compared (`TEXT_COMPARED`: truncation and
-    pooling); ``{}`` for other modalities."""
-    cols = input_columns(meta)
-    return {c: cols[c] for c in TEXT_COMPARED} if cols["modality"] == "text" else {}

@@ -115,7 +115,7 @@ def test_distance_incompatible_embeddings(tmp_path, capsys):
     b = tiny_embedding("b", 1, probe="other").save(tmp_path / "b.safetensors")
     rc, err = run_main(["distance", str(a), str(b)], capsys)
     assert rc == 2
-    assert_says(error_line(err), "cannot compare", "re-embed")
+    assert_says(error_line(err), "cannot compare", "probe", "same --probe")
 
 
 def test_nearest_k_zero(tmp_path, capsys):
