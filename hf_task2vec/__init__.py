@@ -29,7 +29,7 @@ from .rerank import ExpertSkippedWarning, Selection, expert_weights
 from .selection import ExpertIndex
 from .task2vec import Task2Vec, domain_embedding, embed
 from .tasks import Task, TaskSpec, load_task, split_tasks
-from .text_probes import TextProbe
+from .text_probes import TextProbe  # importing it registers the text probes with load_probe
 
 __all__ = [
     "__version__",

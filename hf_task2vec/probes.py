@@ -150,6 +150,46 @@ def _registry_lookup(name: str) -> ProbeConfig | None:
     return None
 
 
+# -- loaders of other modalities ------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProbeLoader:
+    """How `load_probe` builds the probes of a modality whose module sits above this one.
+
+    The module registers it on import (`register_probe_loader`; timm's model registry works the
+    same way), so this module never imports it: `hf_task2vec.text_probes` registers ``"text"``, and
+    ``import hf_task2vec`` (which every ``hf_task2vec.*`` import runs first) imports it.
+
+    Attributes:
+        modality: what it builds (``"text"``).
+        load: ``load(spec, *, name=None, revision=None, pretrained=True, prior_fisher=..., **options)``
+            -> `Probe`, for a folder, a Hub id or the weights folder of a registered offline probe
+            (``ProbeConfig.architecture == "transformers-text"`` for text).
+        claims_config: whether a transformers config describes one of its models.
+    """
+
+    modality: str
+    load: Callable[..., Probe]
+    claims_config: Callable[[Any], bool]
+
+
+_LOADERS: dict[str, ProbeLoader] = {}
+
+
+def register_probe_loader(loader: ProbeLoader) -> None:
+    """Make `load_probe` build ``loader.modality`` probes with ``loader`` (replaces an earlier one)."""
+    _LOADERS[loader.modality] = loader
+
+
+def _loader(modality: str) -> ProbeLoader:
+    loader = _LOADERS.get(modality)
+    if loader is None:
+        raise ProbeError(
+            f"no {modality} probe loader is registered: import hf_task2vec (it imports the module that "
+            f"registers it, e.g. hf_task2vec.{modality}_probes) before loading a {modality} probe"
+        )
+    return loader
+
+
 class Probe(nn.Module):
     """A frozen feature extractor (``backbone``) and a linear classifier (``head``).
 
@@ -403,8 +443,7 @@ def _load_registered(cfg: ProbeConfig, pretrained: bool, image_size: int | None,
 
 
 def _load_registered_text(cfg: ProbeConfig, pretrained: bool, **text_options: Any) -> Probe:
-    from .text_probes import load_text_probe
-
+    load_text_probe = _loader("text").load
     path = _package_file(cfg)
     digest = file_sha256(path)
     if digest != cfg.sha256:
@@ -427,10 +466,9 @@ def _load_registered_text(cfg: ProbeConfig, pretrained: bool, **text_options: An
 
 def _is_text_model(spec: str, revision: str | None) -> bool:
     """Whether a transformers folder / Hub id holds a text model (encoder or causal LM)."""
+    is_text_config = _loader("text").claims_config
     try:
         from transformers import AutoConfig
-
-        from .text_probes import is_text_config
 
         return is_text_config(AutoConfig.from_pretrained(spec, revision=revision))
     except Exception:  # unreadable config: the image loader reports the problem
@@ -603,9 +641,7 @@ def load_probe(
     if path.is_dir():
         if (path / "config.json").is_file():
             if text_options or _is_text_model(spec_str, revision):
-                from .text_probes import load_text_probe
-
-                return load_text_probe(spec_str, revision=revision, pretrained=pretrained, **text_options)
+                return _loader("text").load(spec_str, revision=revision, pretrained=pretrained, **text_options)
             return _load_transformers(spec_str, image_size, revision)
         raise ProbeError(f"folder {spec_str!r} has no config.json: not a transformers checkpoint")
     import timm
@@ -614,9 +650,7 @@ def load_probe(
         return _load_timm(spec_str, pretrained, image_size, **kwargs)
     if "/" in spec_str:
         if text_options or _is_text_model(spec_str, revision):
-            from .text_probes import load_text_probe
-
-            return load_text_probe(spec_str, revision=revision, pretrained=pretrained, **text_options)
+            return _loader("text").load(spec_str, revision=revision, pretrained=pretrained, **text_options)
         return _load_transformers(spec_str, image_size, revision)
     raise ProbeError(
         f"unknown probe {spec_str!r}: use one of {list_probes()}, a timm model name, a Hub id, "

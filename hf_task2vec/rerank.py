@@ -13,7 +13,10 @@ Experts must say how to build them, in their info under ``"weights"`` (see `expe
   keeps the ImageNet classifier of a registered offline probe (needed by LEEP / NCE);
 * ``{"checkpoint": "experts/birds.safetensors", "sha256": "...", "base": "embedded"}`` -- a state dict
   of the ``base`` probe's backbone, optionally with the expert's source classifier as
-  ``head.weight`` / ``head.bias``; the file's sha256 is checked before it is read.
+  ``head.weight`` / ``head.bias``; the file's sha256 is checked before it is read;
+* ``{"expert_repo": "benchmarks/zoo/lite0-animals-pets"}`` (or a Hub model id, with ``"revision"``) -- an
+  expert repo of `hf_task2vec.experts` (base + PEFT adapter + head + card), built with its ``load_expert``;
+  `ExpertIndex.from_expert_repos` records it.
 
 Experts added with `ExpertIndex.add_hub_models` (info ``source: "hub"``) are built from their model
 id with `load_probe` when no ``weights`` are recorded. An expert that cannot be built (missing file,
@@ -38,13 +41,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import ProbeError, TaskError
-from .selection import ExpertMatch
+from .matches import ExpertMatch, ExpertSearch
 from .transferability import _NEEDS_FEATURES, TRANSFERABILITY_METRICS, score_expert
 
 if TYPE_CHECKING:
     from .embedding import TaskEmbedding
     from .probes import Probe
-    from .selection import ExpertIndex
     from .tasks import Task
 
 __all__ = [
@@ -190,6 +192,13 @@ def load_expert(
         raise ProbeError(f"expert {model_id!r}: info['weights'] must be a mapping, got {type(weights).__name__}")
     size = weights.get("image_size") or info.get("image_size") or image_size
     size = int(size) if size else None
+    if "expert_repo" in weights:  # a base + PEFT adapter + head repo (hf_task2vec.experts)
+        from .experts import load_expert as load_expert_repo
+
+        expert = load_expert_repo(
+            str(weights["expert_repo"]), revision=weights.get("revision"), root=root, image_size=size
+        )
+        return LoadedExpert(model_id, expert.probe, expert.head_weight, expert.head_bias, expert.origin)
     if "load_probe" in weights:
         spec = str(weights["load_probe"])
         try:
@@ -245,11 +254,13 @@ def expert_outputs(
     """Features ``[n, C]`` and source-label softmax ``[n, Z]`` (``None`` without a source head) of
     an expert on the task's examples ``indices`` (one forward pass over them)."""
     probe = expert.probe.to(device).eval()
-    transform = probe.transform() if task.is_image else None
+    # images: the probe's image transform; texts: its tokenizer (a text probe's transform); tensors: as they are
+    transform = probe.transform() if task.is_image or task.is_text else None
     feats = []
     for start in range(0, len(indices), batch_size):
         x = task.get_inputs(indices[start : start + batch_size], transform)
-        feats.append(probe.features(x.to(device, probe.dtype)).float().cpu())
+        x = x.to(device, probe.dtype) if isinstance(x, torch.Tensor) else {k: v.to(device) for k, v in x.items()}
+        feats.append(probe.features(x).float().cpu())
     f = torch.cat(feats)
     if expert.head_weight is None:
         return f.double().numpy(), None
@@ -370,7 +381,7 @@ def _skip(skipped: dict[str, str], model_id: str, reason: str) -> None:
 
 
 def two_stage_select(
-    index: ExpertIndex,
+    index: ExpertSearch,
     query: TaskEmbedding | Task,
     *,
     rerank: str,

@@ -24,7 +24,6 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,9 +31,11 @@ import numpy as np
 
 from ._dsym_kernels import ScaledRows
 from .ann import TwoStageIndex
+from .compat import comparability_settings, incompatibilities, incompatible_error
 from .distance import DEFAULT_ALPHA, sym_rows
 from .embedding import COMPATIBILITY_KEYS, LayerSlice, TaskEmbedding, atomic_write_bytes
-from .errors import EmbeddingFileError, IncompatibleEmbeddingsError
+from .errors import EmbeddingFileError
+from .matches import ExpertMatch
 from .model2vec import Model2Vec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,30 +66,6 @@ def _complexity(values: np.ndarray, trivial: np.ndarray) -> np.ndarray:
 
 
 # -- the expert index -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ExpertMatch:
-    """One expert returned by `ExpertIndex.select`.
-
-    Attributes:
-        model_id: the expert's id (Hub id, timm name, path...).
-        score: its distance to the query task under ``metric``: **lower is better**.
-        rank: 1 for the best expert.
-        metric: ``"asymmetric"``, ``"symmetric"`` or ``"model2vec"``.
-        info: the expert's info (task, classes, dataset, error, ...), see `ExpertIndex.add`.
-    """
-
-    model_id: str
-    score: float
-    rank: int
-    metric: str
-    info: Mapping[str, Any] = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        return (
-            f"ExpertMatch(rank={self.rank}, model_id={self.model_id!r}, score={self.score:.6f}, metric={self.metric})"
-        )
-
-
 def _jsonable(value: Any, key: str) -> Any:
     """Make an info value JSON-friendly (numpy scalars/arrays -> python) or raise a clear error."""
     if isinstance(value, np.generic):
@@ -114,9 +91,13 @@ def _settings_of(meta: Mapping[str, str]) -> dict[str, str]:
 class ExpertIndex:
     """An index of pretrained experts, each represented by the Task2Vec embedding of its training task.
 
-    All experts must be embedded the same way (same probe, weights, estimator and image size): the
-    first `add` fixes these settings and every later expert and every query is checked against them
-    (`IncompatibleEmbeddingsError` otherwise).
+    All experts must be embedded the same way, by the comparability rule of `hf_task2vec.compat`
+    (probe, weights, estimator, robust prior, image size; text: max_length and pooling; dimension):
+    the first `add` fixes these settings and every later expert and every query is checked against
+    them (`IncompatibleEmbeddingsError` with the one line `distance` gives for the same mismatch).
+    Each expert's embedding metadata is kept in the index; an index saved before it was kept knows
+    only its ``settings`` (probe, weights, estimator, image size), and the other keys are then
+    unknown and not compared (the trivial embeddings, which every index holds, still decide the prior).
 
     Example::
 
@@ -252,7 +233,7 @@ class ExpertIndex:
                 f"expert {model_id!r}: the embedding has negative or non-finite values; a Task2Vec embedding "
                 "is a (non-negative) Fisher diagonal - re-embed the task"
             )
-        self._check_compatible(task_embedding, what=f"expert {model_id!r}")
+        self._check_compatible(task_embedding, what=f"expert {model_id!r}", every_expert=False)
         if model_id in self._pos:
             if not replace:
                 raise ValueError(
@@ -365,26 +346,45 @@ class ExpertIndex:
         return self._cache[key]
 
     # -- search --------------------------------------------------------------------------------
-    def _check_compatible(self, emb: TaskEmbedding, what: str) -> None:
+    def _expert_meta(self, i: int) -> dict[str, str]:
+        """The metadata the comparability rule reads for expert ``i``: its recorded embedding metadata;
+        for an index saved without it (older versions), the index's ``settings`` (probe, probe
+        revision, method, image size), the other keys of the rule then being unknown."""
+        return self._emb_meta[i] or dict(self._settings or {})
+
+    def _rule_groups(self) -> list[int]:
+        """One expert per distinct set of comparability settings (`hf_task2vec.compat`): checking a
+        query against these checks it against every expert's metadata."""
+        if "rule_groups" not in self._cache:
+            seen: dict[tuple[tuple[str, str], ...], int] = {}
+            for i in range(len(self._ids)):
+                seen.setdefault(tuple(sorted(comparability_settings(self._expert_meta(i)).items())), i)
+            self._cache["rule_groups"] = list(seen.values())
+        return self._cache["rule_groups"]
+
+    def _trivial_groups(self) -> list[int]:
+        """One expert per distinct trivial embedding (usually one, shared by every expert)."""
+        if "trivial_groups" not in self._cache:
+            seen: dict[bytes, int] = {}
+            for i, row in enumerate(self._trivial_rows):
+                seen.setdefault(row.tobytes(), i)
+            self._cache["trivial_groups"] = list(seen.values())
+        return self._cache["trivial_groups"]
+
+    def _check_compatible(self, emb: TaskEmbedding, what: str, *, every_expert: bool = True) -> None:
+        """The comparability rule (`hf_task2vec.compat`) between ``emb`` and the experts: every distinct
+        metadata setting and every distinct trivial embedding of the index (``every_expert=False``: the
+        first expert only, whose settings every expert added since agrees with). Refuses with the one line
+        `TaskEmbedding.check_compatible` (and so `distance`) gives for the same mismatch."""
         if self._settings is None:
             return
-        theirs = _settings_of(emb.meta)
-        problems = [
-            f"{k}: index {self._settings[k]!r} vs {theirs[k]!r}"
-            for k in COMPATIBILITY_KEYS
-            if self._settings[k] != theirs[k]
-        ]
-        if emb.dim != self._dim:
-            problems.append(f"dimension: index {self._dim} vs {emb.dim}")
-        if problems:
-            s = self._settings
-            raise IncompatibleEmbeddingsError(
-                f"{what} (task {emb.name!r}) was not embedded like the experts of this index: "
-                + "; ".join(problems)
-                + f". Re-embed it with the index's settings: Task2Vec({s['probe']!r}, method={s['method']!r}, "
-                f"image_size={s['image_size'] or None}) - `index.embedder()` builds that embedder, and "
-                "`hf-task2vec select` does it for you."
+        checks = list(dict.fromkeys(self._rule_groups() + self._trivial_groups())) if every_expert else [0]
+        for i in checks:
+            problems = incompatibilities(
+                emb.meta, self._expert_meta(i), dims=(emb.dim, self._dim), trivials=(emb.trivial, self._trivial_rows[i])
             )
+            if problems:
+                raise incompatible_error(f"{what} (task {emb.name!r})", f"expert {self._ids[i]!r}", problems)
 
     def _check_query(self, task_embedding: TaskEmbedding, metric: str) -> None:
         if metric not in SELECTION_METRICS:
@@ -393,7 +393,7 @@ class ExpertIndex:
             raise ValueError("the expert index is empty: add experts first (ExpertIndex.add / add_hub_models)")
         if not isinstance(task_embedding, TaskEmbedding):
             raise TypeError(f"select needs a TaskEmbedding, got {type(task_embedding).__name__}")
-        self._check_compatible(task_embedding, what="the query embedding")
+        self._check_compatible(task_embedding, what="the query")
 
     def distances(
         self, task_embedding: TaskEmbedding, metric: Metric = "asymmetric", *, alpha: float | None = None
@@ -574,6 +574,62 @@ class ExpertIndex:
             self, model_ids, probe, mapping, split=split, token=token, replace=replace, progress=progress,
             **embed_options,
         )
+
+    # -- experts that ship as repos ------------------------------------------------------------
+    @classmethod
+    def from_expert_repos(
+        cls,
+        repos: Iterable[str | os.PathLike[str]],
+        *,
+        relative_to: str | os.PathLike[str] | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        alpha: float = DEFAULT_ALPHA,
+    ) -> ExpertIndex:
+        """An index of expert repos (`hf_task2vec.experts`: base + PEFT adapter + head + card), from their
+        cards and the task embeddings they ship (no network is run). See `add_expert_repos`.
+
+        Example::
+
+            index = ExpertIndex.from_expert_repos(sorted(Path("benchmarks/zoo").glob("lite*-*")))
+            index.select(query, rerank="logme")   # loads the shortlisted experts with load_expert
+        """
+        out = cls(alpha=alpha)
+        out.add_expert_repos(repos, relative_to=relative_to, revision=revision, token=token, cache_dir=cache_dir)
+        return out
+
+    def add_expert_repos(
+        self,
+        repos: Iterable[str | os.PathLike[str]],
+        *,
+        relative_to: str | os.PathLike[str] | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        replace: bool = False,
+    ) -> list[str]:
+        """Add expert repos (local folders or Hub model ids) as experts; returns the ids added.
+
+        Each expert's info holds its card's facts and ``weights = {"expert_repo": ...}`` (the Hub id with its
+        commit, or the folder, relative to ``relative_to`` when given: e.g. the repository root, so that the
+        saved index works from any clone), which two-stage re-ranking loads with `hf_task2vec.experts.load_expert`.
+
+        Raises:
+            ExpertError: not an expert repo, or its task embedding differs from the hash its card records.
+            HubError: a Hub repo cannot be downloaded.
+            IncompatibleEmbeddingsError: an expert embedded otherwise than the index's experts.
+        """
+        from .experts import expert_entry
+
+        added = []
+        for repo in repos:
+            model_id, emb, info = expert_entry(
+                repo, relative_to=relative_to, revision=revision, token=token, cache_dir=cache_dir
+            )
+            self.add(model_id, emb, replace=replace, **info)
+            added.append(model_id)
+        return added
 
     # -- Model2Vec -----------------------------------------------------------------------------
     def fit_model2vec(

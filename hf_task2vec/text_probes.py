@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .errors import ProbeError
-from .probes import Probe
+from .probes import Probe, ProbeLoader, register_probe_loader
 
 logger = logging.getLogger(__name__)
 
@@ -348,3 +348,7 @@ def load_text_probe(
             source=spec_str, prior_fisher=prior_fisher,
         )
     return probe.eval()
+
+
+# `load_probe` (in `hf_task2vec.probes`, which does not import this module) builds text probes with these
+register_probe_loader(ProbeLoader("text", load=load_text_probe, claims_config=is_text_config))

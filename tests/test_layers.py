@@ -8,11 +8,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "hf_task2vec"
 # a module may import its own layer or lower ones, never a higher one
 LAYERS = {
-    0: ["_version", "errors", "gateway", "data", "sampling", "head", "embedding", "checks", "lifeline", "locking"],
-    1: ["probes", "text_probes", "columns", "tasks", "pipeline"],
+    0: ["_version", "errors", "gateway", "data", "sampling", "head", "embedding", "checks", "lifeline", "locking",
+        "compat", "upload_safety"],
+    1: ["probes", "text_probes", "onnx_text", "columns", "uploads", "tasks", "pipeline"],
     2: ["fisher", "robust", "distance", "_dsym_kernels", "ann", "transferability", "task2vec", "model2vec", "plots",
         "diversity"],
-    3: ["selection", "rerank", "hub", "distributed", "batch"],
+    3: ["selection", "rerank", "matches", "experts", "expert_search", "hub", "distributed", "batch"],
     4: ["cli", "commands", "__init__", "__main__"],
 }
 LEVEL = {m: level for level, names in LAYERS.items() for m in names}

@@ -178,8 +178,9 @@ def test_mismatched_probe_between_index_and_query_is_a_clear_error():
     with pytest.raises(IncompatibleEmbeddingsError) as excinfo:
         index.select(other_probe)
     msg = str(excinfo.value)
-    assert "probe: index 'embedded' vs 'embedded-mobilenetv2'" in msg and "Re-embed" in msg
-    with pytest.raises(IncompatibleEmbeddingsError, match="image_size: index '32' vs '64'"):
+    assert "probe 'embedded-mobilenetv2' vs 'embedded' (embed both with the same --probe)" in msg
+    assert msg.startswith("cannot compare the query (task 't') with expert 'user/m': ")
+    with pytest.raises(IncompatibleEmbeddingsError, match=r"image_size 64 vs 32 \(.* --image-size\)"):
         index.add("user/n", _emb([1.0, 2.0, 3.0], image_size="64"))
     with pytest.raises(IncompatibleEmbeddingsError, match="dimension"):
         index.select(_emb([1.0, 2.0]))
@@ -399,4 +400,4 @@ def test_cli_select_end_to_end_on_real_offline_tasks(tmp_path, capsys):
     )
     other.save(tmp_path / "q.safetensors")
     assert main(["select", str(tmp_path / "q.safetensors"), "--experts", str(tmp_path / "idx")]) == 2
-    assert "image_size: index '32' vs '48'" in capsys.readouterr().err
+    assert "image_size 48 vs 32 (embed both with the same --image-size)" in capsys.readouterr().err
