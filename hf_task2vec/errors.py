@@ -20,6 +20,11 @@ class TaskError(Task2VecError, ValueError):
     """A dataset cannot be used as a task (columns, labels, images, size)."""
 
 
+class UploadError(TaskError):
+    """An uploaded file (zip of class folders, CSV, parquet) is refused: unsafe, over a limit or unreadable
+    (`hf_task2vec.uploads`); the message names the file and the fix and shows no server path."""
+
+
 class ProbeError(Task2VecError, ValueError):
     """A probe network cannot be loaded or used."""
 
@@ -90,3 +95,21 @@ class StoreLockedError(HubError):
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message, reason="error")
+
+
+ExpertReason = Literal["not_an_expert", "missing_base", "base_revision", "adapter_shape", "corrupt"]
+
+
+class ExpertError(ProbeError):
+    """An expert repo (base + PEFT adapter + head + card, see `hf_task2vec.experts`) cannot be loaded.
+
+    Attributes:
+        reason: ``"not_an_expert"`` (no card / adapter / head, or an unreadable card), ``"missing_base"``
+            (the base network the card names is unknown or not installed), ``"base_revision"`` (the installed
+            base has other weights than the ones the adapter was trained on), ``"adapter_shape"`` (the adapter
+            does not fit the base's layers) or ``"corrupt"`` (a file differs from the hash its card records).
+    """
+
+    def __init__(self, message: str = "", *, reason: ExpertReason = "not_an_expert") -> None:
+        super().__init__(message)
+        self.reason: ExpertReason = reason
