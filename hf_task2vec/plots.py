@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -323,3 +324,239 @@ def line_plot(
     if path is not None:
         save_figure(fig, path)
     return fig
+
+
+# -- interactive figures of an expert search (Plotly; the expert-finder Space draws them) ----------------
+FONT_PX = 13
+LABELLED = 5  # the top experts whose tasks get a text label on the map
+_SUB = "<br><span style='font-size:12px'>"  # a subtitle line (Plotly's <sup> would be under 11 px)
+
+
+def classical_mds(d: np.ndarray, dims: int = 2) -> tuple[np.ndarray, float]:
+    """Torgerson's classical MDS of a symmetric distance matrix: points whose Euclidean distances
+    best match ``d`` (exactly, when ``d`` is Euclidean), and the share of the (positive) spectrum
+    the ``dims`` axes keep - how faithful the picture is."""
+    d = np.asarray(d, np.float64)
+    n = d.shape[0]
+    j = np.eye(n) - np.full((n, n), 1.0 / n)
+    b = -0.5 * j @ (d**2) @ j
+    vals, vecs = np.linalg.eigh(b)
+    order = np.argsort(vals)[::-1][:dims]
+    kept = np.clip(vals[order], 0.0, None)
+    coords = vecs[:, order] * np.sqrt(kept)
+    if coords.shape[1] < dims:
+        coords = np.pad(coords, ((0, 0), (0, dims - coords.shape[1])))
+    for c in range(dims):  # fix the sign so that the picture is deterministic
+        i = int(np.argmax(np.abs(coords[:, c])))
+        if coords[i, c] < 0:
+            coords[:, c] *= -1
+    positive = float(np.clip(vals, 0.0, None).sum())
+    return coords, float(kept.sum()) / positive if positive > 0 else 1.0
+
+
+def short_names(model_ids: Sequence[str], max_chars: int = 28) -> dict[str, str]:
+    """Short display names: the part after the namespace, without a prefix every name shares up to a
+    ``-`` (``bench/efficientnet-lite0-fashion-all`` -> ``fashion-all`` when every expert is an
+    ``efficientnet-lite0-...``), at most ``max_chars``. Full ids stay in the hover text."""
+    tails = [m.rsplit("/", 1)[-1] for m in model_ids]
+    prefix = os.path.commonprefix(tails) if len(tails) > 1 else ""
+    prefix = prefix[: prefix.rfind("-") + 1] if "-" in prefix else ""
+    out = {}
+    for mid, tail in zip(model_ids, tails, strict=True):
+        short = tail[len(prefix):] if prefix and len(tail) > len(prefix) else tail
+        out[mid] = short if len(short) <= max_chars else short[: max_chars - 1] + "…"
+    return out
+
+
+def place_labels(xy: np.ndarray) -> list[str]:
+    """A Plotly ``textposition`` (above or below) for each point, chosen greedily so that labels of
+    nearby points do not sit on top of each other; labels stay centred on their point, so that a
+    margin of half a label keeps every label inside the plot."""
+    xy = np.asarray(xy, np.float64)
+    if len(xy) == 0:
+        return []
+    span = np.ptp(xy, axis=0)
+    norm = (xy - xy.min(0)) / np.where(span > 0, span, 1.0)
+    offsets = {"top center": 0.05, "bottom center": -0.05}
+    placed: list[np.ndarray] = []
+    out = []
+    for i, pt in enumerate(norm):
+        others = [q for j, q in enumerate(norm) if j != i] + placed
+        best, best_score = "top center", -1.0
+        for name, dy in offsets.items():
+            c = pt + np.array([0.0, dy])
+            score = min((np.hypot(0.4 * (c[0] - q[0]), c[1] - q[1]) for q in others), default=1.0)
+            if score > best_score + 1e-9:
+                best, best_score = name, score
+        out.append(best)
+        placed.append(pt + np.array([0.0, offsets[best]]))
+    return out
+
+
+def _plotly_layout(fig: Any, title: str, height: int) -> None:
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=FONT_PX + 1), x=0.01, xanchor="left"),
+        font=dict(size=FONT_PX, family="Inter, Arial, sans-serif"),
+        height=height,
+        autosize=True,
+        margin=dict(l=8, r=8, t=64, b=8),
+        paper_bgcolor="white",
+        plot_bgcolor="white",
+        hoverlabel=dict(font=dict(size=FONT_PX)),
+    )
+
+
+def _map_points(index: Any, top: Sequence[str], max_points: int) -> list[tuple[str, str]]:
+    """``(training task, a model id trained on it)``: the distinct training tasks of the experts, the
+    top experts' first, then the others in index order, at most ``max_points``."""
+    task_of = {row["model_id"]: str(row.get("task") or row["model_id"]) for row in index.rows()}
+    by_task: dict[str, str] = {}
+    for mid in [*top, *task_of]:
+        by_task.setdefault(task_of[mid], mid)
+        if len(by_task) >= max_points:
+            break
+    return list(by_task.items())
+
+
+def expert_task_map(
+    embedding: Any,
+    index: Any,
+    top: Sequence[str],
+    *,
+    projection: str = "mds",
+    seed: int = 0,
+    max_points: int = 200,
+    labelled: int = LABELLED,
+    label_chars: int = 18,
+) -> tuple[Any, dict[str, Any]]:
+    """Your task among the experts' distinct training tasks, placed by classical MDS (or t-SNE) of
+    the symmetric Task2Vec distances: a Plotly figure that takes the width it is given, with labels
+    (at most ``label_chars`` characters) only for the ``labelled`` top experts and your task, kept
+    inside the plot; full names on hover. Returns the figure and its data (``labels``, ``xy``,
+    ``labelled``, ``kept``)."""
+    import html
+
+    import plotly.graph_objects as go
+
+    from .distance import pairwise_distances
+
+    points = _map_points(index, top, max_points)
+    rank_of = {mid: i + 1 for i, mid in enumerate(top)}
+    values = np.stack([embedding.values] + [index.embedding(mid).values for _, mid in points]).astype(np.float64)
+    d = pairwise_distances(values, values, kind="symmetric")
+    d = 0.5 * (d + d.T)
+    np.fill_diagonal(d, 0.0)
+    kept = None
+    if projection == "tsne" and len(values) >= 4:
+        from sklearn.manifold import TSNE
+
+        xy = TSNE(
+            n_components=2, metric="precomputed", init="random", perplexity=max(1.0, min(30.0, (len(values) - 1) / 3)),
+            random_state=seed,
+        ).fit_transform(d)
+        how = "t-SNE of the symmetric distances (only neighbours count)"
+    else:
+        xy, kept = classical_mds(d)
+        how = f"MDS of the symmetric distances; keeps {kept:.0%} of the variance"
+    title = f"Your task among the experts' tasks{_SUB}{how}</span>"
+
+    def cut(text: str) -> str:
+        return text if len(text) <= label_chars else text[: label_chars - 1] + "…"
+
+    shown = set(top[:labelled])
+    hover = [
+        f"<b>{html.escape(task)}</b><br>expert: {html.escape(mid)}"
+        + (f" (rank {rank_of[mid]})" if mid in rank_of else "")
+        + f"<br>symmetric distance to yours: {d[0, i + 1]:.3g}"
+        for i, (task, mid) in enumerate(points)
+    ]
+    is_top = np.array([mid in shown for _, mid in points], bool)
+    best = np.nonzero(is_top)[0]
+    rest = np.nonzero(~is_top)[0]
+    where = place_labels(np.vstack([xy[:1], xy[1:][best]]))
+    fig = go.Figure()
+    # your task first: the experts' dots are drawn over the star, so a top expert at the same place stays visible
+    fig.add_trace(go.Scatter(
+        x=[xy[0, 0]], y=[xy[0, 1]], mode="markers+text", name="your task",
+        marker=dict(size=20, color="#d62728", symbol="star", opacity=0.85), text=[cut(f"you: {embedding.name}")],
+        textposition=where[0], textfont=dict(size=FONT_PX, color="#9b1c1c"), cliponaxis=False,
+        hovertext=[f"<b>your task: {html.escape(embedding.name)}</b>"], hoverinfo="text",
+    ))
+    fig.add_trace(go.Scatter(
+        x=xy[1:][rest, 0], y=xy[1:][rest, 1], mode="markers", name="other experts' tasks",
+        marker=dict(size=10, color="#9aa5b1"), hovertext=[hover[i] for i in rest], hoverinfo="text",
+    ))
+    fig.add_trace(go.Scatter(
+        x=xy[1:][best, 0], y=xy[1:][best, 1], mode="markers+text", name=f"top {len(best)} experts' tasks",
+        marker=dict(size=12, color="#2b6cb0", line=dict(width=1.5, color="white")),
+        text=[cut(f"#{rank_of[points[i][1]]} {points[i][0]}") for i in best], textposition=where[1:],
+        textfont=dict(size=FONT_PX, color="#1a365d"), cliponaxis=False,
+        hovertext=[hover[i] for i in best], hoverinfo="text",
+    ))
+    _plotly_layout(fig, title, 460)
+    # room for the labels: centred labels need half their width beside the outermost points
+    span = np.ptp(xy, axis=0)
+    span = np.where(span > 0, span, 1.0)
+    lo, hi = xy.min(0), xy.max(0)
+    fig.update_xaxes(visible=False, zeroline=False, range=[lo[0] - 0.3 * span[0], hi[0] + 0.3 * span[0]])
+    fig.update_yaxes(visible=False, zeroline=False, range=[lo[1] - 0.15 * span[1], hi[1] + 0.15 * span[1]])
+    fig.update_layout(legend=dict(orientation="h", y=-0.02, x=0.5, xanchor="center", yanchor="top"))
+    data = {"labels": [embedding.name] + [t for t, _ in points], "xy": xy, "labelled": sorted(shown), "kept": kept}
+    return fig, data
+
+
+def expert_distance_heatmap(
+    embedding: Any,
+    index: Any,
+    top: Sequence[str],
+    *,
+    metric: str = "asymmetric",
+    max_rows: int = 10,
+    scale: float = 1.0,
+    unit: str = "",
+) -> tuple[Any, np.ndarray]:
+    """The score the ranking uses from each of the top experts (rows) to your task (column 0: the
+    table's scores) and to the top experts' training tasks, values written in; an expert against its
+    own task is left blank. ``scale``/``unit``: the values are shown times ``scale`` (``unit`` says so,
+    e.g. ``"×10⁶"``) when they are too small to read. Returns the figure and the ``[rows, 1 + rows]``
+    matrix (unscaled)."""
+    import html
+
+    import plotly.graph_objects as go
+
+    rows = list(top[:max_rows])
+    pos = [index.model_ids.index(m) for m in rows]
+    columns = [embedding] + [index.embedding(m) for m in rows]
+    z = np.stack([np.asarray(index.distances(c, metric), np.float64)[pos] for c in columns], axis=1)
+    shown = z.copy() * scale
+    shown[np.arange(len(rows)), np.arange(1, len(rows) + 1)] = np.nan
+    names = short_names(index.model_ids, max_chars=16)
+    ylab = [f"#{i + 1} {names[m]}" for i, m in enumerate(rows)]
+    xlab = ["<b>yours</b>"] + [f"#{i + 1}" for i in range(len(rows))]
+    what = f"{metric} score" + (f" {unit}" if unit else "")
+    hover = [
+        [
+            f"from expert <b>{html.escape(m)}</b><br>to "
+            + ("<b>your task</b>" if j == 0 else f"the training task of <b>{html.escape(rows[j - 1])}</b>")
+            + f"<br>{what}: {z[i, j] * scale:.3f}" + (" (its own training task)" if j == i + 1 else "")
+            for j in range(z.shape[1])
+        ]
+        for i, m in enumerate(rows)
+    ]
+    fig = go.Figure(go.Heatmap(
+        z=shown, x=xlab, y=ylab, colorscale="Viridis", reversescale=True, texttemplate="%{z:.3f}",
+        textfont=dict(size=max(11, FONT_PX - len(rows) // 4)), hovertext=hover, hoverinfo="text",
+        showscale=len(rows) > 1,
+        colorbar=dict(title=dict(text="lower<br>is better", font=dict(size=12)), thickness=12, nticks=4,
+                      tickformat=".2f"),
+        xgap=1, ygap=1,
+    ))
+    signed = " (can be negative: a bonus for richer expert tasks)" if metric == "asymmetric" else ""
+    _plotly_layout(
+        fig, f"The {what} the ranking uses, lower is better{signed}{_SUB}row: an expert; column: your task (the "
+        "table's scores), then the top experts' own tasks</span>", 190 + 44 * len(rows),
+    )
+    fig.update_yaxes(autorange="reversed", tickfont=dict(size=FONT_PX), automargin=True)
+    fig.update_xaxes(side="bottom", tickfont=dict(size=FONT_PX), tickangle=0)
+    fig.update_layout(margin=dict(l=8, r=8, t=96, b=8))
+    return fig, z

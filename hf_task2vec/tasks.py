@@ -446,6 +446,30 @@ def _load_local(path: Path, split: str, streaming: bool = False) -> Any:
     return ds
 
 
+def _is_upload(path: Path, streaming: bool) -> bool:
+    """A file read like the Space reads an upload (`hf_task2vec.uploads`): a zip (of class folders, or
+    with a metadata table), or a CSV / parquet table that is not streamed."""
+    suffix = path.suffix.lower()
+    return suffix == ".zip" or (suffix in (".csv", ".parquet") and not streaming)
+
+
+def _load_upload(path: Path, spec: TaskSpec) -> Any:
+    """The in-memory dataset of an upload-like file, with the upload limits and messages (`read_upload`:
+    images checked and kept as bytes; a table's image file names relative to its folder)."""
+    from .uploads import UploadLimits, read_upload
+
+    upload = read_upload(
+        path,
+        limits=UploadLimits.from_env(),
+        image_column=spec.input_column,
+        label_column=spec.label_column,
+        local_paths=True,
+    )
+    for note in upload.notes:
+        logger.warning("%s: %s", path.name, note)
+    return upload.dataset
+
+
 def _check_class_folders(ds: Any, path: Path) -> None:
     """An imagefolder with a single class folder gets no label column from `datasets`: say so."""
     first = next(iter(ds.values())) if hasattr(ds, "values") else ds
@@ -464,7 +488,7 @@ def _looks_like_path(text: str) -> bool:
     """A source that cannot be a Hub id, or whose first folder exists here: a path, not a Hub dataset."""
     if "://" in text:
         return False
-    if "\\" in text or text.count("/") > 1 or Path(text).suffix.lower() in DATA_FILE_BUILDERS:
+    if "\\" in text or text.count("/") > 1 or Path(text).suffix.lower() in {*DATA_FILE_BUILDERS, ".zip"}:
         return True
     head = text.split("/", 1)[0]
     return "/" in text and Path(head).is_dir()
@@ -599,6 +623,8 @@ def _open_source(spec: TaskSpec, token: str | bool | None = None) -> tuple[str, 
 
         return text, "", load_offline(text.split(":", 1)[1], split=split)
     path = Path(text)
+    if path.is_file() and _is_upload(path, streaming):
+        return str(path), "", _load_upload(path, spec)
     if path.exists():
         return str(path), "", _load_local(path, split, streaming)
     if text.startswith(("/", "./", "../", "file://", "~")) or _looks_like_path(text):

@@ -1,15 +1,13 @@
-"""The expert-finder Space without a browser: its input handling and search pipeline
-(`spaces/expert-finder/finder.py`) on real offline images, a real expert index, every hostile
-input, and the Hub paths against the local fake Hub."""
+"""The expert-finder Space without a browser: its glue over the library (`spaces/expert-finder/finder.py`,
+`inputs.py`, `ranking.py`) on real offline images and a real expert index, the Hub paths against the local
+fake Hub, and the app object. The upload loader's safety tests are the library's (tests/test_uploads.py)."""
 
 from __future__ import annotations
 
-import base64
 import functools
 import io
 import json
 import os
-import stat
 import sys
 import zipfile
 from pathlib import Path
@@ -86,6 +84,17 @@ def build_rerank_index() -> ExpertIndex:
     return index
 
 
+def readable_factor(values) -> float:
+    """The power of 1000 the page multiplies scores by: 1 when the largest reads with three decimals
+    (at least 0.05), else the smallest that brings it to 0.05 or more."""
+    biggest = max(abs(float(v)) for v in values)
+    return 1.0 if biggest >= 0.05 else next(10.0**p for p in range(3, 30, 3) if biggest * 10.0**p >= 0.05)
+
+
+def unit_of(factor: float) -> str:
+    return "" if factor == 1 else f"in units of 1e-{round(np.log10(factor))}"
+
+
 def png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
@@ -136,7 +145,7 @@ def test_zip_of_real_images_ranks_experts(tmp_path, expert_index):
         on_step=lambda f, t: steps.append((f, t)),
     )
     table = result.table
-    assert list(table.columns) == ["rank", "expert", "score", "rank in resamples", "trained on"]
+    assert list(table.columns) == ["score", "rank", "expert", "rank in resamples", "trained on"]
     assert table["rank"].tolist() == [1, 2, 3, 4]
     # the scores are the paper's asymmetric distances, expert task -> new task (brute force here)
     brute = {
@@ -145,7 +154,14 @@ def test_zip_of_real_images_ranks_experts(tmp_path, expert_index):
     }
     expected = sorted(EXPERTS, key=brute.get)
     assert [r.model_id for r in result.records] == expected
-    assert table["score"].tolist() == [f"{brute[m]:.3f}" for m in expected]  # three decimals, as shown
+    # shown with three decimals on a readable scale (a power of 1000, said in the label and the status)
+    factor = readable_factor(brute.values())
+    assert result.scale == (factor, unit_of(factor))
+    assert 0.05 <= max(abs(v) for v in brute.values()) * factor < 50 or factor == 1
+    assert table["score"].tolist() == [f"{brute[m] * factor:.3f}" for m in expected]
+    unit = result.scale[1]
+    assert result.table_label == finder.TABLE_LABEL + (f"; scores {unit}" if unit else "")
+    assert (f"score ({unit}) = asymmetric" if unit else "score = asymmetric") in result.status
     # the expert trained on the same three animals (other images) is the nearest
     assert expected[0] == "test-experts/lite0-animal-quadrupeds"
     assert table["expert"][0] == "test-experts/lite0-animal-quadrupeds"  # not a Hub model: no link
@@ -160,7 +176,10 @@ def test_zip_of_real_images_ranks_experts(tmp_path, expert_index):
     for p, r in zip(pos, result.records, strict=True):
         assert conf.rank_lo[p] <= r.rank <= conf.rank_hi[p]
     assert table["rank in resamples"][0] in {"always #1"} | {f"#1–#{i} (tied)" for i in range(2, 5)}
-    assert not any("Too few images" in w for w in conf.warnings)  # 20 per class: as advised
+    # the stability line speaks in the table's unit: the spread of the scores over the resamples, times the scale
+    noise = float(np.median(0.5 * (conf.scores.max(0) - conf.scores.min(0))))
+    assert f"± {noise * factor:.3f}" in result.status
+    assert not conf.too_few  # 20 per class: as advised
     # human progress text, never tqdm's internals
     texts = [t for _, t in steps]
     assert any(t.startswith("Embedding your 60 images") for t in texts)
@@ -169,6 +188,9 @@ def test_zip_of_real_images_ranks_experts(tmp_path, expert_index):
     # the figures: Plotly; the heatmap's first column is the table's scores (the ranking's metric)
     assert isinstance(result.map_figure, go.Figure) and isinstance(result.heatmap_figure, go.Figure)
     np.testing.assert_allclose(result.heatmap_values[:, 0], [brute[m] for m in expected], atol=1e-6)
+    drawn = np.asarray(result.heatmap_figure.data[0].z, dtype=float)  # drawn on the table's scale
+    np.testing.assert_allclose(drawn[:, 0], [brute[m] * factor for m in expected], atol=1e-6 * factor)
+    assert not unit or unit in result.heatmap_figure.layout.title.text
     # the embedding made like the experts', saved as a verified safetensors file
     emb = t2v.TaskEmbedding.load(result.embedding_path)
     np.testing.assert_array_equal(emb.values, result.embedding.values)
@@ -194,7 +216,9 @@ def test_symmetric_ranking_uses_its_metric_everywhere(tmp_path, expert_index):
     )
     assert "symmetric Task2Vec distance between" in result.status and "from the expert's" not in result.status
     assert result.confidence.resamples == 1 and result.table["rank in resamples"][0] == "not measured"
-    assert any("Too few images" in w and "6 image(s)" in w for w in result.confidence.warnings)
+    import ranking
+
+    assert any("Too few images" in w and "6 image(s)" in w for w in ranking.warnings(result.confidence))
     z = result.heatmap_figure.data[0].z
     assert np.isnan(z[0][1]) and np.isnan(z[1][2]), "an expert against its own task is left blank"
 
@@ -226,23 +250,32 @@ def test_rerank_orders_by_the_score_shows_both_stages_and_lists_the_skipped_expe
             feats = probe.features(task.get_inputs(np.arange(len(task)), probe.transform())).detach().double().numpy()
             expected[mid] = logme(feats, labels)
     order = sorted(expected, key=lambda m: -expected[m])
-    assert [r.model_id for r in result.records] == order  # the table's order is the re-rank scores' order
-    assert table["rank"].tolist() == [1, 2, 3]
-    np.testing.assert_allclose([r.rerank_score for r in result.records], [expected[m] for m in order], rtol=1e-6)
-    assert table["re-rank score"].tolist() == [f"{expected[m]:.3f}" for m in order]
-    assert table["Task2Vec rank"].tolist() == [stage1[m].rank for m in order]
-    assert table["distance"].tolist() == [f"{stage1[m].score:.3f}" for m in order]
-    # the expert whose checkpoint is missing is listed as skipped, with the fix, and is not in the table
+    # the table's order: the re-rank scores' order, then the expert that could not be run, with its Task2Vec rank
+    assert [r.model_id for r in result.records] == [*order, "test-experts/lite0-digits"]
+    assert table["rank"].tolist() == [1, 2, 3, "–"]
+    ran = result.records[:3]
+    np.testing.assert_allclose([r.rerank_score for r in ran], [expected[m] for m in order], rtol=1e-6)
+    assert table["re-rank score"].tolist() == [f"{expected[m]:.3f}" for m in order] + ["not run"]
+    assert table["Task2Vec rank"].tolist() == [stage1[m].rank for m in [*order, "test-experts/lite0-digits"]]
+    factor = readable_factor(m.score for m in stage1.values())  # every expert is shortlisted: the page's scale
+    assert result.scale == (factor, unit_of(factor))
+    shown = [f"{stage1[m].score * factor:.3f}" for m in [*order, "test-experts/lite0-digits"]]
+    assert table["distance"].tolist() == shown
+    assert not result.scale[1] or f"distances {result.scale[1]}" in result.table_label
+    # the expert whose checkpoint is missing is known before the run, listed with the fix, and kept in the table
     hint = "checkpoint not found: run `python benchmarks/model_selection.py` to build it"
     assert result.skipped == {"test-experts/lite0-digits": hint}
-    assert "test-experts/lite0-digits" not in set(table["expert"])
-    assert f"Skipped **test-experts/lite0-digits**: {hint}" in result.status
+    assert finder.cannot_run(index, "logme") == {"test-experts/lite0-digits": hint}
+    assert f"Not run: **test-experts/lite0-digits**: {hint}" in result.status
     # the cost: 3 forward passes (the shortlist of 4 less the skipped one) of the 4 an all-experts peer needs
     cost = result.selection.cost
     assert (cost.forward_passes, cost.examples, cost.experts_in_index) == (3, 36, 4)
     assert "3 expert forward passes over 36 images" in result.status and "(75% of the forward passes" in result.status
-    assert "by **logme**" in result.status and "cost: 3 expert forward passes" in result.table_label
-    assert f"**Best expert: {order[0]}** (re-ranked by logme, higher is better" in result.status
+    assert "by **logme**" in result.status and "Cost: 3 expert forward passes" in result.table_label
+    assert "1 could not be run here and keep their Task2Vec rank" in result.table_label
+    among = "among the 3 of 4 shortlisted experts that could be run"
+    assert f"**Best expert by logme: {order[0]}** {among}" in result.status
+    assert "re-rank score = LogME" in result.status and "higher is better" in result.status
     assert [m.model_id for m in result.selection.shortlist] == list(stage1)
 
 
@@ -253,23 +286,56 @@ def test_rerank_off_keeps_the_task2vec_ranking_and_nothing_loadable_falls_back(t
     plain = finder.search(prepared, index, tmp_path / "o1", **kw)
     off = finder.search(prepared, index, tmp_path / "o2", rerank="off", shortlist=2, **kw)
     want = [m.model_id for m in index.select(plain.embedding, k=3)]
+    factor = readable_factor(m.score for m in index.select(plain.embedding, k=len(index)))
+    unit = unit_of(factor)
+    label = finder.TABLE_LABEL + (f"; scores {unit}" if unit else "")
     for result in (plain, off):  # the old behaviour: the Task2Vec table, no re-ranking, nothing skipped
-        assert tuple(result.table.columns) == finder.TABLE_COLUMNS and result.table_label == finder.TABLE_LABEL
+        assert tuple(result.table.columns) == finder.TABLE_COLUMNS and result.table_label == label
         assert [r.model_id for r in result.records] == want
         assert result.rerank is None and result.selection is None and result.skipped == {}
         assert "Re-rank" not in result.status and "Skipped" not in result.status
     assert off.table.equals(plain.table)
     # leep needs a source classifier, which none of the loadable experts records: nothing can be re-ranked,
-    # so the page says so, lists every skipped expert and shows the Task2Vec ranking
+    # so the page says so (before the run too), lists every expert it cannot run and shows the Task2Vec ranking
+    assert set(finder.cannot_run(index, "leep")) == set(RERANK_WEIGHTS)
     none = finder.search(prepared, index, tmp_path / "o3", rerank="leep", shortlist=4, **kw)
     assert tuple(none.table.columns) == finder.TABLE_COLUMNS and [r.model_id for r in none.records] == want
     assert none.selection is None and none.rerank == "leep"
-    assert "Re-ranking by leep was not possible:** none of the 4 shortlisted experts could be loaded" in none.status
+    assert "Re-ranking by leep was not possible:** only 0 of the 4 shortlisted experts could be run" in none.status
     assert set(none.skipped) == set(RERANK_WEIGHTS)
     assert none.skipped["test-experts/lite0-animal-wild"].startswith("leep needs the expert's source classifier")
     assert none.skipped["test-experts/lite0-digits"].startswith("checkpoint not found")
-    assert none.status.count("- Skipped **") == 4 and "Traceback" not in none.status
-    assert "**Best expert: " + want[0] in none.status and "score = asymmetric" in none.status
+    assert none.status.count("- Not run: **") == 4 and "Traceback" not in none.status
+    assert "**Best expert: " + want[0] + "** by Task2Vec" in none.status
+    assert (f"score ({unit}) = asymmetric" if unit else "score = asymmetric") in none.status
+
+
+def test_rerank_never_crowns_the_only_loadable_expert(tmp_path):
+    """Two of three shortlisted experts cannot be run: the one that can is not called the best expert."""
+    index = build_rerank_index()
+    prepared = finder.task_from_upload(class_folder_zip(tmp_path / "a.zip", per_class=8), tmp_path / "w", Limits())
+    kw = dict(max_samples=MAX_SAMPLES, k=3, resamples=1)
+    plain = finder.search(prepared, index, tmp_path / "o1", **kw)
+    loadable = [m for m in (r.model_id for r in plain.records) if m != "test-experts/lite0-digits"]
+    weights = {m: RERANK_WEIGHTS[m] for m in loadable[:1]}
+    from hf_task2vec.rerank import expert_weights
+
+    one = ExpertIndex()
+    for mid in index.model_ids:
+        w = weights.get(mid, {"checkpoint": f"benchmarks/cache/test-space/missing-{mid.split('/')[-1]}.safetensors",
+                              "sha256": "0" * 64})
+        one.add(mid, index.embedding(mid), **{k: v for k, v in index.info(mid).items() if k != "weights"},
+                weights=expert_weights(**w))
+    result = finder.search(prepared, one, tmp_path / "o2", rerank="logme", shortlist=3, **kw)
+    assert "only 1 of the 3 shortlisted experts could be run" in result.status
+    assert f"**Best expert: {plain.records[0].model_id}** by Task2Vec" in result.status
+    assert "Best expert by logme" not in result.status
+    # the table is the Task2Vec ranking, as the headline says: no re-rank column crowning the one expert run
+    assert tuple(result.table.columns) == finder.TABLE_COLUMNS and len(result.table) == 3
+    assert [r.model_id for r in result.records] == [r.model_id for r in plain.records]
+    assert result.table["score"].tolist() == plain.table["score"].tolist() and result.selection is None
+    assert result.table_label == plain.table_label
+    assert result.status.count("- Not run: **") == 2 and loadable[0] not in result.skipped
 
 
 def test_skip_reasons_and_the_default_index_checkpoints(expert_index):
@@ -310,18 +376,53 @@ def test_confidence_is_judged_on_ranks_not_on_a_shared_shift():
     conf = ranking.summarize(base + shift, [30, 30])
     assert conf.tied == [0] and conf.label(0) == "always #1" and conf.label(1) == "always #2"
     np.testing.assert_allclose(conf.spread, 0.09)
-    assert conf.warnings == [] and "is first in all 3 resamples" in conf.verdict("x")
+    # the lead (0.02) is smaller than the scores move (0.09): stable order, but no clear winner by the scores
+    assert ranking.warnings(conf) == [] and not conf.clear_winner()
+    assert "No clear winner" in ranking.verdict(conf, "x")
+    steady = ranking.summarize(np.array([[0.30, 0.40, 0.5], [0.31, 0.41, 0.5], [0.29, 0.40, 0.52]]), [30, 30])
+    text = ranking.verdict(steady, "x")
+    assert steady.clear_winner() and "first in all 3 resamples" in text and "not that the answer is right" in text
     swapped = np.array([[0.30, 0.32, 0.40, 0.41], [0.33, 0.31, 0.40, 0.41], [0.30, 0.32, 0.42, 0.41]])
     conf = ranking.summarize(swapped, [5, 30])
     assert conf.tied == [0, 1] and conf.label(1) == "#1–#2 (tied)" and conf.label(2) == "#3–#4"
-    assert "2 experts are tied for first place" in conf.verdict("x")
-    assert any("smallest class has 5 image(s)" in w for w in conf.warnings)
+    assert "No clear winner" in ranking.verdict(conf, "x")
+    assert any("smallest class has 5 image(s)" in w for w in ranking.warnings(conf))
     equal = np.array([[0.3, 0.3, 0.5]] * 3)  # exactly equal scores are a tie too
     assert ranking.summarize(equal, [30, 30]).tied == [0, 1]
     labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
     idx = ranking.bootstrap_indices(labels, seed=3)
     assert np.bincount(labels[idx]).tolist() == [3, 2, 4] and len(set(idx.tolist())) < len(idx)
     assert ranking.fmt(0.4199) == "0.420" and ranking.fmt(0.39) == "0.390"
+    assert ranking.score_scale([4e-8, -1e-8]) == (1e9, "in units of 1e-9") and ranking.score_scale([0.2]) == (1.0, "")
+
+
+def test_measured_accuracy_is_read_from_the_committed_results(tmp_path):
+    import ranking
+
+    results = json.loads((ranking.results_dir() / "model_selection.json").read_text())
+    top1 = results["table2"]["t2v_asym"]["top1"][0]
+    text = ranking.measured("image")
+    assert f"**{top1:.0%}**" in text and "model_selection.json" in text
+    assert "not measured against fine-tuning" in ranking.measured("text")
+    assert "not measured" in ranking.measured("image", folder=tmp_path)  # no results: said, not invented
+
+
+def test_class_flag_for_an_expert_trained_on_the_classes(expert_index):
+    import ranking
+
+    quad = expert_index.model_ids.index("test-experts/lite0-animal-quadrupeds")
+    scores = np.zeros((1, len(expert_index)))
+    scores[0] = np.arange(len(expert_index))
+    scores[0, quad] = 99.0  # ranks last
+    conf = ranking.summarize(scores, [30, 30])
+    index = ExpertIndex()
+    for mid in expert_index.model_ids:
+        info = dict(expert_index.info(mid))
+        info["classes"] = EXPERTS[mid][1]
+        index.add(mid, expert_index.embedding(mid), **{k: v for k, v in info.items() if k != "classes"},
+                  classes=EXPERTS[mid][1])
+    flags = ranking.class_flags(["dog", "cat"], index, conf)
+    assert len(flags) == 1 and "lite0-animal-quadrupeds" in flags[0] and "#4" in flags[0]
 
 
 def test_expert_links(monkeypatch):
@@ -350,32 +451,43 @@ def test_classical_mds_recovers_euclidean_points():
 
 @pytest.mark.parametrize("projection", ["mds", "tsne"])
 def test_task_map_labels_only_the_top_experts_and_your_task(expert_index, projection):
-    import figures
+    from hf_task2vec import plots
 
     query = expert_index.embedding("test-experts/lite0-digits")
     query.meta["task"] = "query"
     top = ["test-experts/lite0-digits", "test-experts/lite0-animal-wild"]
-    fig, data = figures.task_map(query, expert_index, top, projection=projection, labelled=1)
+    fig, data = plots.expert_task_map(query, expert_index, top, projection=projection, labelled=1)
     texts = [t for trace in fig.data if trace.text is not None for t in trace.text]
-    assert texts == ["#1 digits-0-1-2", "your task: query"]  # one top expert labelled, and yours
+    assert texts == ["you: query", "#1 digits-0-1-2"]  # one top expert labelled, and yours
+    assert fig.data[0].name == "your task", "your star is drawn first: the experts' dots stay visible over it"
     hover = " ".join(h for trace in fig.data for h in trace.hovertext)
     for mid in EXPERTS:  # every expert's full id is on hover
         assert mid in hover
     assert fig.layout.font.size >= 11 and all(t.textfont.size >= 11 for t in fig.data if t.text is not None)
+    assert fig.layout.width is None and fig.layout.autosize, "the figure takes the width it is given"
+    xr, xy = fig.layout.xaxis.range, data["xy"]
+    assert xr[0] < xy[:, 0].min() and xr[1] > xy[:, 0].max(), "room beside the outermost points for their labels"
     assert data["xy"].shape == (1 + len(EXPERTS), 2) and np.isfinite(data["xy"]).all()
-    points = figures._map_points(expert_index, top, max_points=3)
+    points = plots._map_points(expert_index, top, max_points=3)
     assert [mid for _, mid in points] == [*top, "test-experts/lite0-animal-quadrupeds"]
 
 
-def test_short_names_and_label_placement():
-    import figures
+def test_short_names_label_placement_and_the_heatmap(expert_index):
+    from hf_task2vec import plots
 
     ids = ["bench/efficientnet-lite0-fashion-all", "bench/efficientnet-lite0-digits-0-4", "other/x"]
-    assert figures.short_names(ids[:2]) == {ids[0]: "fashion-all", ids[1]: "digits-0-4"}
-    assert figures.short_names(ids)[ids[2]] == "x"
+    assert plots.short_names(ids[:2]) == {ids[0]: "fashion-all", ids[1]: "digits-0-4"}
+    assert plots.short_names(ids)[ids[2]] == "x"
     near = np.array([[0.0, 0.0], [0.01, 0.0], [1.0, 1.0]])  # two points on top of each other
-    where = figures.place_labels(near)
-    assert len(where) == 3 and where[0] != where[1]
+    where = plots.place_labels(near)
+    assert len(where) == 3 and where[0] != where[1] and set(where) <= {"top center", "bottom center"}
+    query = expert_index.embedding("test-experts/lite0-digits")
+    one, z = plots.expert_distance_heatmap(query, expert_index, ["test-experts/lite0-digits"], metric="asymmetric")
+    assert z.shape == (1, 2) and one.data[0].showscale is False  # k = 1: no colour bar to crowd a single cell
+    assert "lower is better" in one.layout.title.text and "can be negative" in one.layout.title.text
+    small, _ = plots.expert_distance_heatmap(query, expert_index, expert_index.model_ids[:3], scale=1e6,
+                                             unit="in units of 1e-6")
+    assert "in units of 1e-6" in small.layout.title.text
 
 
 def test_index_options_come_from_the_index(expert_index):
@@ -417,7 +529,7 @@ def test_wrong_probe_or_estimator_is_refused(tmp_path, expert_index):
         finder.search(prepared, expert_index, tmp_path / "o", method=other)
     with pytest.raises(InputError, match="probe 'embedded-mobilenetv2'"):
         finder.search(prepared, expert_index, tmp_path / "o", probe="embedded-mobilenetv2")
-    with pytest.raises(InputError, match="max samples"):
+    with pytest.raises(InputError, match="max images"):
         finder.search(prepared, expert_index, tmp_path / "o", max_samples=10**9)
 
 
@@ -431,267 +543,6 @@ def test_examples_are_built_from_offline_data(tmp_path):
         task = finder.task_from_upload(path, tmp_path / path.stem, Limits()).task
         assert len(task) == 90 and np.bincount(task.labels).tolist() == [30, 30, 30]
     assert examples.build_examples(tmp_path / "ex")[0][0].stat().st_mtime == built[0][0].stat().st_mtime  # reused
-
-
-# -- tables: CSV / parquet --------------------------------------------------------------------------
-def test_metadata_csv_in_zip_matches_the_files(tmp_path):
-    imgs = animal_images(("cat", "dog"), 6)
-    entries = {f"data/images/img_{i:02d}.png": data for i, (_, data) in enumerate(imgs)}
-    rows = ["file_name,label"] + [f"images/img_{i:02d}.png,{c}" for i, (c, _) in enumerate(imgs)]
-    entries["data/metadata.csv"] = "\n".join(rows).encode()
-    prepared = finder.task_from_upload(write_zip(tmp_path / "tbl.zip", entries), tmp_path / "w", Limits())
-    task = prepared.task
-    assert task.label_names == ["cat", "dog"]
-    assert [task.label_names[y] for y in task.labels] == [c for c, _ in imgs]
-    decoded = task.dataset[:]["image"]
-    for img, (_, data) in zip(decoded, imgs, strict=True):
-        np.testing.assert_array_equal(np.asarray(img), np.asarray(Image.open(io.BytesIO(data))))
-    assert any("metadata.csv" in n for n in prepared.notes)
-
-
-def test_parquet_with_image_bytes_and_csv_with_data_uris(tmp_path):
-    import pandas as pd
-
-    imgs = animal_images(("bird", "zebra"), 5)
-    labels = [c for c, _ in imgs]
-    pq = tmp_path / "birds-zebras.parquet"
-    pd.DataFrame({"image": [{"bytes": d, "path": None} for _, d in imgs], "label": labels}).to_parquet(pq)
-    task = finder.task_from_upload(pq, tmp_path / "w", Limits()).task
-    assert task.label_names == ["bird", "zebra"] and [task.label_names[y] for y in task.labels] == labels
-    np.testing.assert_array_equal(np.asarray(task.dataset[3]["image"]), np.asarray(Image.open(io.BytesIO(imgs[3][1]))))
-
-    csv = tmp_path / "uris.csv"
-    uris = ["data:image/png;base64," + base64.b64encode(d).decode() for _, d in imgs]
-    pd.DataFrame({"picture": uris, "class": labels}).to_csv(csv, index=False)
-    task = finder.task_from_upload(csv, tmp_path / "w2", Limits()).task
-    assert [task.label_names[y] for y in task.labels] == labels
-
-    pd.DataFrame({"img": uris, "animal": labels}).to_csv(csv, index=False)
-    with pytest.raises(InputError, match="cannot tell the label column"):
-        finder.task_from_upload(csv, tmp_path / "w3", Limits())
-    task = finder.task_from_upload(csv, tmp_path / "w3", Limits(), label_column="animal").task
-    assert task.num_classes == 2
-
-
-@pytest.mark.parametrize(
-    ("cell", "message"),
-    [
-        ("/etc/passwd", "must be relative"),
-        ("../../secret.png", "path traversal"),
-        ("images/missing.png", "is not in the zip"),
-        ("http://example.com/x.png", "must be relative"),
-    ],
-)
-def test_table_paths_stay_inside_the_zip(tmp_path, cell, message):
-    imgs = animal_images(("cat", "dog"), 2)
-    entries = {f"images/{i}.png": d for i, (_, d) in enumerate(imgs)}
-    rows = ["file_name,label", f"{cell},cat"] + [f"images/{i}.png,{c}" for i, (c, _) in enumerate(imgs)]
-    entries["metadata.csv"] = "\n".join(rows).encode()
-    with pytest.raises(InputError, match=message):
-        finder.task_from_upload(write_zip(tmp_path / "t.zip", entries), tmp_path / "w", Limits())
-
-
-def test_csv_of_paths_without_images_is_explained(tmp_path):
-    csv = tmp_path / "paths.csv"
-    csv.write_text("image,label\na/1.png,cat\nb/2.png,dog\n")
-    with pytest.raises(InputError, match="only the table was uploaded"):
-        finder.task_from_upload(csv, tmp_path / "w", Limits())
-
-
-# -- hostile and broken zips ----------------------------------------------------------------------------
-def _raw_entry(zf: zipfile.ZipFile, name: str, data: bytes, *, mode: int | None = None) -> None:
-    info = zipfile.ZipInfo(name)
-    if mode is not None:
-        info.external_attr = mode << 16
-    zf.writestr(info, data)
-
-
-def _good_entries(n: int = 3) -> dict[str, bytes]:
-    return {f"{c}/{c}{i}.png": d for i, (c, d) in enumerate(animal_images(("cat", "dog"), n))}
-
-
-@pytest.mark.parametrize(
-    ("name", "mode", "message"),
-    [
-        ("../evil.png", None, "path traversal"),
-        ("cat/../../evil.png", None, "path traversal"),
-        ("/tmp/evil.png", None, "absolute path"),
-        ("C:/evil.png", None, "absolute path"),
-        ("cat\\..\\..\\evil.png", None, "backslash"),
-        ("cat/link.png", stat.S_IFLNK | 0o777, "symbolic link"),
-        ("cat/fifo.png", stat.S_IFIFO | 0o644, "special file"),
-    ],
-)
-def test_unsafe_zip_entries_are_refused_before_extraction(tmp_path, name, mode, message):
-    zpath = tmp_path / "evil.zip"
-    with zipfile.ZipFile(zpath, "w") as zf:
-        for n, d in _good_entries().items():
-            zf.writestr(n, d)
-        _raw_entry(zf, name, b"../../../../etc/passwd" if mode else png_bytes(np.zeros((8, 8), np.uint8)), mode=mode)
-    work = tmp_path / "work" / "deep"
-    with pytest.raises(InputError, match=message):
-        finder.task_from_upload(zpath, work, Limits())
-    assert not (tmp_path / "evil.png").exists() and not (tmp_path / "work" / "evil.png").exists()
-    extracted = work / "extracted"
-    assert not extracted.exists() or not any(extracted.rglob("*.png")), "nothing is extracted from a refused zip"
-
-
-def test_zip_bomb_by_compression_ratio(tmp_path):
-    zpath = write_zip(tmp_path / "bomb.zip", {**_good_entries(), "cat/zeros.png": bytes(8 * 2**20)})
-    assert zpath.stat().st_size < 200_000
-    with pytest.raises(InputError, match="zip bomb"):
-        finder.task_from_upload(zpath, tmp_path / "w", Limits())
-    assert not (tmp_path / "w" / "extracted" / "cat" / "zeros.png").exists()
-
-
-def test_zip_bomb_by_declared_total_size(tmp_path):
-    rng = np.random.default_rng(0)
-    entries = {f"cat/noise{i}.png": rng.bytes(300_000) for i in range(4)}
-    zpath = write_zip(tmp_path / "big.zip", entries, compression=zipfile.ZIP_STORED)
-    with pytest.raises(InputError, match="would expand to"):
-        finder.task_from_upload(zpath, tmp_path / "w", Limits(max_total_bytes=1_000_000))
-    with pytest.raises(InputError, match="per file"):
-        finder.task_from_upload(zpath, tmp_path / "w2", Limits(max_entry_bytes=200_000))
-
-
-def test_zip_that_lies_about_its_sizes(tmp_path):
-    """A header declaring 1,000 bytes for a 2 MB entry: extraction stops at the declared size."""
-    zpath = write_zip(tmp_path / "liar.zip", {**_good_entries(), "dog/big.png": bytes(2 * 2**20)})
-    data = bytearray(zpath.read_bytes())
-    with zipfile.ZipFile(zpath) as zf:
-        info = zf.getinfo("dog/big.png")
-    real = (2 * 2**20).to_bytes(4, "little")
-    for pos in [i for i in range(len(data) - 3) if data[i : i + 4] == real]:  # local header + central directory
-        data[pos : pos + 4] = (1000).to_bytes(4, "little")
-    zpath.write_bytes(bytes(data))
-    with zipfile.ZipFile(zpath) as zf:
-        assert zf.getinfo("dog/big.png").file_size == 1000 and info.file_size == 2 * 2**20
-    with pytest.raises(InputError, match="'dog/big.png' is damaged \\(Bad CRC-32"):
-        finder.task_from_upload(zpath, tmp_path / "w", Limits())
-    assert not (tmp_path / "w" / "extracted" / "dog" / "big.png").exists()
-
-
-def test_streaming_byte_cap_stops_extraction(tmp_path):
-    """The byte budget is enforced while decompressing, whatever the headers say."""
-    zpath = write_zip(tmp_path / "z.zip", {"cat/a.png": bytes(50_000)})
-    target = tmp_path / "a.png"
-    with zipfile.ZipFile(zpath) as zf, pytest.raises(InputError, match="zip bomb"):
-        finder._copy_capped(zf, zf.getinfo("cat/a.png"), target, budget=10_000)
-    assert not target.exists()
-    with zipfile.ZipFile(zpath) as zf:
-        assert finder._copy_capped(zf, zf.getinfo("cat/a.png"), target, budget=50_000) == 50_000
-    assert target.read_bytes() == bytes(50_000)
-
-
-def test_too_many_entries_and_too_large_uploads(tmp_path):
-    zpath = write_zip(tmp_path / "many.zip", {f"c{i % 2}/{i}.png": b"x" for i in range(30)})
-    with pytest.raises(InputError, match="holds 30 entries; the limit is 20"):
-        finder.task_from_upload(zpath, tmp_path / "w", Limits(max_zip_entries=20))
-    with pytest.raises(InputError, match="holds 30 images; this Space takes at most 25"):
-        finder.task_from_upload(zpath, tmp_path / "w2", Limits(max_images=25))
-    with pytest.raises(InputError, match="takes uploads up to"):
-        finder.task_from_upload(zpath, tmp_path / "w3", Limits(max_upload_bytes=100))
-
-
-def test_encrypted_duplicate_and_broken_zips(tmp_path):
-    zpath = write_zip(tmp_path / "enc.zip", {"cat/a.png": b"xxxx", "dog/b.png": b"yyyy"})
-    data = bytearray(zpath.read_bytes())  # set the "encrypted" flag bit in the central directory records
-    pos = data.find(b"PK\x01\x02")
-    while pos >= 0:
-        data[pos + 8] |= 0x1
-        pos = data.find(b"PK\x01\x02", pos + 4)
-    zpath.write_bytes(bytes(data))
-    with pytest.raises(InputError, match="encrypted"):
-        finder.task_from_upload(zpath, tmp_path / "w", Limits())
-
-    dup = tmp_path / "dup.zip"
-    with zipfile.ZipFile(dup, "w") as zf, pytest.warns(UserWarning, match="Duplicate name"):
-        zf.writestr("cat/a.png", b"1")
-        zf.writestr("cat/a.png", b"2")
-    with pytest.raises(InputError, match="twice"):
-        finder.task_from_upload(dup, tmp_path / "w2", Limits())
-
-    junk = tmp_path / "junk.zip"
-    junk.write_bytes(np.random.default_rng(1).bytes(5000))
-    with pytest.raises(InputError, match="not a zip"):
-        finder.task_from_upload(junk, tmp_path / "w3", Limits())
-    truncated = tmp_path / "trunc.zip"
-    truncated.write_bytes(class_folder_zip(tmp_path / "full.zip", per_class=2).read_bytes()[:-40])
-    with pytest.raises(InputError, match="zip"):
-        finder.task_from_upload(truncated, tmp_path / "w4", Limits())
-    (tmp_path / "notes.txt").write_text("hi")
-    with pytest.raises(InputError, match="not a supported upload"):
-        finder.check_upload(tmp_path / "notes.txt", Limits())
-    with pytest.raises(InputError, match="no file was uploaded"):
-        finder.check_upload(None, Limits())
-
-
-def test_non_image_files_are_ignored_and_listed(tmp_path):
-    entries = {
-        **_good_entries(),
-        "README.txt": b"hello",
-        "cat/run.sh": b"rm -rf /",
-        "__MACOSX/._x": b"",
-        "dog/.DS_Store": b"",
-        "inner.zip": b"PK",
-    }
-    prepared = finder.task_from_upload(write_zip(tmp_path / "mixed.zip", entries), tmp_path / "w", Limits())
-    assert prepared.task.label_names == ["cat", "dog"] and len(prepared.task) == 6
-    note = next(n for n in prepared.notes if n.startswith("Ignored"))
-    assert "Ignored 3 file(s)" in note and "README.txt" in note and "run.sh" in note
-    assert not list((tmp_path / "w").rglob("*.sh")), "non-image files are never written to disk"
-
-    only_text = write_zip(tmp_path / "text.zip", {"cat/a.txt": b"a", "dog/b.csv.txt": b"b"})
-    with pytest.raises(InputError, match="holds no images"):
-        finder.task_from_upload(only_text, tmp_path / "w2", Limits())
-
-
-def test_split_folders_and_stray_tables(tmp_path):
-    imgs = animal_images(("cat", "dog"), 4)
-    entries = {f"ds/{'train' if i % 4 else 'test'}/{c}/{i}.png": d for i, (c, d) in enumerate(imgs)}
-    entries["ds/notes.csv"] = b"a,b\n1,2\n"
-    prepared = finder.task_from_upload(write_zip(tmp_path / "splits.zip", entries), tmp_path / "w", Limits())
-    assert prepared.task.label_names == ["cat", "dog"] and np.bincount(prepared.task.labels).tolist() == [3, 3]
-    assert "Found split folders ['test', 'train']: used 'train'" in prepared.notes
-    assert any(n.startswith("Ignored 1 file") and "notes.csv" in n for n in prepared.notes)
-
-
-def test_layout_errors(tmp_path):
-    cats = {f"cats/{i}.png": d for i, (_, d) in enumerate(animal_images(("cat",), 4))}
-    single = write_zip(tmp_path / "one.zip", cats)
-    with pytest.raises(InputError, match="single class \\('cats'"):
-        finder.task_from_upload(single, tmp_path / "w", Limits())
-    loose = write_zip(tmp_path / "loose.zip", {**_good_entries(), "stray.png": animal_images(("cat",), 1)[0][1]})
-    with pytest.raises(InputError, match="outside class folders.*stray.png"):
-        finder.task_from_upload(loose, tmp_path / "w2", Limits())
-
-
-def test_corrupt_and_oversized_images(tmp_path):
-    good = _good_entries(3)
-    cat_png = next(iter(good.values()))
-    big = png_bytes(np.zeros((300, 300), np.uint8))
-    entries = {
-        **good,
-        "cat/truncated.png": cat_png[: len(cat_png) // 2],
-        "dog/text.png": b"not an image at all",
-        "dog/huge.png": big,
-    }
-    prepared = finder.task_from_upload(
-        write_zip(tmp_path / "c.zip", entries), tmp_path / "w", Limits(max_image_pixels=50_000)
-    )
-    assert len(prepared.task) == 6 and np.bincount(prepared.task.labels).tolist() == [3, 3]
-    # a member that does not start like an image is never extracted; the others fail when decoded
-    ignored = next(n for n in prepared.notes if n.startswith("Ignored 1"))
-    note = next(n for n in prepared.notes if n.startswith("Left out 2"))
-    assert "text.png" in ignored and "truncated.png" in note and "huge.png" in note and "300x300" in note
-
-    all_bad_dog = {k: v for k, v in good.items() if k.startswith("cat/")} | {"dog/x.png": b"garbage"}
-    with pytest.raises(InputError, match="single class.*after leaving out unreadable images"):
-        finder.task_from_upload(write_zip(tmp_path / "d.zip", all_bad_dog), tmp_path / "w2", Limits())
-    with pytest.raises(InputError, match="none of its 2 image files could be read.*nothing was extracted"):
-        finder.task_from_upload(
-            write_zip(tmp_path / "e.zip", {"a/1.png": b"x", "b/2.png": b"y"}), tmp_path / "w3", Limits()
-        )
 
 
 def test_scratch_dir_is_removed_even_on_errors(tmp_path):
@@ -721,7 +572,9 @@ def test_index_loads_from_folder_and_from_hub_repo(tmp_path, expert_index, hub_s
     q = expert_index.embedding(expert_index.model_ids[0])
     assert [m.model_id for m in from_hub.select(q, k=4)] == [m.model_id for m in expert_index.select(q, k=4)]
     method = expert_index.settings["method"]  # the estimator the index was built with (the library default)
-    assert finder.describe_index(from_hub).startswith(f"4 experts · probe `embedded` · estimator `{method}`")
+    assert finder.describe_index(from_hub) == (
+        f"4 image experts · probe `embedded` · estimator `{method}` · image size {IMAGE_SIZE}"
+    )
 
 
 def test_push_embedding_to_a_hub_dataset_repo(expert_index, hub_server, monkeypatch):
@@ -800,7 +653,9 @@ def test_build_app_queues_requests_one_at_a_time(expert_index, tmp_path):
     assert isinstance(demo, gr.Blocks)
     assert demo._queue.default_concurrency_limit == 1 and demo._queue.max_size == 16
     texts = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown)]
-    assert any("4 experts · probe `embedded`" in str(t) for t in texts)
+    assert any("4 image experts · probe `embedded`" in str(t) for t in texts)
+    boxes = {b.label for b in demo.blocks.values() if isinstance(b, gr.Textbox)}
+    assert {"image or text column", "label column"} <= boxes  # the names the error messages use
     assert [p.name for p, _ in demo.t2v_examples] == ["footwear.zip", "digits-3-7-8.zip"]
     by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
     assert by_id["example-0"].value.startswith("Footwear")
@@ -836,7 +691,8 @@ def test_errors_stay_in_the_status_and_keep_the_last_result(expert_index, tmp_pa
     out = find(str(good), last_good=None, **args)
     status, last = out[0], out[6]
     assert "Best expert" in status and last == status
-    evil = write_zip(tmp_path / "evil.zip", {**_good_entries(), "../../x.png": b"x"})
+    good_entries = {f"{c}/{c}{i}.png": d for i, (c, d) in enumerate(animal_images(("cat", "dog"), 3))}
+    evil = write_zip(tmp_path / "evil.zip", {**good_entries, "../../x.png": b"x"})
     out = find(str(evil), last_good=last, **args)
     assert out[0].startswith("### Error: Cannot use this input") and "path traversal" in out[0]
     assert out[0].endswith(last), "the last good result stays below the message"

@@ -149,7 +149,8 @@ def test_space_text_csv_detection_and_errors(tmp_path):
         finder.task_from_upload(one, tmp_path / "w", Limits())
     two = tmp_path / "two.csv"
     two.write_text("title,summary,label\nx,hello there,a\ny,general kenobi,b\n")  # two string columns, no usual name
-    with pytest.raises(InputError, match="image / text column"):
+    box = r"several string columns \['title', 'summary'\]: name it in the 'image or text column' box"  # as labelled
+    with pytest.raises(InputError, match=box):
         finder.task_from_upload(two, tmp_path / "w", Limits())
     named = finder.task_from_upload(two, tmp_path / "w", Limits(), image_column="summary").task
     assert named.is_text and named.input_column == "summary"

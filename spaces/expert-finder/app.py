@@ -1,4 +1,4 @@
-"""Expert finder: upload a labeled image dataset, get the pretrained experts that should transfer best.
+"""Expert finder: upload a labeled dataset (images or texts), get the pretrained experts that should transfer best.
 
 Run locally (offline, on 127.0.0.1): ``python spaces/expert-finder/app.py`` (or ``make space``).
 Environment: ``GRADIO_SERVER_PORT`` (default 7860), ``GRADIO_SERVER_NAME`` (default 127.0.0.1; a
@@ -42,21 +42,21 @@ logger = logging.getLogger("expert_finder")
 TITLE = "Task2Vec expert finder"
 INTRO = """
 # Task2Vec expert finder
-**Which pretrained model should I fine-tune for my images?** Give a small labeled image dataset; the
-page ranks the pretrained **experts** below by how close the task each one was trained on is to
-yours. The closest should transfer best (Achille et al., *Task2Vec*, ICCV 2019). Your images are read
-once by a fixed *probe* network; no expert is run on your data, unless you choose to re-rank the shortlist
-(Options).
-
-**Try it**: click an example, or upload a `.zip` with one folder per class (`cat/001.png`,
-`dog/002.png`, ...), a zip with a `metadata.csv` (`file_name`, `label`), a `.parquet` / `.csv` holding
-the images and labels, or name a Hub dataset. The first search after start-up takes about 20 s (it
-loads the network); later ones take a few seconds.
+**Which pretrained model should I fine-tune for my data?** Upload a small labeled dataset (images or texts),
+or click an example: the experts are ranked by how close the task each was trained on is to yours.
 """
-TEXT_INTRO = """
-**Text tasks** work too: a `.csv` / `.parquet` with a text column (`text`, `sentence`, ... or the one string
-column) and a `label` column is ranked among the **text experts** (MiniLM fine-tuned on text tasks) with
-the text probe.
+DETAILS = """
+The closest expert should transfer best (Achille et al., *Task2Vec*, ICCV 2019). Your data is read once by a
+fixed *probe* network; no expert is run on it, unless you choose to re-rank the shortlist (Options).
+
+**Images**: a `.zip` with one folder per class (`cat/001.png`, `dog/002.png`, ...), a zip with a
+`metadata.csv` (`file_name`, `label`), a `.parquet` / `.csv` holding the images (bytes or `data:image/...`
+URIs) and labels, or a Hub dataset. **Texts**: a `.csv` / `.parquet` with a text column (`text`, `sentence`,
+... or the one string column) and a `label` column, ranked among the **text experts** (MiniLM fine-tuned on
+text tasks) with the text probe. The same files load in Python with `hf_task2vec.load_task("my.zip")` and
+on the command line with `hf-task2vec embed my.zip`.
+
+The first search after start-up takes about 20 s (it loads the network); later ones take a few seconds.
 """
 START_STATUS = "Click an example or upload a dataset, then press **Find experts**."
 CSS = """
@@ -65,22 +65,24 @@ CSS = """
    column); model ids break at '-' or '/', never in the middle of a word */
 #experts [role=gridcell] *, #expert-list [role=gridcell] * { word-break: normal !important;
   overflow-wrap: break-word !important; }
-#experts [data-col="0"], #experts [data-col="2"], #experts [data-col="3"] { white-space: nowrap; }
-/* figures are drawn for >= 600 px: a narrower screen scrolls them sideways instead of squeezing them */
-#task-map, #heatmap { overflow-x: auto; }
-#task-map .js-plotly-plot, #heatmap .js-plotly-plot { min-width: 600px; }
+#experts [data-col="0"], #experts [data-col="1"], #experts [data-col="3"] { white-space: nowrap; }
+/* figures take the width they are given (Plotly autosize), a phone's included */
+#task-map .js-plotly-plot, #heatmap .js-plotly-plot { width: 100%; }
+@media (max-width: 480px) {
+  #details { font-size: 14px; }
+}
 """
 
 
 # the result table's column types and widths (px: a phone scrolls the table sideways), Task2Vec ranking or re-ranked
 TABLE_LAYOUTS = {
     finder.TABLE_COLUMNS: {
-        "datatype": ["number", "markdown", "str", "str", "str"],
-        "column_widths": ["56px", "220px", "70px", "130px", "240px"],
+        "datatype": ["str", "number", "markdown", "str", "str"],
+        "column_widths": ["72px", "52px", "210px", "130px", "240px"],
     },
     finder.RERANK_TABLE_COLUMNS: {
-        "datatype": ["number", "markdown", "str", "number", "str", "str"],
-        "column_widths": ["56px", "210px", "90px", "95px", "90px", "180px"],
+        "datatype": ["str", "str", "markdown", "number", "str", "str"],
+        "column_widths": ["96px", "52px", "200px", "95px", "80px", "180px"],
     },
 }
 
@@ -221,13 +223,13 @@ def build_app(
         rerank: str = finder.RERANK_OFF,
         shortlist: float = 4,
         oauth_token: gr.OAuthToken | None = None,
-        progress: gr.Progress = gr.Progress(),
+        progress: gr.Progress = gr.Progress(track_tqdm=True),
     ):
         keep = gr.skip()
         try:
             if index is None or index_error:
                 raise InputError(index_error or "no expert index is loaded")
-            progress(0.02, desc="Checking your images")
+            progress(0.02, desc="Checking your data")
             outdir = finder.output_dir()
             with finder.scratch_dir() as work:
                 kw = {"image_column": _text(image_col) or None, "label_column": _text(label_col) or None}
@@ -260,6 +262,7 @@ def build_app(
                     projection=projection,
                     limits=limits,
                     on_step=lambda f, t: progress(f, desc=t),
+                    progress=True,
                     rerank=rerank,
                     shortlist=int(shortlist),
                 )
@@ -307,13 +310,34 @@ def build_app(
             info=f"{helps.get('max_samples', '')} Your upload holds {n} images.",
         )
 
+    def searching() -> str:
+        """The status while a search runs: the old result is not left under the progress bar."""
+        return "*Searching: reading your data, then embedding it (the bar below moves as it goes)...*"
+
+    def runnable_note(score: str) -> str:
+        """Before the run: which experts the re-ranking by ``score`` cannot run here (they keep their
+        Task2Vec rank in the table)."""
+        if not score or score == finder.RERANK_OFF:
+            return ""
+        lines = []
+        for idx in (index, text_index):
+            cannot = finder.cannot_run(idx, score) if idx is not None else {}
+            if cannot:
+                shown = "; ".join(f"{html.escape(m)} ({html.escape(w)})" for m, w in list(cannot.items())[:6])
+                more = f"; and {len(cannot) - 6} more" if len(cannot) > 6 else ""
+                lines.append(
+                    f"**{len(cannot)} of {len(idx)} {finder.index_modality(idx)} experts cannot be run here** "
+                    f"and keep their Task2Vec rank: {shown}{more}."
+                )
+        return "\n\n".join(lines) or f"Every expert can be run for {score}."
+
     with gr.Blocks(title=TITLE, delete_cache=(1800, 3600)) as demo:
-        gr.Markdown(INTRO)
-        gr.Markdown(f"**Expert index:** {index_line}", elem_id="index-line")
-        if text_opts:
-            gr.Markdown(
-                TEXT_INTRO + f"\n**Text expert index:** {finder.describe_index(text_index)}", elem_id="text-index-line"
-            )
+        gr.Markdown(INTRO, elem_id="intro")
+        with gr.Accordion("How it works, what you can upload", open=False, elem_id="details"):
+            gr.Markdown(DETAILS)
+            gr.Markdown(f"**Expert index:** {index_line}", elem_id="index-line")
+            if text_opts:
+                gr.Markdown(f"**Text expert index:** {finder.describe_index(text_index)}", elem_id="text-index-line")
         mode = gr.State("upload")
         emb_state = gr.State(None)
         last_good = gr.State(None)
@@ -391,6 +415,7 @@ def build_app(
                         info=helps.get("rerank"),
                         elem_id="rerank",
                     )
+                    runnable = gr.Markdown("", elem_id="runnable")
                     shortlist = gr.Slider(
                         1,
                         max(2, n_experts),
@@ -402,13 +427,13 @@ def build_app(
                     )
                     with gr.Row():
                         image_col = gr.Textbox(
-                            label="image column",
+                            label=finder.INPUT_BOX,
                             placeholder="auto",
                             info="For a table: the column with the images (found if usual), "
                             "or with the texts of a text task.",
                         )
                         label_col = gr.Textbox(
-                            label="label column",
+                            label=finder.LABEL_BOX,
                             placeholder="auto",
                             info="For a table: the column with the class labels.",
                         )
@@ -440,14 +465,17 @@ def build_app(
                         push_btn = gr.Button("Push embedding")
                         push_status = gr.Markdown(elem_id="push-status")
                 if opts:
+                    listing = finder.expert_table(index, text_index if text_opts else None)
+                    n_text = int((listing["kind"] == "text").sum())
                     gr.Dataframe(
-                        finder.expert_table(index),
-                        datatype=["markdown", "str", "str", "str"],
-                        label=f"The {n_experts} experts in the index and the task each was trained on",
+                        listing,
+                        datatype=["markdown", "str", "str", "str", "str", "str"],
+                        label=f"The {len(listing)} experts ({len(listing) - n_text} image, {n_text} text), the task "
+                        "each was trained on, and whether the re-ranking can run it here",
                         interactive=False,
                         wrap=True,
                         max_height=560,
-                        column_widths=["220px", "140px", "240px", "140px"],
+                        column_widths=["210px", "60px", "140px", "220px", "110px", "200px"],
                         show_search="search",
                         elem_id="expert-list",
                     )
@@ -472,14 +500,19 @@ def build_app(
             shortlist,
         ]
         outputs = [status, table, task_map, heatmap, emb_file, emb_state, last_good, results]
-        run.click(find, inputs, outputs, concurrency_id="search", show_progress_on=[status])
+        run.click(searching, None, status, queue=False).then(
+            find, inputs, outputs, concurrency_id="search", show_progress_on=[status]
+        )
+        rerank.change(runnable_note, rerank, runnable, queue=False)
         for button, path in example_buttons:
             button.click(
                 lambda p=str(path): (p, "upload", gr.Tabs(selected="upload"), on_upload(p)),
                 None,
                 [upload, mode, tabs, max_samples],
                 queue=False,
-            ).then(find, inputs, outputs, concurrency_id="search", show_progress_on=[status])
+            ).then(searching, None, status, queue=False).then(
+                find, inputs, outputs, concurrency_id="search", show_progress_on=[status]
+            )
         push_btn.click(push, [emb_state, repo, token], push_status, concurrency_id="search")
     demo.queue(default_concurrency_limit=1, max_size=int(os.environ.get("T2V_SPACE_QUEUE_SIZE", "16")))
     demo.t2v_examples = built_examples  # for tests and scripts

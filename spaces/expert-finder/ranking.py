@@ -1,38 +1,33 @@
-"""How sure a ranking is, and the words the page uses for it.
+"""The words the page uses for a ranking and how sure it is.
 
-A Task2Vec embedding is an estimate from a finite sample of the user's images (and, with the Monte
-Carlo estimator, from random label draws), so the expert scores move when the same task is embedded
-from another sample. `resample_scores` measures that: it embeds the task again on a few resamples
-of the user's data - a different class-balanced subsample when the task is larger than ``max
-samples``, else a class-balanced bootstrap (each class's images drawn with replacement, same counts)
-- with other seeds, and scores every expert against each. `summarize` turns the score matrix into
-what the page shows: each expert's score spread, the range of ranks it takes, which experts are
-tied with the best (they score as well as it in some resample), and a warning when the task is too small.
-
-Ties are judged on the ranks, not on overlapping score ranges: most of the movement of the scores
-is a shift shared by all experts (measured on the offline index: the mean score moved by up to 0.1
-between seeds while the best expert stayed first), which says nothing about the order.
+The numbers come from the library (`hf_task2vec.expert_search.Confidence`: the ranking over resamples
+of the user's data) and from the committed benchmark results (`measured`: how often the method picks
+the best expert, read from ``benchmarks/results/*.json``, never typed in here). Stability over resamples
+is reported for what it is: it says the answer would not change with another sample of the same data,
+not that the answer is right.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import json
+import math
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-#: Fewer images than this in some class and the ranking gets a warning: the Fisher of a class
-#: seen a handful of times is mostly noise (the issue saw the ranking collapse at 16 images for 3 classes).
-MIN_PER_CLASS = 20
-#: How many embeddings the confidence uses (the shown one plus ``RESAMPLES - 1`` resamples).
-RESAMPLES = 3
+from hf_task2vec.expert_search import MIN_PER_CLASS, RESAMPLES, Confidence, bootstrap_indices, summarize
+
 DECIMALS = 3
+__all__ = ["MIN_PER_CLASS", "RESAMPLES", "bootstrap_indices", "summarize"]
 
 METRIC_WORDS = {
     "asymmetric": (
         "asymmetric Task2Vec distance from the expert's training task to yours, minus a small bonus for experts "
-        "trained on richer tasks (the paper's selection rule)"
+        "trained on richer tasks (the paper's selection rule; it can be negative)"
     ),
     "symmetric": "symmetric Task2Vec distance between the expert's training task and yours",
     "model2vec": (
@@ -40,144 +35,146 @@ METRIC_WORDS = {
         "measured fine-tuning errors) to your task"
     ),
 }
+RERANK_WORDS = {
+    "logme": "LogME: the evidence of a linear model on the expert's features (an estimate of how well the expert "
+    "fine-tunes on your data)",
+    "leep": "LEEP: the log-likelihood of your labels through the expert's own classifier",
+    "nce": "NCE: the negative conditional entropy of your labels given the expert's predicted classes",
+    "sfda": "SFDA: how well the expert's features separate your classes after a regularised projection",
+    "knn": "kNN: the leave-one-out accuracy of a nearest-neighbour classifier on the expert's features",
+}
 
 
-def fmt(x: float) -> str:
-    """A score as the page shows it: three decimals."""
-    return f"{x:.{DECIMALS}f}"
+def fmt(x: float, scale: float = 1.0) -> str:
+    """A score as the page shows it: three decimals (after multiplying by ``scale``)."""
+    return f"{x * scale:.{DECIMALS}f}"
 
 
-def score_meaning(metric: str) -> str:
+def score_scale(values: Sequence[float]) -> tuple[float, str]:
+    """``(factor, unit)`` that makes tiny scores readable with three decimals: text distances of the
+    order of 1e-6 read ``0.000`` otherwise. ``(1, "")`` when they are readable as they are."""
+    finite = [abs(v) for v in values if math.isfinite(v) and v != 0]
+    if not finite or max(finite) >= 0.05:
+        return 1.0, ""
+    power = max(3, 3 * math.ceil(math.log10(0.05 / max(finite)) / 3))
+    return 10.0**power, f"in units of 1e-{power}"
+
+
+def score_meaning(metric: str, unit: str = "") -> str:
     """One sentence saying what the score column is, for the metric used."""
     words = METRIC_WORDS.get(metric, f"{metric} distance")
-    return f"score = {words}; lower is better"
+    return f"score{f' ({unit})' if unit else ''} = {words}; lower is better"
 
 
-def bootstrap_indices(labels: np.ndarray, seed: int) -> np.ndarray:
-    """A class-balanced bootstrap of ``0..N-1``: within each class, as many indices as it has, drawn
-    with replacement (the classic estimate of how much a statistic of the sample varies)."""
-    rng = np.random.default_rng(seed)
-    out = [rng.choice(np.nonzero(labels == c)[0], int((labels == c).sum()), replace=True) for c in np.unique(labels)]
-    return np.sort(np.concatenate(out))
+def rerank_meaning(score: str) -> str:
+    """What a re-rank score is: its name, what it estimates, and that higher is better."""
+    words = RERANK_WORDS.get(score, score)
+    return f"re-rank score = {words}; higher is better (compare it only between experts on this page)"
 
 
-def resample_scores(
-    task: Any,
-    make_embedder: Callable[[int], Any],
-    score: Callable[[Any], np.ndarray],
-    *,
-    max_samples: int,
-    base_seed: int = 0,
-    resamples: int = RESAMPLES - 1,
-    on_step: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """``[resamples, N]`` expert scores of ``resamples`` re-embeddings of ``task``.
-
-    Args:
-        task: the user's `hf_task2vec.Task`.
-        make_embedder: ``seed -> Task2Vec`` configured like the index (`ExpertIndex.embedder`).
-        score: ``embedding -> [N]`` scores of every expert (`ExpertIndex.distances`).
-        max_samples: the images the shown embedding used at most; when the task is larger, each
-            resample is another class-balanced subsample (another seed), else a bootstrap.
-        base_seed: the seed of the shown embedding; resample ``r`` uses ``base_seed + r``.
-        on_step: called with ``r`` before resample ``r`` (1-based), for progress text.
-    """
-    rows = []
-    for r in range(1, resamples + 1):
-        if on_step is not None:
-            on_step(r)
-        seed = base_seed + r
-        embedder = make_embedder(seed)
-        part = task if len(task) > max_samples else task.subset(bootstrap_indices(task.labels, seed))
-        rows.append(np.asarray(score(embedder.embed(part)), np.float64))
-    return np.stack(rows) if rows else np.zeros((0, 0))
-
-
-@dataclass
-class Confidence:
-    """How sure the ranking is (see the module docstring).
-
-    Attributes:
-        scores: ``[R, N]`` scores of every expert (index order) over the ``R`` embeddings; row 0 is
-            the shown one.
-        order: expert positions (index order), best first by the shown scores.
-        spread: ``[N]`` half the range of each expert's score over the embeddings.
-        rank_lo, rank_hi: ``[N]`` the best and worst rank each expert takes over the embeddings.
-        tied: positions (index order) of the experts that score as well as the best one in at least
-            one embedding (the best included): tied for first place.
-        per_class: the smallest number of images of one class that were used.
-        warnings: sentences for the page (too few images, a ranking within the noise).
-    """
-
-    scores: np.ndarray
-    order: np.ndarray
-    spread: np.ndarray
-    rank_lo: np.ndarray
-    rank_hi: np.ndarray
-    tied: list[int]
-    per_class: int
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def resamples(self) -> int:
-        return int(self.scores.shape[0])
-
-    def label(self, pos: int) -> str:
-        """The 'rank over resamples' cell of one expert: ``always #1``, ``#1–#3 (tied)``, ``#2–#4``."""
-        if self.resamples < 2:
-            return "not measured"
-        lo, hi = int(self.rank_lo[pos]), int(self.rank_hi[pos])
-        text = f"always #{lo}" if lo == hi else f"#{lo}–#{hi}"
-        return text + (" (tied)" if pos in self.tied and len(self.tied) > 1 else "")
-
-    def verdict(self, top_name: str) -> str:
-        """One or two sentences about the top of the ranking."""
-        if self.resamples < 2:
-            return "How sure: not measured (a single embedding)."
-        r = self.resamples
-        best = int(self.order[0])
-        moves = f"± {fmt(float(np.median(self.spread)))}"
-        common = (
-            f" The scores themselves move by about {moves} between resamples, mostly all together, so the order is "
-            "steadier than the scores."
-        )
-        if len(self.tied) == 1:
-            gaps = self.scores[:, int(self.order[1])] - self.scores[:, best] if self.order.size > 1 else np.zeros(1)
-            return (
-                f"How sure: **{top_name}** is first in all {r} resamples of your images (its lead over the next "
-                f"expert: {fmt(float(gaps.min()))} to {fmt(float(gaps.max()))}).{common}"
-            )
+def verdict(conf: Confidence, top_name: str, what: str = "images", scale: tuple[float, str] = (1.0, "")) -> str:
+    """How stable the top of the ranking is, said for what it is (score differences shown times
+    ``scale[0]``, as the table shows the scores, with ``scale[1]`` naming the unit)."""
+    if conf.resamples < 2:
+        return "Stability: not measured (a single embedding)."
+    r = conf.resamples
+    factor, unit = scale
+    units = f" {unit}" if unit else ""
+    noise = float(np.median(conf.spread))
+    if not conf.clear_winner():
+        n = max(2, len(conf.tied))
         return (
-            f"How sure: **{len(self.tied)} experts are tied for first place**: each scores as well as the best in "
-            f"at least one of {r} resamples of your images. Any of them is a reasonable choice; more images per "
-            f"class would separate them.{common}"
+            f"**No clear winner:** the top {n} experts' scores differ by less than they move when your {what} are "
+            f"resampled (about ± {fmt(noise, factor)}{units}); any of them is a reasonable choice, and more {what} "
+            "per class would separate them."
         )
+    lo, hi = conf.lead()
+    return (
+        f"Stable across resamples: **{top_name}** is first in all {r} resamples of your {what} (its lead over the "
+        f"next: {fmt(lo, factor)} to {fmt(hi, factor)}, more than the ± {fmt(noise, factor)} the scores move{units}). "
+        "Stable means another sample of the same data gives the same answer, not that the answer is right: see "
+        "*How often it is right* below."
+    )
 
 
-def summarize(scores: np.ndarray, class_counts: Sequence[int], *, min_per_class: int = MIN_PER_CLASS) -> Confidence:
-    """The `Confidence` of a ranking from its ``[R, N]`` score matrix (row 0: the shown embedding)
-    and the per-class image counts that were used."""
-    s = np.atleast_2d(np.asarray(scores, np.float64))
-    n = s.shape[1]
-    order = np.lexsort((np.arange(n), s[0]))
-    lo, hi = s.min(0), s.max(0)
-    spread = 0.5 * (hi - lo)
-    ranks = np.empty_like(s, dtype=np.int64)
-    for r in range(s.shape[0]):
-        ranks[r, np.lexsort((np.arange(n), s[r]))] = np.arange(1, n + 1)
-    best = int(order[0])
-    rank_lo, rank_hi = ranks.min(0), ranks.max(0)
-    tied = [int(p) for p in order if p == best or bool(np.any(s[:, p] <= s[:, best]))]
-    per_class = int(min(class_counts)) if len(class_counts) else 0
-    warnings = []
-    if per_class < min_per_class:
-        warnings.append(
-            f"Too few images to rank reliably: the smallest class has {per_class} image(s) (at least {min_per_class} "
-            "per class are advised). Add images or raise *max images*."
+def warnings(conf: Confidence, what: str = "images") -> list[str]:
+    out = []
+    if conf.too_few:
+        out.append(
+            f"Too few {what} to rank reliably: the smallest class has {conf.per_class} {what[:-1]}(s) (at least "
+            f"{MIN_PER_CLASS} per class are advised). Add {what} or raise *max images*."
         )
-    if s.shape[0] > 1 and n > 2 and float(np.median(rank_hi - rank_lo)) >= n / 3:
-        warnings.append(
-            "The order changes a lot when your images are resampled (a typical expert moves "
-            f"{float(np.median(rank_hi - rank_lo)):.0f} places among {n}): below the top, the order is mostly noise."
+    if conf.unstable:
+        n = conf.scores.shape[1]
+        out.append(
+            f"The order changes a lot when your {what} are resampled (a typical expert moves "
+            f"{float(np.median(conf.rank_hi - conf.rank_lo)):.0f} places among {n}): below the top, it is mostly noise."
         )
-    return Confidence(s, order, spread, rank_lo, rank_hi, tied, per_class, warnings)
+    return out
+
+
+def class_flags(label_names: Sequence[str], index: Any, conf: Confidence, top: int = 3) -> list[str]:
+    """A warning for each expert whose training classes include every class of the upload but ranks
+    outside the ``top``: the distance may be wrong about it, and it deserves a look."""
+    mine = {str(n).strip().lower() for n in label_names}
+    rank = {int(p): i + 1 for i, p in enumerate(conf.order)}
+    out = []
+    for pos, mid in enumerate(index.model_ids):
+        classes = index.info(mid).get("classes")
+        if not isinstance(classes, list) or not mine <= {str(c).strip().lower() for c in classes}:
+            continue
+        if rank[pos] > top:
+            out.append(
+                f"**{mid}** was trained on all of your classes ({', '.join(sorted(label_names))}) but ranks "
+                f"#{rank[pos]}: the Task2Vec distance may be wrong about it; consider it too."
+            )
+    return out
+
+
+def results_dir() -> Path:
+    """Where the committed benchmark results are: ``$T2V_SPACE_RESULTS_DIR``, else ``results/`` beside
+    the app (a deployed Space copies them there), else the repository's ``benchmarks/results``."""
+    if os.environ.get("T2V_SPACE_RESULTS_DIR"):
+        return Path(os.environ["T2V_SPACE_RESULTS_DIR"])
+    here = Path(__file__).resolve().parent
+    return here / "results" if (here / "results").is_dir() else here.parents[1] / "benchmarks" / "results"
+
+
+@lru_cache(maxsize=8)
+def _read(path: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def measured(modality: str, metric: str = "asymmetric", folder: Path | None = None) -> str:
+    """What the committed benchmark measured for this kind of query, in one sentence (read from the
+    results files; says so when there is no measurement)."""
+    folder = folder or results_dir()
+    if modality == "text":
+        data = _read(str(folder / "text_expert_index.json"))
+        checks = (data or {}).get("checks") or []
+        if not checks:
+            return "How often it is right: not measured for text (no benchmark results found)."
+        same = sum(bool(c.get("same_dataset")) for c in checks)
+        return (
+            f"How often it is right, for text: not measured against fine-tuning yet. The benchmark checked only "
+            f"that the nearest expert comes from the query's own corpus: {same} of {len(checks)} queries "
+            "(`benchmarks/results/text_expert_index.json`)."
+        )
+    data = _read(str(folder / "model_selection.json"))
+    key = {"asymmetric": "t2v_asym", "symmetric": "t2v_sym", "model2vec": "model2vec"}.get(metric, "t2v_asym")
+    row = ((data or {}).get("table2") or {}).get(key)
+    chance = ((data or {}).get("table2") or {}).get("chance")
+    if not row:
+        return "How often it is right: not measured here (no benchmark results found)."
+    n = len((data or {}).get("targets") or [])
+    text = (
+        f"How often it is right, for images: on {n or 'the'} benchmark tasks the {metric} ranking put the expert "
+        f"that fine-tuned best first in **{row['top1'][0]:.0%}** of them, and the expert it picked had on average "
+        f"**{row['relative_increase'][0]:.0%}** more test error than the best one"
+    )
+    if chance:
+        text += f" (a random pick: {chance['top1'][0]:.0%} and {chance['relative_increase'][0]:.0%})"
+    return text + " (`benchmarks/results/model_selection.json`)."

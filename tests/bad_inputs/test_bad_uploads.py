@@ -1,6 +1,6 @@
-"""Bad uploads to the expert-finder Space (spaces/expert-finder/finder.py): each is refused with an
-`InputError` whose message names the upload and the fix, shows no server path, and leaves nothing
-extracted beyond what was checked."""
+"""Bad uploads to the library's upload loader (`hf_task2vec.uploads`, what `load_task`, `hf-task2vec embed`
+and the expert-finder Space read uploads with): each is refused with an `UploadError` whose message names
+the upload and the fix, shows no server path, and leaves nothing extracted beyond what was checked."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import io
 import os
 import struct
 import subprocess
-import sys
 import tempfile
 import zipfile
 import zlib
@@ -18,14 +17,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import hf_task2vec as t2v
+from hf_task2vec.uploads import UploadError, UploadLimits, check_image, public_text, read_upload, safe_extract_zip
 from tests.bad_inputs.common import assert_says, snapshot
 
-SPACE_DIR = Path(__file__).resolve().parents[2] / "spaces" / "expert-finder"
-if str(SPACE_DIR) not in sys.path:
-    sys.path.insert(0, str(SPACE_DIR))
+Limits = UploadLimits
 
-import finder  # noqa: E402
-from finder import InputError, Limits  # noqa: E402
+
+def upload(path, workdir, limits=None):
+    return read_upload(path, workdir=workdir, limits=limits or UploadLimits())
 
 
 def png(seed: int, size: int = 16) -> bytes:
@@ -79,8 +79,8 @@ def test_many_entries_just_under_the_ratio_threshold(tmp_path):
     zpath = many_entry_bomb(tmp_path / "bomb.zip", 1000, 2**20 - 1)
     assert zpath.stat().st_size < 2_000_000
     work = tmp_path / "w"
-    with pytest.raises(InputError) as err:
-        finder.task_from_upload(zpath, work, Limits())
+    with pytest.raises(UploadError) as err:
+        upload(zpath, work, Limits())
     assert_says(str(err.value), "bomb.zip", "zip bomb", "expands")
     assert snapshot(work) == {}
 
@@ -88,8 +88,8 @@ def test_many_entries_just_under_the_ratio_threshold(tmp_path):
 # 2
 def test_running_ratio_also_catches_a_smaller_bomb(tmp_path):
     zpath = many_entry_bomb(tmp_path / "small.zip", 40, 2**19)  # 20 MB from ~20 KB, each entry under 1 MiB
-    with pytest.raises(InputError, match="zip bomb"):
-        finder.safe_extract_zip(zpath, tmp_path / "x", Limits())
+    with pytest.raises(UploadError, match="zip bomb"):
+        safe_extract_zip(zpath, tmp_path / "x", Limits())
     assert snapshot(tmp_path / "x") == {}
 
 
@@ -107,8 +107,8 @@ def test_total_cap_stays_well_below_the_free_disk(tmp_path):
         rng = np.random.default_rng(0)
         entries = {f"{c}/{c}{i}.png": rng.bytes(2_000_000) for c in ("cat", "dog") for i in range(2)}
         zpath = write_zip(tmp_path / "big.zip", entries)
-        with pytest.raises(InputError) as err:
-            finder.safe_extract_zip(zpath, mnt / "x", Limits())
+        with pytest.raises(UploadError) as err:
+            safe_extract_zip(zpath, mnt / "x", Limits())
         assert_says(str(err.value), "big.zip", "would expand to", "fewer images")
         assert snapshot(mnt / "x") == {}
     finally:
@@ -120,8 +120,8 @@ def test_300_character_entry_name(tmp_path):
     name = "cat/" + "x" * 296 + ".png"  # a 300-character file name
     zpath = write_zip(tmp_path / "long.zip", {**good_entries(), name: png(99)})
     work = tmp_path / "w"
-    with pytest.raises(InputError) as err:
-        finder.task_from_upload(zpath, work, Limits())
+    with pytest.raises(UploadError) as err:
+        upload(zpath, work, Limits())
     msg = str(err.value)
     assert_says(msg, "300 characters", "rename", "255")
     assert len(msg) < 400  # the name is shortened, not pasted whole
@@ -133,8 +133,8 @@ def test_300_character_entry_name(tmp_path):
 def test_very_long_entry_path(tmp_path):
     name = "/".join(["d" * 200] * 6) + "/a.png"  # each part fine, the whole path too long
     zpath = write_zip(tmp_path / "deep.zip", {**good_entries(), name: png(3)})
-    with pytest.raises(InputError) as err:
-        finder.task_from_upload(zpath, tmp_path / "w", Limits())
+    with pytest.raises(UploadError) as err:
+        upload(zpath, tmp_path / "w", Limits())
     assert_says(str(err.value), "path of", "shorter folder names")
     assert snapshot(tmp_path / "w") == {}
 
@@ -145,8 +145,8 @@ def test_unquoted_data_uri_in_a_csv(tmp_path):
     rows = [f"{uri},{lab}" for lab in ("cat", "dog", "cat", "dog")]
     path = tmp_path / "uris.csv"
     path.write_text("image,label\n" + "\n".join(rows) + "\n")
-    with pytest.raises(InputError) as err:
-        finder.task_from_upload(path, tmp_path / "w", Limits())
+    with pytest.raises(UploadError) as err:
+        t2v.load_task(path)  # the library reads a table like the Space does
     assert_says(str(err.value), "uris.csv", "unquoted comma", "double quotes")
 
 
@@ -154,8 +154,8 @@ def test_unquoted_data_uri_in_a_csv(tmp_path):
 def test_ragged_csv_names_the_line(tmp_path):
     path = tmp_path / "ragged.csv"
     path.write_text('image,label\n"data:image/png;base64,AAAA",cat\ndata:image/png;base64,BBBB,dog\n')
-    with pytest.raises(InputError) as err:
-        finder.task_from_upload(path, tmp_path / "w", Limits())
+    with pytest.raises(UploadError) as err:
+        t2v.load_task(path)  # the library reads a table like the Space does
     assert_says(str(err.value), "ragged.csv", "line 3 has 3 fields", "header has 2", "quotes")
 
 
@@ -163,8 +163,8 @@ def test_ragged_csv_names_the_line(tmp_path):
 def test_zero_byte_parquet(tmp_path):
     path = tmp_path / "empty.parquet"
     path.write_bytes(b"")
-    with pytest.raises(InputError) as err:
-        finder.task_from_upload(path, tmp_path / "w", Limits())
+    with pytest.raises(UploadError) as err:
+        t2v.load_task(path)  # the library reads a table like the Space does
     assert_says(str(err.value), "empty.parquet", "empty")
 
 
@@ -172,8 +172,8 @@ def test_zero_byte_parquet(tmp_path):
 def test_garbage_parquet_shows_no_server_path(tmp_path):
     path = tmp_path / "garbage.parquet"
     path.write_bytes(b"this is not parquet at all" * 10)
-    with pytest.raises(InputError) as err:
-        finder.task_from_upload(path, tmp_path / "w", Limits())
+    with pytest.raises(UploadError) as err:
+        t2v.load_task(path)  # the library reads a table like the Space does
     assert_says(str(err.value), "garbage.parquet", "not a readable parquet file", "write it again")
     no_server_path(str(err.value), tmp_path)
 
@@ -182,8 +182,8 @@ def test_garbage_parquet_shows_no_server_path(tmp_path):
 def test_csv_that_is_not_text(tmp_path):
     path = tmp_path / "binary.csv"
     path.write_bytes(b"image,label\n\xff\xfe\x00\x81,cat\n")
-    with pytest.raises(InputError) as err:
-        finder.task_from_upload(path, tmp_path / "w", Limits())
+    with pytest.raises(UploadError) as err:
+        t2v.load_task(path)  # the library reads a table like the Space does
     assert_says(str(err.value), "binary.csv", "UTF-8")
     no_server_path(str(err.value), tmp_path)
 
@@ -192,8 +192,8 @@ def test_csv_that_is_not_text(tmp_path):
 def test_header_only_csv(tmp_path):
     path = tmp_path / "header.csv"
     path.write_text("image,label\n")
-    with pytest.raises(InputError) as err:
-        finder.task_from_upload(path, tmp_path / "w", Limits())
+    with pytest.raises(UploadError) as err:
+        t2v.load_task(path)  # the library reads a table like the Space does
     assert_says(str(err.value), "header.csv", "no rows")
 
 
@@ -204,11 +204,11 @@ def test_damaged_images_are_named_without_server_paths(tmp_path):
     entries = {f"{c}/{c}{i}.png": b"not a png" for c in ("cat", "dog") for i in range(2)}
     zpath = write_zip(tmp_path / "broken.zip", entries)
     work = tmp_path / "w"
-    with pytest.raises(InputError) as err:
-        finder.task_from_upload(zpath, work, Limits())
+    with pytest.raises(UploadError) as err:
+        upload(zpath, work, Limits())
     assert_says(str(err.value), "could be read", "cat0.png")
     no_server_path(str(err.value), work)
-    reason = finder.check_image(str(work / "extracted" / "cat" / "cat0.png"), Limits())
+    reason = check_image(str(work / "extracted" / "cat" / "cat0.png"), Limits())
     assert reason is not None
     no_server_path(reason, work)
 
@@ -217,8 +217,8 @@ def test_damaged_images_are_named_without_server_paths(tmp_path):
 def test_not_a_zip(tmp_path):
     path = tmp_path / "fake.zip"
     path.write_bytes(b"PK\x03\x04 but nothing else of a zip" * 4)
-    with pytest.raises(InputError) as err:
-        finder.task_from_upload(path, tmp_path / "w", Limits())
+    with pytest.raises(UploadError) as err:
+        t2v.load_task(path)  # the library reads a table like the Space does
     assert_says(str(err.value), "fake.zip", "zip")
     no_server_path(str(err.value), tmp_path)
     assert snapshot(tmp_path / "w") == {}
@@ -227,17 +227,17 @@ def test_not_a_zip(tmp_path):
 # 14
 def test_single_class_zip(tmp_path):
     zpath = write_zip(tmp_path / "one.zip", {f"cat/c{i}.png": png(i) for i in range(4)})
-    with pytest.raises(InputError) as err:
-        finder.task_from_upload(zpath, tmp_path / "w", Limits())
+    with pytest.raises(UploadError) as err:
+        upload(zpath, tmp_path / "w", Limits())
     assert_says(str(err.value), "single class", "'cat'", "another class")
 
 
 def test_public_text_strips_paths():
     exc = OSError(36, "File name too long")
-    assert finder._public(exc) == "File name too long"
-    text = finder._public(ValueError(f"cannot open {tempfile.gettempdir()}/t2v-space-abc/extracted/cat/x.png"))
+    assert public_text(exc) == "File name too long"
+    text = public_text(ValueError(f"cannot open {tempfile.gettempdir()}/t2v-space-abc/extracted/cat/x.png"))
     assert text == "cannot open t2v-space-abc/extracted/cat/x.png" or text == "cannot open x.png"
-    assert finder._public(ValueError("bad file /srv/data/secret/thing.csv here")) == "bad file thing.csv here"
+    assert public_text(ValueError("bad file /srv/data/secret/thing.csv here")) == "bad file thing.csv here"
 
 
 def test_members_that_are_not_images_are_never_extracted(tmp_path):
@@ -250,8 +250,8 @@ def test_members_that_are_not_images_are_never_extracted(tmp_path):
     entries = {f"{c}/{c}{i}.png": blob for c in ("cat", "dog") for i in range(100)}
     zpath = write_zip(tmp_path / "fake.zip", entries)
     dest = tmp_path / "x"
-    with pytest.raises(InputError) as err:
-        finder.safe_extract_zip(zpath, dest, Limits())
+    with pytest.raises(UploadError) as err:
+        safe_extract_zip(zpath, dest, Limits())
     assert_says(str(err.value), "fake.zip", "none of its 200 image files", "does not start like a PNG",
                 "nothing was extracted")
     no_server_path(str(err.value), tmp_path)
@@ -261,7 +261,7 @@ def test_members_that_are_not_images_are_never_extracted(tmp_path):
 def test_some_non_images_are_left_out_unextracted_and_named(tmp_path):
     entries = {**good_entries(3), "cat/fake.png": b"just text, not a png" * 100}
     zpath = write_zip(tmp_path / "mixed.zip", entries)
-    ex = finder.safe_extract_zip(zpath, tmp_path / "x", Limits())
+    ex = safe_extract_zip(zpath, tmp_path / "x", Limits())
     assert ex.not_images == ["cat/fake.png"]
     assert not (tmp_path / "x" / "cat" / "fake.png").exists()
     assert len(ex.images) == 6
