@@ -5,7 +5,8 @@ For uploads cut from the offline *test* splits (images no expert was trained on)
 coat, cat / dog / bear, digits 3 / 7 / 8, sneaker / sandal / ankle boot, horse / zebra / cow — each drawn
 three times (seeds 0-2, 30 images per class), this script embeds the upload the way the Space does
 (`ExpertIndex.embedder`: the index's own probe, estimator and settings) and ranks every expert of the
-default image index (`benchmarks/results/expert_index`) by the asymmetric distance (the Space's default).
+default image index (`benchmarks/results/zoo_index`, the expert zoo's; ``--index`` for another) by the asymmetric
+distance (the Space's default). Experts of one source task on several bases share one task embedding and tie.
 It reports the top-1 expert, whether it was trained on the upload's dataset, and the rank of the
 expert(s) whose source classes include every class of the upload (e.g. `fashion-tops` for tops).
 
@@ -29,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hf_task2vec import ExpertIndex, load_task  # noqa: E402
+from hf_task2vec.commands.selection import default_index_path  # noqa: E402
 from hf_task2vec.data import load_offline  # noqa: E402
 from hf_task2vec.sampling import balanced_sample  # noqa: E402
 
@@ -45,7 +47,7 @@ SEEDS = (0, 1, 2)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--index", default=str(REPO / "benchmarks" / "results" / "expert_index"))
+    parser.add_argument("--index", default=str(default_index_path("image")))
     parser.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -73,13 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {"index": args.index, "estimator": index.settings.get("method"), "per_class": PER_CLASS, "rows": rows,
               "top1_same_dataset": f"{hits}/{len(rows)}", "wall_s": time.perf_counter() - start}  # fmt: skip
     out = Path(args.out_dir)
+    shown = Path(args.index).resolve()
+    shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else shown
     (out / "space_uploads.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
         "# A Space user's upload: 30 images per class, ranked by the default index",
         "",
         f"`python benchmarks/space_uploads.py`: uploads cut from the offline test splits, {PER_CLASS} images per "
         f"class, seeds {list(SEEDS)}, embedded as the Space does (the index's estimator: "
-        f"`{result['estimator']}`) and ranked among the {len(index)} experts of `benchmarks/results/expert_index` "
+        f"`{result['estimator']}`) and ranked among the {len(index)} experts of `{shown}` "
         f"by the asymmetric distance. Top-1 expert from the upload's own dataset: **{result['top1_same_dataset']}**.",
         "",
         "| upload | seed | #1 expert | same dataset | rank of the experts trained on all its classes |",

@@ -353,19 +353,16 @@ def test_skip_reasons_and_the_default_index_checkpoints(expert_index):
         finder.skip_reason("expert 'x' records no weights: add them ...") == "the index does not record how to load it"
     )
     assert "/srv" not in finder.skip_reason("expert 'x': load_probe('y') failed: no file /srv/app/cache/y.bin")
-    # the Space's default index records the benchmark's checkpoints relative to the repository root, under
-    # benchmarks/cache/ (git-ignored): where they were built the first one loads, on a fresh clone it is skipped
+    # the Space's default index is built from the expert zoo's cards: every expert records its repo folder
+    # relative to the repository root, the folder is committed, and the expert loads (base + adapter + head)
     default = finder.load_expert_index(finder.default_index_paths()[-1])
-    mid = next(m for m in default.model_ids if "checkpoint" in default.info(m).get("weights", {}))
-    info = default.info(mid)
-    path = finder.expert_root() / info["weights"]["checkpoint"]
-    if path.is_file():
-        expert = load_expert(mid, info, root=finder.expert_root())
-        assert expert.head_weight is not None and expert.origin.startswith("checkpoint:")
-    else:
-        with pytest.raises(t2v.Task2VecError) as err:
-            load_expert(mid, info, root=finder.expert_root())
-        assert finder.skip_reason(str(err.value)).startswith("checkpoint not found: run `python benchmarks/")
+    repos = {m: default.info(m)["weights"]["expert_repo"] for m in default.model_ids}
+    assert len(repos) >= 60 and all((finder.expert_root() / r / "adapter_model.safetensors").is_file()
+                                    for r in repos.values())
+    mid = default.model_ids[0]
+    expert = load_expert(mid, default.info(mid), root=finder.expert_root())
+    assert expert.head_weight is not None and expert.origin.startswith("folder:")
+    assert expert.head_weight.shape[0] == len(default.info(mid)["classes"])
 
 
 def test_confidence_is_judged_on_ranks_not_on_a_shared_shift():

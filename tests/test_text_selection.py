@@ -1,4 +1,4 @@
-"""Expert selection for text: the committed text expert index (`benchmarks/build_text_experts.py`),
+"""Expert selection for text: the committed text expert index (built from the zoo's cards, `benchmarks/build_zoo.py`),
 `hf-task2vec select` on real offline text tasks (the default index follows the task's modality; a
 mismatched index is refused in one line), and the Space's search on a text table (function level)."""
 
@@ -19,8 +19,8 @@ from hf_task2vec.selection import ExpertIndex
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXT_INDEX = ROOT / "benchmarks" / "results" / "text_expert_index"
-IMAGE_INDEX = ROOT / "benchmarks" / "results" / "expert_index"
+TEXT_INDEX = ROOT / "benchmarks" / "results" / "zoo_text_index"
+IMAGE_INDEX = ROOT / "benchmarks" / "results" / "zoo_index"
 SPACE_DIR = ROOT / "spaces" / "expert-finder"
 if str(SPACE_DIR) not in sys.path:
     sys.path.insert(0, str(SPACE_DIR))
@@ -44,7 +44,8 @@ def test_committed_text_index_is_a_text_index(text_index):
     assert text_index.settings["method"] == "relative"  # the default embedder
     datasets_ = {text_index.info(m)["dataset"] for m in text_index.model_ids}
     assert datasets_ == {"offline:fortunes", "offline:spamassassin", "offline:spamassassin-lists", "offline:wordnet"}
-    assert all(m.startswith("offline-text/") for m in text_index.model_ids)
+    assert all(m.startswith("hf-task2vec-zoo/l6-") or m.startswith("hf-task2vec-zoo/l3-") for m in text_index.model_ids)
+    assert {text_index.info(m)["base"] for m in text_index.model_ids} == {"embedded-text", "minilm-l3-onnx"}
     for m in text_index.model_ids:  # a measured source test error below chance
         info = text_index.info(m)
         assert 0.0 <= info["error"] < 1.0 - 1.0 / len(info["classes"])
@@ -55,7 +56,7 @@ def test_cli_select_text_task_uses_the_text_index(text_index, capsys):
     """Without --experts a text task is ranked among the text experts: every expert of the committed
     text index, in increasing distance, as `ExpertIndex.select` ranks the same query."""
     code = main(["select", "offline:fortunes", "--classes", "literature,songs-poems,art", "--split", "test",
-                 "--max-samples", str(QUERY_SAMPLES), "-k", "8", "--json"])  # fmt: skip
+                 "--max-samples", str(QUERY_SAMPLES), "-k", str(len(text_index)), "--json"])  # fmt: skip
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     rows = out["experts"]
@@ -128,7 +129,7 @@ def test_space_search_on_a_text_table_ranks_with_the_text_index(text_index, tmp_
     assert {r.model_id for r in result.records} <= set(text_index.model_ids)
     np.testing.assert_allclose([r.score for r in result.records],
                                np.sort(text_index.distances(result.embedding))[:3], rtol=1e-9)
-    assert "48 texts" in result.status and "Best expert: offline-text/" in result.status
+    assert "48 texts" in result.status and "Best expert: hf-task2vec-zoo/" in result.status
     assert list(result.table["rank"]) == [1, 2, 3]
     # the same text task with the image index: one clear line, nothing embedded
     image_index = finder.load_expert_index(IMAGE_INDEX)
@@ -165,13 +166,13 @@ def test_space_app_routes_text_uploads_to_the_text_index(text_index, tmp_path):
     names = [p.name for p, _ in demo.t2v_examples]
     assert names[-1] == "fortunes-literature-poems.csv" and "footwear.zip" in names
     texts = [str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown)]
-    assert any("8 text experts · probe `embedded-text`" in t for t in texts)
+    assert any("24 text experts · probe `embedded-text`" in t for t in texts)
     find = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "find")
     example = str(demo.t2v_examples[-1][0])
     out = find(example, "", "train", "", "upload", "", "", 40, 3, "asymmetric", "mds", "", None,
                progress=lambda *a, **k: None)
     status = out[0]
-    assert "Best expert: offline-text/" in status and "80 texts" in status, status
+    assert "Best expert: hf-task2vec-zoo/" in status and "80 texts" in status, status
     # without a text index the page says how to get one
     plain = space_app.build_app(image_index, examples_dir=tmp_path / "ex")
     find = next(f.fn for f in plain.fns.values() if getattr(f.fn, "__name__", "") == "find")

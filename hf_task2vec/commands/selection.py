@@ -36,8 +36,10 @@ def _open_index(spec: str, *, must_exist: bool = True):
     )
 
 
-#: The committed expert indexes of this repository, by the modality of the task (`select` without --experts).
-DEFAULT_INDEXES = {"image": "benchmarks/results/expert_index", "text": "benchmarks/results/text_expert_index"}
+#: The committed expert indexes of this repository, by the modality of the task (`select` without --experts):
+#: built from the cards of the expert zoo (benchmarks/zoo, `benchmarks/build_zoo.py`), whose every expert
+#: loads on a fresh clone (base + PEFT adapter + head), so ``select --rerank`` skips none.
+DEFAULT_INDEXES = {"image": "benchmarks/results/zoo_index", "text": "benchmarks/results/zoo_text_index"}
 
 
 def index_modality(index: Any) -> str:

@@ -73,23 +73,26 @@ def _load_index(source: str | os.PathLike[str] | None, token: str | None, env: s
 
 
 def _index_paths(folder: str) -> list[Path]:
-    """Local places searched for an index folder: beside the app, then under benchmarks/results."""
+    """Local places searched for an index folder: beside the app, then the repository's default index of
+    that modality (`hf-task2vec select`'s: built from the expert zoo's cards, every expert loadable)."""
+    from hf_task2vec.commands.selection import default_index_path
+
     here = Path(__file__).resolve().parent
-    return [here / folder, here.parents[1] / "benchmarks" / "results" / folder]
+    return [here / folder, default_index_path("text" if folder.startswith("text") else "image")]
 
 
 def load_text_expert_index(source: str | os.PathLike[str] | None = None, *, token: str | None = None) -> Any:
     """The text expert index: ``source``, else ``$T2V_TEXT_EXPERT_INDEX_REPO`` (a folder or a Hub
-    dataset repo id), else a ``text_expert_index`` folder next to this file, else the one
-    ``benchmarks/build_text_experts.py`` writes, ``benchmarks/results/text_expert_index``."""
+    dataset repo id), else a ``text_expert_index`` folder next to this file, else the repository's text
+    index of the expert zoo, ``benchmarks/results/zoo_text_index``."""
     return _load_index(source, token, "T2V_TEXT_EXPERT_INDEX_REPO", "text_expert_index")
 
 
 def load_expert_index(source: str | os.PathLike[str] | None = None, *, token: str | None = None) -> Any:
     """Load the expert index (`hf_task2vec.selection.ExpertIndex`) from ``source`` (a folder or a Hub
     dataset repo id), else ``$T2V_EXPERT_INDEX_REPO`` (either of those), else an ``expert_index``
-    folder next to this file (a Space can ship one), else the index built by the model-selection
-    benchmark, ``benchmarks/results/expert_index`` (the offline default)."""
+    folder next to this file (a Space can ship one), else the repository's image index of the expert
+    zoo, ``benchmarks/results/zoo_index`` (the offline default; every expert loads for re-ranking)."""
     return _load_index(source, token, "T2V_EXPERT_INDEX_REPO", "expert_index")
 
 
