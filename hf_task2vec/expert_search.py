@@ -21,6 +21,7 @@ ranks, not on overlapping score ranges: most of the movement is a shift shared b
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ import numpy as np
 
 from .errors import IncompatibleEmbeddingsError, OptionError, Task2VecError, TaskError
 
+_HUB_MODEL_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 #: Fewer examples than this in some class and the ranking gets a warning.
 MIN_PER_CLASS = 20
 #: How many embeddings the confidence uses (the shown one plus ``RESAMPLES - 1`` resamples).
@@ -174,8 +176,15 @@ def unloadable_experts(
             elif needs_head:
                 out[mid] = f"{rerank} needs the expert's source classifier and it has none"
             continue
-        if not isinstance(weights, dict) or not ({"load_probe", "checkpoint"} & set(weights)):
-            out[mid] = f"expert {mid!r}: info['weights'] needs 'load_probe' or 'checkpoint'"
+        if not isinstance(weights, dict) or not ({"load_probe", "checkpoint", "expert_repo"} & set(weights)):
+            out[mid] = f"expert {mid!r}: info['weights'] needs 'expert_repo', 'load_probe' or 'checkpoint'"
+            continue
+        if "expert_repo" in weights:  # an expert repo (base + adapter + head): a folder here, or a Hub model id
+            from .experts import local_expert_folder
+
+            repo = str(weights["expert_repo"])
+            if local_expert_folder(repo, root=root) is None and not _HUB_MODEL_ID.fullmatch(repo):
+                out[mid] = f"expert {mid!r}: expert repo folder {repo!r} not found"
             continue
         if "checkpoint" in weights:
             path = Path(str(weights["checkpoint"]))

@@ -63,6 +63,7 @@ __all__ = [
     "expert_entry",
     "load_base",
     "load_expert",
+    "local_expert_folder",
     "peft_target",
     "read_card",
     "register_base",
@@ -303,6 +304,17 @@ class Expert:
         return TaskEmbedding.load(self.folder / EMBEDDING_FILE)
 
 
+def local_expert_folder(
+    repo_or_folder: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None
+) -> Path | None:
+    """The existing local folder ``repo_or_folder`` names (absolute, or relative to ``root``, the working
+    directory or the source checkout of hf_task2vec, tried in that order), else ``None``."""
+    path = Path(os.fspath(repo_or_folder)).expanduser()
+    candidates = [path] if path.is_absolute() else [
+        *([Path(root) / path] if root is not None else []), Path.cwd() / path, _SOURCE_ROOT / path]
+    return next((c.resolve() for c in candidates if c.is_dir()), None)
+
+
 def resolve_expert(
     repo_or_folder: str | os.PathLike[str],
     *,
@@ -319,12 +331,9 @@ def resolve_expert(
     apply; failures raise `HubError`).
     """
     spec = os.fspath(repo_or_folder)
-    path = Path(spec).expanduser()
-    candidates = [path] if path.is_absolute() else [
-        *([Path(root) / path] if root is not None else []), Path.cwd() / path, _SOURCE_ROOT / path]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate.resolve(), None
+    local = local_expert_folder(spec, root=root)
+    if local is not None:
+        return local, None
     if not _REPO_ID.fullmatch(spec) or spec.startswith((".", "~")) or Path(spec).is_file():
         raise ExpertError(f"expert {spec!r} is neither an existing folder nor a Hub model id ('user/name'): check "
                           "the path (relative paths are tried against the working directory and the checkout)")

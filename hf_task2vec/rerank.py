@@ -211,7 +211,8 @@ def load_expert(
         return LoadedExpert(model_id, probe, head[0], head[1], f"load_probe:{spec}")
     if "checkpoint" not in weights:
         raise ProbeError(
-            f"expert {model_id!r}: info['weights'] needs 'load_probe' or 'checkpoint', got {dict(weights)}"
+            f"expert {model_id!r}: info['weights'] needs 'expert_repo', 'load_probe' or 'checkpoint', "
+            f"got {dict(weights)}"
         )
     path = Path(str(weights["checkpoint"]))
     if not path.is_absolute() and root is not None:

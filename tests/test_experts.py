@@ -234,3 +234,28 @@ def test_altered_or_missing_files_and_non_experts(tmp_path):
     assert info.value.reason == "not_an_expert"
     with pytest.raises(ExpertError, match="neither an existing folder nor a Hub model id"):
         load_expert(tmp_path / "nowhere" / "x")
+
+
+def test_space_reranks_the_default_zoo_index_with_every_shortlisted_expert_loaded(tmp_path):
+    """What a fresh clone's Space does: the default index (the zoo's cards), an upload of real images,
+    re-rank by LogME: every shortlisted expert is loaded (base + adapter + head) and scored, none skipped."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "spaces" / "expert-finder"))
+    import finder
+
+    from tests.test_space import class_folder_zip
+
+    index = finder.load_expert_index()
+    assert len(index) >= 60 and all("expert_repo" in index.info(m)["weights"] for m in index.model_ids)
+    prepared = finder.task_from_upload(class_folder_zip(tmp_path / "a.zip", per_class=12), tmp_path / "w",
+                                       finder.Limits())
+    result = finder.search(prepared, index, tmp_path / "o", max_samples=36, k=4, rerank="logme", shortlist=4,
+                           resamples=1)
+    assert result.skipped == {} and "not run" not in result.table["re-rank score"].tolist()
+    assert result.table["rank"].tolist() == [1, 2, 3, 4]
+    scores = [r.rerank_score for r in result.records]
+    assert all(np.isfinite(scores)) and scores == sorted(scores, reverse=True)
+    # the shortlist is the Task2Vec top 4 of the whole zoo: animals experts for an animals upload
+    assert all(index.info(r.model_id)["dataset"] == "offline:animal-mnist" for r in result.records)
+    assert "Best expert" in result.status
