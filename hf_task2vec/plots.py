@@ -551,12 +551,18 @@ def expert_distance_heatmap(
                       tickformat=".2f"),
         xgap=1, ygap=1,
     ))
-    signed = " (can be negative: a bonus for richer expert tasks)" if metric == "asymmetric" else ""
+    # short title lines (Plotly does not wrap a title): each fits a phone's 326 px figure
+    lines = [f"{unit}, lower is better" if unit else "lower is better"]
+    if metric == "asymmetric":
+        lines.append("can be negative: a bonus for richer expert tasks")
+    lines += ["rows: the experts; first column: your task", "(the table's scores), then the experts' own tasks"]
+    top_margin = 76 + 18 * len(lines)  # the title hangs from the top, below the label (not centred in the margin)
     _plotly_layout(
-        fig, f"The {what} the ranking uses, lower is better{signed}{_SUB}row: an expert; column: your task (the "
-        "table's scores), then the top experts' own tasks</span>", 190 + 44 * len(rows),
+        fig, f"The {metric} score the ranking uses{_SUB}" + "<br>".join(lines) + "</span>",
+        94 + top_margin + 44 * len(rows),
     )
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=FONT_PX), automargin=True)
     fig.update_xaxes(side="bottom", tickfont=dict(size=FONT_PX), tickangle=0)
-    fig.update_layout(margin=dict(l=8, r=8, t=96, b=8))
+    fig.update_layout(margin=dict(l=8, r=8, t=top_margin, b=8), title=dict(yref="container", y=1, yanchor="top",
+                                                                         pad=dict(t=46)))
     return fig, z

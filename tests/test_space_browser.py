@@ -146,6 +146,34 @@ def _plots_drawn(page) -> None:
     )
 
 
+def _cramped(page, elem: str) -> list[list]:
+    """The visible cells of a table narrower than their content, and the header texts narrower than
+    their longest word (broken inside it): ``[text, width, content width]``."""
+    return page.evaluate(
+        f"""(() => {{ const ctx = document.createElement('canvas').getContext('2d');
+        const longest = t => {{ ctx.font = getComputedStyle(t).font;
+            return Math.max(...t.innerText.trim().split(/\\s+|(?<=-)/).map(w => ctx.measureText(w).width)); }};
+        return [...document.querySelectorAll('#{elem} [role=gridcell], #{elem} th')]
+        .filter(c => c.offsetParent !== null)
+        .map(c => {{ const t = c.querySelector('p, span') || c;
+            return c.matches('th') ? [c.innerText.trim(), t.getBoundingClientRect().width, longest(t)]
+                : [c.innerText.trim(), c.clientWidth, t.scrollWidth]; }})
+        .filter(([text, w, need]) => text && need > w + 1); }})()"""
+    )
+
+
+def _texts_outside(page, elem: str) -> list[list]:
+    """The texts of a Plotly figure that reach past the figure's box (cut at its edge): ``[text, left,
+    right, box left, box right]``."""
+    return page.evaluate(
+        f"""(() => {{ const box = document.querySelector('#{elem} .js-plotly-plot').getBoundingClientRect();
+        return [...document.querySelectorAll('#{elem} .main-svg text')]
+            .map(t => [t.textContent.trim(), t.getBoundingClientRect()])
+            .filter(([text, r]) => text && r.width > 0 && (r.left < box.left - 1 || r.right > box.right + 1))
+            .map(([text, r]) => [text, r.left, r.right, box.left, box.right]); }})()"""
+    )
+
+
 def _run_example(page) -> None:
     page.click("#example-0")
     _wait_for_status(page, "Best expert", timeout_s=600)
@@ -153,7 +181,10 @@ def _run_example(page) -> None:
 
 
 def test_first_load_lists_the_experts_and_the_examples(page):
-    assert f"{N_EXPERTS} experts" in page.locator("#index-line").inner_text()
+    # a two-line intro; the details, the index line among them, folded until asked for
+    assert not page.locator("#index-line").is_visible(), "the details are folded on first load"
+    page.get_by_text("How it works, what you can upload", exact=True).click()
+    assert f"{N_EXPERTS} image experts · probe" in page.locator("#index-line").inner_text()
     listing = page.locator("#expert-list")
     for mid in EXPERTS:
         assert listing.get_by_text(mid, exact=True).count() >= 1
@@ -173,14 +204,17 @@ def test_first_load_lists_the_experts_and_the_examples(page):
 def test_example_click_ranks_with_confidence_and_readable_figures(page):
     _run_example(page)
     rows = _rows(page, "experts")
-    assert rows[0][:4] == ["rank", "expert", "score", "rank in resamples"]
+    assert rows[0][:4] == ["score", "rank", "expert", "rank in resamples"]  # the score column first
     body = rows[1:]
-    assert len(body) == 5 and body[0][1] == "test-experts/lite0-fashion-shoes"  # footwear -> the shoe expert
-    scores = [r[2] for r in body]
+    assert len(body) == 5 and body[0][2] == "test-experts/lite0-fashion-shoes"  # footwear -> the shoe expert
+    scores = [r[0] for r in body]
     assert all(len(s.split(".")[1]) == 3 for s in scores) and scores == sorted(scores)  # three decimals
     assert body[0][3].startswith(("always #1", "#1–"))
     status = _status(page)
-    assert "footwear: 90 images, 3 classes" in status and "How sure:" in status and "asymmetric" in status
+    assert "footwear: 90 images, 3 classes" in status and "asymmetric" in status
+    # the confidence said for what it is: the benchmark's hit rate for images, and stability as stability
+    assert "How often it is right, for images" in status and "model_selection.json" in status
+    assert "Stable across resamples" in status or "No clear winner" in status
     # the figures are drawn at least 600 px wide with text of at least 11 px
     for elem in ("task-map", "heatmap"):
         width = page.locator(f"#{elem} .js-plotly-plot").bounding_box()["width"]
@@ -190,6 +224,7 @@ def test_example_click_ranks_with_confidence_and_readable_figures(page):
             ".fontSize)).filter(s => s > 0)"
         )
         assert sizes and min(sizes) >= 11, f"{elem} has {min(sizes)} px text"
+        assert not _texts_outside(page, elem), f"{elem}: labels cut at the edge: {_texts_outside(page, elem)}"
     heat_values = page.evaluate("[...document.querySelectorAll('#heatmap .main-svg text')].map(t => t.textContent)")
     assert scores[0] in heat_values, "the heatmap shows the table's scores"
     download = page.locator('#embedding a[download="footwear.safetensors"]')
@@ -209,9 +244,10 @@ def test_rerank_shows_both_stages(page):
     status = _status(page)
     assert "Re-ranked the Task2Vec shortlist of 4 of 10 experts by logme" in status and "forward passes" in status
     rows = _rows(page, "experts")
-    assert rows[0][:5] == ["rank", "expert", "re-rank score", "Task2Vec rank", "distance"]
-    scores = [float(r[2]) for r in rows[1:] if r]
+    assert rows[0][:5] == ["re-rank score", "rank", "expert", "Task2Vec rank", "distance"]
+    scores = [float(r[0]) for r in rows[1:] if r]
     assert len(scores) >= 2 and scores == sorted(scores, reverse=True)  # best re-rank score first
+    assert not _cramped(page, "experts"), f"cells narrower than their content: {_cramped(page, 'experts')[:3]}"
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "space-rerank.png"), full_page=True)
 
@@ -284,21 +320,29 @@ def test_phone_width_no_column_narrower_than_its_content(browser, app_url):
     try:
         _run_example(pg)
         for elem in ("experts", "expert-list"):
-            cramped = pg.evaluate(
-                f"""[...document.querySelectorAll('#{elem} [role=gridcell], #{elem} th')]
-                .filter(c => c.offsetParent !== null)
-                .map(c => {{ const t = c.querySelector('p, span') || c;
-                    return [c.innerText.trim(), c.clientWidth, t.scrollWidth]; }})
-                .filter(([text, w, sw]) => text && sw > w + 1)"""
-            )
+            cramped = _cramped(pg, elem)
             assert not cramped, f"{elem}: cells narrower than their content: {cramped[:3]}"
-        # short columns keep their text on one line (no one-character-per-line wrapping)
-        heights = pg.evaluate(
-            """[...document.querySelectorAll('#experts [role=gridcell][data-col="2"]')].filter(c => c.offsetParent)
-            .map(c => (c.querySelector('span') || c).getBoundingClientRect().height)"""
+        # the score column first, on screen without scrolling sideways, its text on one line (not cut, not
+        # wrapped one character per line)
+        assert _rows(pg, "experts")[0][0] == "score", "the score column comes first on a phone"
+        boxes = pg.evaluate(
+            """[...document.querySelectorAll('#experts [role=gridcell][data-col="0"]')].filter(c => c.offsetParent)
+            .map(c => { const r = (c.querySelector('span') || c).getBoundingClientRect();
+                return [c.innerText.trim(), r.left, r.right, r.height]; })"""
         )
-        assert heights and max(heights) < 30, f"score cells wrap: heights {heights}"
+        assert len(boxes) == 5, f"{len(boxes)} score cells: {boxes}"
+        assert all(0 <= left and right <= PHONE["width"] for _, left, right, _ in boxes), f"score cut: {boxes}"
+        heights = [h for *_, h in boxes]
+        assert max(heights) < 30, f"score cells wrap: heights {heights}"
+        # every figure fits the width it is given, its labels inside it
+        for elem in ("task-map", "heatmap"):
+            width = pg.locator(f"#{elem} .js-plotly-plot").bounding_box()["width"]
+            assert width <= PHONE["width"], f"{elem} is drawn {width:.0f} px wide on a {PHONE['width']} px screen"
+            assert not _texts_outside(pg, elem), f"{elem}: labels cut at the edge: {_texts_outside(pg, elem)}"
         SHOTS.mkdir(parents=True, exist_ok=True)
+        pg.evaluate("document.querySelector('#status').scrollIntoView({block: 'start'})")  # the result on screen
         pg.screenshot(path=str(SHOTS / "space-phone.png"), full_page=False)
+        OUTPUT.mkdir(exist_ok=True)
+        pg.screenshot(path=str(OUTPUT / "space-phone-full.png"), full_page=True)
     finally:
         context.close()

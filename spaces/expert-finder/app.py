@@ -82,7 +82,7 @@ TABLE_LAYOUTS = {
     },
     finder.RERANK_TABLE_COLUMNS: {
         "datatype": ["str", "str", "markdown", "number", "str", "str"],
-        "column_widths": ["96px", "52px", "200px", "95px", "80px", "180px"],
+        "column_widths": ["96px", "52px", "200px", "95px", "92px", "180px"],
     },
 }
 
