@@ -1,5 +1,5 @@
 """The screenshots of docs/space.md: the page in headless Chromium (Debian's ``/usr/bin/chromium``
-via Playwright) with the repository's real expert index (``benchmarks/results/expert_index``, or
+via Playwright) with the repository's real expert index (``benchmarks/results/zoo_index``, or
 ``T2V_EXPERT_INDEX_REPO``), after one click on an example.
 
     .venv/bin/python spaces/expert-finder/screenshots.py [OUT_DIR]   # default docs/figures
