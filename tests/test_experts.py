@@ -199,15 +199,15 @@ def test_adapter_of_another_base_is_refused(tmp_path):
     # an adapter whose matrices have another shape (rank 8 where the config says 4)
     from safetensors.torch import load_file, save_file
 
-    from hf_task2vec.experts import _sha256
+    from hf_task2vec.probes import file_sha256
 
     folder = _copy(IMAGE_EXPERT, tmp_path, "wide")
     state = load_file(str(folder / ADAPTER_FILE))
     key = next(k for k in sorted(state) if k.endswith("lora_A.weight"))
     state[key] = torch.cat([state[key], state[key]])
-    old = _sha256(folder / ADAPTER_FILE)
+    old = file_sha256(folder / ADAPTER_FILE)
     save_file(state, str(folder / ADAPTER_FILE))
-    _edit_card(folder, old, _sha256(folder / ADAPTER_FILE))
+    _edit_card(folder, old, file_sha256(folder / ADAPTER_FILE))
     with pytest.raises(ExpertError, match=r"adapter tensor .*lora_A.weight has shape \(8, .* needs \(4, ") as info:
         load_expert(folder)
     assert info.value.reason == "adapter_shape"
