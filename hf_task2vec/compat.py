@@ -70,16 +70,19 @@ PRIOR_METHODS: tuple[str, ...] = ("relative", "variational")
 TRIVIAL_RTOL = 1e-5
 
 
-def _method_option(key: str) -> Callable[[Mapping[str, str]], str]:
-    def read(meta: Mapping[str, str]) -> str:
-        try:
-            options = json.loads(meta.get("method_options") or "{}")
-        except ValueError:
-            return ""
-        value = options.get(key) if isinstance(options, dict) else None
-        return "" if value is None else str(value)
+def _json_entry(meta: Mapping[str, str], field: str, key: str) -> str:
+    """``key`` of the JSON object recorded in ``meta[field]`` (``""``: absent or unreadable)."""
+    try:
+        recorded = json.loads(meta.get(field) or "{}")
+    except ValueError:
+        return ""
+    value = recorded.get(key) if isinstance(recorded, dict) else None
+    return "" if value is None else str(value)
 
-    return read
+
+def _method_option(key: str) -> Callable[[Mapping[str, str]], str]:
+    """An estimator option recorded in ``method_options`` (JSON)."""
+    return lambda meta: _json_entry(meta, "method_options", key)
 
 
 def _text_setting(key: str) -> Callable[[Mapping[str, str]], str]:
@@ -87,14 +90,7 @@ def _text_setting(key: str) -> Callable[[Mapping[str, str]], str]:
 
     def read(meta: Mapping[str, str]) -> str:
         value = meta.get(key)
-        if value not in (None, ""):
-            return str(value)
-        try:
-            settings = json.loads(meta.get("text_settings") or "{}")
-        except ValueError:
-            return ""
-        value = settings.get(key) if isinstance(settings, dict) else None
-        return "" if value is None else str(value)
+        return str(value) if value not in (None, "") else _json_entry(meta, "text_settings", key)
 
     return read
 
