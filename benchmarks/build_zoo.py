@@ -55,6 +55,9 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from embedding_quality import code_digest  # noqa: E402
 
 import hf_task2vec as t2v  # noqa: E402
 from hf_task2vec import experts as ex  # noqa: E402
@@ -188,7 +191,9 @@ def texts_of(task: t2v.Task, idx: np.ndarray) -> list[str]:
 
 # -- embeddings (one per source task, cached) ------------------------------------------------------------
 def embedding_bytes(source: Source, cfg: Config) -> bytes:
-    path = CACHE / "embeddings" / f"{source.name}-{cfg.key(source.modality)}.safetensors"
+    """The task embedding of ``source``, cached per config and per version of the library's code (a new
+    estimator gives new embeddings; the experts' training does not depend on it)."""
+    path = CACHE / "embeddings" / f"{source.name}-{cfg.key(source.modality)}-{code_digest()}.safetensors"
     if path.is_file():
         return path.read_bytes()
     start = time.perf_counter()
@@ -394,6 +399,15 @@ def build_one(name: str, base: str, source: Source, cfg: Config) -> dict:
     return {"name": name, "base": base, "task": source.name, "error": err, "seconds": seconds}
 
 
+def refresh_embeddings(cfg: Config, only: str | None, bases: list[str] | None, tasks: list[str] | None) -> None:
+    """Give every built expert the embedding of its source task that the current library makes."""
+    replaced = 0
+    for name, _, source in plan(only, bases, tasks):
+        if is_built(ZOO / name, cfg, source.modality):
+            replaced += ex.replace_task_embedding(ZOO / name, embedding_bytes(source, cfg))
+    log.info("%d experts got a new task embedding", replaced)
+
+
 def zoo_folders() -> list[Path]:
     return sorted(p for p in ZOO.iterdir() if p.is_dir() and not p.name.startswith(".")) if ZOO.is_dir() else []
 
@@ -486,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="build at most this many (missing) experts")
     parser.add_argument("--index-only", action="store_true", help="only rewrite zoo.json, the indexes and results")
     parser.add_argument("--measure-git", action="store_true", help="measure the zoo's packed size in a fresh git repo")
+    parser.add_argument("--keep-embeddings", action="store_true",
+                        help="do not re-embed the source tasks of experts already built (by default their task "
+                        "embeddings follow the library's current estimator; the adapters are not retrained)")
     parser.add_argument("--image-steps", type=int)
     parser.add_argument("--text-steps", type=int)
     args = parser.parse_args(argv)
@@ -504,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%d experts to build", len(todo))
         for name, base, source in todo:
             build_one(name, base, source, cfg)
+    if not args.keep_embeddings:
+        refresh_embeddings(cfg, args.only, args.bases, args.tasks)
     summary = write_outputs(cfg, args.measure_git)
     log.info("zoo: %s", json.dumps({k: summary[k] for k in ("experts", "per_base", "zoo_bytes_on_disk")}))
     return 0

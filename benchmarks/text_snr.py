@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--quick", action="store_true", help="three of the six tasks")
-    parser.add_argument("--head-l2", type=float, default=None, help="Task2Vec(head_l2=...) (default: the library's)")
+    parser.add_argument("--head-l2", type=lambda v: v if v == "auto" else float(v), default=None,
+                        help="Task2Vec(head_l2=...): a number or 'auto' (default: the library's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)

@@ -343,7 +343,7 @@ def check_embedder_options(options: dict[str, Any]) -> dict[str, Any]:
             "seed", v, minimum=0, maximum=MAX_SEED, why="numpy and torch take seeds up to 2^32 - 1"
         ),
         "max_length": lambda v: check_max_length(v),
-        "head_l2": lambda v: check_float("head_l2", v, minimum=0.0),
+        "head_l2": lambda v: v if v == "auto" else check_float("head_l2", v, minimum=0.0),
         "beta": lambda v: check_float("beta", v, positive=True),
         "image_size": check_image_size,
         "device": check_device,

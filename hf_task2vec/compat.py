@@ -18,6 +18,8 @@ key                 read from the metadata                              option t
                     prior's weight ``N``, ``variational``)
 ``beta``            ``method_options`` -> ``beta`` (robust prior)        ``beta=`` (API / batch YAML)
 ``image_size``      ``image_size``                                      ``--image-size``
+``head_l2``         ``head_l2`` (the head's strength; ``auto``: by the    ``head_l2=`` (API / batch YAML)
+                    evidence, per task)
 ``max_length``      ``max_length`` (text truncation, tokens)             ``--max-length``
 ``pooling``         ``pooling`` (text: how token features are pooled)    ``load_probe(..., pooling=...)``
 ==================  ==================================================  =========================================
@@ -138,6 +140,10 @@ RULE: tuple[RuleKey, ...] = (
         "the robust-Fisher prior: embed both with the same beta (Task2Vec or batch YAML option)",
     ),
     RuleKey("image_size", _meta_key("image_size"), "embed both with the same --image-size", always=True),
+    RuleKey(
+        "head_l2", _meta_key("head_l2"),
+        "the head's strength: embed both with the same head_l2 (Task2Vec or batch YAML option; default 'auto')",
+    ),
     RuleKey("max_length", _text_setting("max_length"), "embed both with the same --max-length"),
     RuleKey("pooling", _text_setting("pooling"), "embed both with the same pooling: load_probe(..., pooling=...)"),
 )

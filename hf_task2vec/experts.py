@@ -469,6 +469,54 @@ def load_expert(
 
 
 # -- writing an expert -----------------------------------------------------------------------------------
+def _embedding_section(emb: TaskEmbedding) -> dict[str, Any]:
+    """The card's ``task_embedding`` entry: how the shipped embedding was made."""
+    meta = emb.meta
+
+    def number(key: str) -> int | None:
+        return int(meta[key]) if meta.get(key, "").isdigit() else None
+
+    return {
+        "file": EMBEDDING_FILE, "probe": meta.get("probe", ""), "probe_revision": meta.get("probe_revision", ""),
+        "estimator": meta.get("method", ""), "head_l2": meta.get("head_l2", ""), "max_samples": number("max_samples"),
+        "image_size": number("image_size"), "max_length": number("max_length"), "seed": number("seed"),
+        "dim": emb.dim,
+    }
+
+
+def replace_task_embedding(folder: str | os.PathLike[str], task_embedding: TaskEmbedding | bytes) -> bool:
+    """Ship a new embedding of an expert's training task (made again with a newer estimator) in the
+    local expert repo ``folder``: the file, its card entry and its sha256 are replaced; the adapter and
+    the head are not touched. Both files are written beside the old ones and renamed into place.
+
+    Returns:
+        ``False`` when the folder already ships exactly these bytes (nothing is written).
+    """
+    from .embedding import TaskEmbedding
+
+    where = Path(folder)
+    meta = read_card(where)
+    sec = _section(meta, str(where))
+    _verify_files(where, sec, str(where))
+    data = task_embedding if isinstance(task_embedding, bytes) else task_embedding.to_bytes()
+    if (where / EMBEDDING_FILE).read_bytes() == data:
+        return False
+    emb = TaskEmbedding.from_bytes(data, source="the task embedding")
+    sec["task_embedding"] = _embedding_section(emb)
+    emb_tmp = where / f".{EMBEDDING_FILE}.tmp-{os.getpid()}"
+    card_tmp = where / f".{CARD_FILE}.tmp-{os.getpid()}"
+    try:
+        emb_tmp.write_bytes(data)
+        sec["files_sha256"] = {**sec["files_sha256"], EMBEDDING_FILE: file_sha256(emb_tmp)}
+        card_tmp.write_text(expert_card({**meta, "hf_task2vec": sec}), encoding="utf-8")
+        os.replace(emb_tmp, where / EMBEDDING_FILE)
+        os.replace(card_tmp, where / CARD_FILE)
+    finally:
+        for tmp in (emb_tmp, card_tmp):
+            tmp.unlink(missing_ok=True)
+    return True
+
+
 def write_expert(
     folder: str | os.PathLike[str],
     *,
@@ -525,7 +573,6 @@ def write_expert(
         (tmp / EMBEDDING_FILE).write_bytes(data)
         import peft
 
-        emb_meta = emb.meta
         sec: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -542,17 +589,7 @@ def write_expert(
         sec["label_names"] = names
         sec["training"] = {**dict(training), "peft": str(peft.__version__), "torch": str(torch.__version__),
                            "hf_task2vec": __version__}
-        sec["task_embedding"] = {
-            "file": EMBEDDING_FILE,
-            "probe": emb_meta.get("probe", ""),
-            "probe_revision": emb_meta.get("probe_revision", ""),
-            "estimator": emb_meta.get("method", ""),
-            "max_samples": int(emb_meta["max_samples"]) if emb_meta.get("max_samples", "").isdigit() else None,
-            "image_size": int(emb_meta["image_size"]) if emb_meta.get("image_size", "").isdigit() else None,
-            "max_length": int(emb_meta["max_length"]) if emb_meta.get("max_length", "").isdigit() else None,
-            "seed": int(emb_meta["seed"]) if emb_meta.get("seed", "").isdigit() else None,
-            "dim": emb.dim,
-        }
+        sec["task_embedding"] = _embedding_section(emb)
         sec["files_sha256"] = {name: file_sha256(tmp / name) for name in HASHED_FILES}
         meta: dict[str, Any] = {
             "base_model": info.base_model,

@@ -32,7 +32,7 @@ from .checks import AUTO_BATCH_SIDE, DEFAULT_BATCH_SIZE, auto_batch_size, check_
 from .embedding import TaskEmbedding, _method_options
 from .errors import TaskError
 from .fisher import FisherResult, Strategy, fisher_diagonal, to_device
-from .head import fit_linear_head, set_head
+from .head import fit_linear_head, select_head_l2, set_head
 from .pipeline import iter_batches
 from .probes import Probe, load_probe
 from .robust import fisher_variational, relative_fisher, robust_fisher
@@ -64,6 +64,10 @@ def _optional_int(text: str) -> int | None:
 def _optional_rank(text: str) -> int | None:
     """``"K-1"`` (every direction, exact) is recorded for ``rank=None``."""
     return None if text in ("", "None", "K-1") else int(text)
+
+
+def _head_l2(text: str) -> float | str:
+    return text if text == "auto" else float(text)
 
 
 def _boolean(text: str) -> bool:
@@ -101,6 +105,7 @@ PROVENANCE: tuple[Recorded, ...] = (
     Recorded("max_samples", "max_samples", _optional_int),
     Recorded("seed", "seed", int),
     Recorded("fit_head", "fit_head", _boolean, resume=False),
+    Recorded("head_l2", "head_l2", _head_l2, legacy="0.001"),  # the head's strength ("auto": chosen per task)
     Recorded("n_samples", "n_samples", int, resume=False, in_method_options=True),
     Recorded("epochs", "variational_epochs", int, resume=False, in_method_options=True),
     Recorded("beta", "beta", float, resume=False, in_method_options=True),
@@ -157,7 +162,11 @@ class Task2Vec:
         fit_head: retrain the linear head on the task (``False`` keeps the probe's head, e.g. for
             analytic checks; it must then have one output per class).
         head_epochs: maximum L-BFGS iterations (full passes over the cached features) of the head fit.
-        head_l2: L2 penalty of the head fit (keeps separable tasks at a finite optimum).
+        head_l2: L2 strength of the head fit (mean cross-entropy ``+ head_l2/2 ||W||^2``). ``"auto"``
+            (default): the strength the task's own examples support, by the evidence (type-II maximum
+            likelihood of the head's prior precision on the cached features, `select_head_l2`; the
+            value chosen is recorded as ``head_l2_fitted``). A number fixes it (the paper's setting
+            was a small fixed one, 1e-3 here before; it keeps separable tasks at a finite optimum).
         batch_size: examples per forward/backward pass; ``None`` (default) picks one for the memory:
             on the CPU, 32 images up to 112 px and fewer above (``32 * (112 / side)^2``: 8 at 224 px,
             which keeps one embed under 3 GB with the embedded probe), 32 on an accelerator and for
@@ -188,7 +197,7 @@ class Task2Vec:
         max_samples: int | None = 10_000,
         fit_head: bool = True,
         head_epochs: int = 500,
-        head_l2: float = 1e-3,
+        head_l2: float | Literal["auto"] = "auto",
         batch_size: int | None = None,
         seed: int = 0,
         device: str | torch.device | None = None,
@@ -385,9 +394,9 @@ class Task2Vec:
         if self.fit_head:
             feats = self.features(task, indices)
             labels = torch.as_tensor(task.labels[indices])
-            weight, bias, info = fit_linear_head(
-                feats, labels, task.num_classes, l2=self.head_l2, max_iter=self.head_epochs
-            )
+            l2, info = self.head_strength(feats, labels, task.num_classes)
+            weight, bias, fit_info = fit_linear_head(feats, labels, task.num_classes, l2=l2, max_iter=self.head_epochs)
+            info.update(fit_info, head_l2=l2)
             set_head(probe.reset_head(task.num_classes, feats.shape[1]), weight, bias)
             logger.info("%s: head train accuracy %.3f", task.name, info["train_accuracy"])
         elif probe.head is None or probe.head.out_features != task.num_classes:
@@ -396,6 +405,14 @@ class Task2Vec:
                 "set probe.head or use fit_head=True"
             )
         return probe, info
+
+    def head_strength(
+        self, features: torch.Tensor, labels: torch.Tensor, num_classes: int
+    ) -> tuple[float, dict[str, float]]:
+        """The head's L2 strength for these features: ``head_l2``, or by `select_head_l2` for ``"auto"``."""
+        if self.head_l2 != "auto":
+            return float(self.head_l2), {}
+        return select_head_l2(features, labels, num_classes, seed=self.seed, max_iter=self.head_epochs)
 
     def embed(self, task: Task | TaskSpec | Any, **load_kwargs: Any) -> TaskEmbedding:
         """Embed a task (a `Task`, a `TaskSpec`, or anything `load_task` accepts, with ``load_kwargs``)."""
@@ -414,6 +431,7 @@ class Task2Vec:
             "num_samples": str(len(indices)),
             "num_task_examples": str(len(task)),
             "head_train_accuracy": f"{head_info.get('train_accuracy', float('nan')):.4f}",
+            **({"head_l2_fitted": f"{head_info['head_l2']:.6g}"} if "head_l2" in head_info else {}),
             "created": started.isoformat(timespec="seconds"),
         }
         return TaskEmbedding(result.values, trivial, probe.layers, meta)
