@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -490,7 +491,7 @@ def replace_task_embedding(folder: str | os.PathLike[str], task_embedding: TaskE
     the head are not touched. Both files are written beside the old ones and renamed into place.
 
     Returns:
-        ``False`` when the folder already ships exactly these bytes (nothing is written).
+        ``False`` when the folder already ships this embedding (same values and metadata; nothing is written).
     """
     from .embedding import TaskEmbedding
 
@@ -499,9 +500,11 @@ def replace_task_embedding(folder: str | os.PathLike[str], task_embedding: TaskE
     sec = _section(meta, str(where))
     _verify_files(where, sec, str(where))
     data = task_embedding if isinstance(task_embedding, bytes) else task_embedding.to_bytes()
-    if (where / EMBEDDING_FILE).read_bytes() == data:
-        return False
     emb = TaskEmbedding.from_bytes(data, source="the task embedding")
+    # compared by content: safetensors does not write its metadata in a fixed order
+    old = TaskEmbedding.load(where / EMBEDDING_FILE)
+    if old.meta == emb.meta and np.array_equal(old.values, emb.values) and np.array_equal(old.trivial, emb.trivial):
+        return False
     sec["task_embedding"] = _embedding_section(emb)
     emb_tmp = where / f".{EMBEDDING_FILE}.tmp-{os.getpid()}"
     card_tmp = where / f".{CARD_FILE}.tmp-{os.getpid()}"

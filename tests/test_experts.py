@@ -29,6 +29,7 @@ from hf_task2vec.experts import (
     load_base,
     load_expert,
     read_card,
+    replace_task_embedding,
 )
 from hf_task2vec.rerank import ExpertSkippedWarning
 from hf_task2vec.sampling import balanced_sample
@@ -234,6 +235,23 @@ def test_altered_or_missing_files_and_non_experts(tmp_path):
     assert info.value.reason == "not_an_expert"
     with pytest.raises(ExpertError, match="neither an existing folder nor a Hub model id"):
         load_expert(tmp_path / "nowhere" / "x")
+
+
+def test_a_new_task_embedding_replaces_the_old_one_and_its_hash_only(tmp_path):
+    folder = _copy(IMAGE_EXPERT, tmp_path)
+    before = {name: (folder / name).read_bytes() for name in (ADAPTER_FILE, ADAPTER_CONFIG_FILE, HEAD_FILE)}
+    other = t2v.TaskEmbedding.load(ZOO / "lite0-fashion-all" / EMBEDDING_FILE)  # another task's embedding
+    assert replace_task_embedding(folder, other) is True
+    assert t2v.TaskEmbedding.load(folder / EMBEDDING_FILE).meta["task"] == other.meta["task"] != t2v.TaskEmbedding.load(IMAGE_EXPERT / EMBEDDING_FILE).meta["task"]
+    sec = _card_section(folder)
+    assert sec["task_embedding"]["head_l2"] == other.meta.get("head_l2", "")
+    assert {name: (folder / name).read_bytes() for name in before} == before
+    load_expert(folder)  # the card's hashes agree with the new file
+    assert replace_task_embedding(folder, other) is False  # the same bytes: nothing written
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no temporary files left
+    (folder / HEAD_FILE).write_bytes(b"altered")
+    with pytest.raises(ExpertError, match="differs from the sha256"):
+        replace_task_embedding(folder, t2v.TaskEmbedding.load(IMAGE_EXPERT / EMBEDDING_FILE))
 
 
 def test_space_reranks_the_default_zoo_index_with_every_shortlisted_expert_loaded(tmp_path):
