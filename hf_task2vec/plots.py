@@ -328,8 +328,11 @@ def line_plot(
 
 # -- interactive figures of an expert search (Plotly; the expert-finder Space draws them) ----------------
 FONT_PX = 13
+MIN_TEXT_PX = 11  # the smallest text the figures write: smaller is not readable on a phone
 LABELLED = 5  # the top experts whose tasks get a text label on the map
 _SUB = "<br><span style='font-size:12px'>"  # a subtitle line (Plotly's <sup> would be under 11 px)
+_CHAR_EM = 0.6  # the width of a digit or a label character, in ems (Inter / Arial digits: about 0.55)
+_COLORBAR_PX = 80  # the heatmap's colour bar with its tick labels and title
 
 
 def classical_mds(d: np.ndarray, dims: int = 2) -> tuple[np.ndarray, float]:
@@ -505,6 +508,28 @@ def expert_task_map(
     return fig, data
 
 
+def _heatmap_cell_px(width: float, columns: int, row_labels: Sequence[str], colorbar: bool) -> float:
+    """The width (px) of one cell of a heatmap drawn ``width`` px wide (an estimate that errs narrow):
+    ``columns`` columns, ``row_labels`` on the left and, with ``colorbar``, a colour bar on the right."""
+    labels_px = max((len(t) for t in row_labels), default=0) * _CHAR_EM * FONT_PX + 8
+    cells_px = width - 16 - labels_px - (_COLORBAR_PX if colorbar else 0)  # 16: the figure's side margins
+    return cells_px / max(1, columns) - 1  # 1: the gap between cells
+
+
+def heatmap_text_size(
+    width: float, columns: int, row_labels: Sequence[str], value_chars: int, *, colorbar: bool = True,
+    font: int = FONT_PX,
+) -> int | None:
+    """The font size (px, at most ``font``) at which values of ``value_chars`` characters fit in the cells
+    of a heatmap drawn ``width`` px wide: ``columns`` columns, ``row_labels`` on the left and, with
+    ``colorbar``, a colour bar on the right. ``None`` when they would need less than `MIN_TEXT_PX`: the
+    cells are too narrow to write in (a phone's, with a few experts), and the values are left to the hover
+    text rather than printed over each other."""
+    room = _heatmap_cell_px(width, columns, row_labels, colorbar) - 4  # 2 px clear on each side
+    size = min(int(font), int(room / (max(1, value_chars) * _CHAR_EM)))
+    return size if size >= MIN_TEXT_PX else None
+
+
 def expert_distance_heatmap(
     embedding: Any,
     index: Any,
@@ -514,12 +539,15 @@ def expert_distance_heatmap(
     max_rows: int = 10,
     scale: float = 1.0,
     unit: str = "",
+    width: float | None = None,
 ) -> tuple[Any, np.ndarray]:
     """The score the ranking uses from each of the top experts (rows) to your task (column 0: the
     table's scores) and to the top experts' training tasks, values written in; an expert against its
     own task is left blank. ``scale``/``unit``: the values are shown times ``scale`` (``unit`` says so,
-    e.g. ``"×10⁶"``) when they are too small to read. Returns the figure and the ``[rows, 1 + rows]``
-    matrix (unscaled)."""
+    e.g. ``"×10⁶"``) when they are too small to read. ``width``: the width (px) the figure will be
+    drawn at (it still takes the width it is given): the values are written in the cells only when they
+    fit at `MIN_TEXT_PX` or more (`heatmap_text_size`), else they are on hover only; ``None`` writes
+    them at the default size. Returns the figure and the ``[rows, 1 + rows]`` matrix (unscaled)."""
     import html
 
     import plotly.graph_objects as go
@@ -543,11 +571,18 @@ def expert_distance_heatmap(
         ]
         for i, m in enumerate(rows)
     ]
+    size: int | None = max(MIN_TEXT_PX, FONT_PX - len(rows) // 4)
+    upright = True  # the column labels side by side (else turned, where the cells are narrower than "yours")
+    if width is not None:
+        chars = max((len(f"{v:.3f}") for v in shown[np.isfinite(shown)]), default=1)
+        size = heatmap_text_size(width, len(xlab), ylab, chars, colorbar=len(rows) > 1, font=size)
+        upright = len("yours") * _CHAR_EM * FONT_PX + 4 <= _heatmap_cell_px(width, len(xlab), ylab, len(rows) > 1)
     fig = go.Figure(go.Heatmap(
-        z=shown, x=xlab, y=ylab, colorscale="Viridis", reversescale=True, texttemplate="%{z:.3f}",
-        textfont=dict(size=max(11, FONT_PX - len(rows) // 4)), hovertext=hover, hoverinfo="text",
-        showscale=len(rows) > 1,
-        colorbar=dict(title=dict(text="lower<br>is better", font=dict(size=12)), thickness=12, nticks=4,
+        z=shown, x=xlab, y=ylab, colorscale="Viridis", reversescale=True,
+        texttemplate="%{z:.3f}" if size else None, textfont=dict(size=size) if size else None,
+        hovertext=hover, hoverinfo="text", showscale=len(rows) > 1,
+        # the title beside the bar, not above it, where the top tick's label runs into it
+        colorbar=dict(title=dict(text="lower is better", font=dict(size=12), side="right"), thickness=12, nticks=4,
                       tickformat=".2f"),
         xgap=1, ygap=1,
     ))
@@ -556,13 +591,15 @@ def expert_distance_heatmap(
     if metric == "asymmetric":
         lines.append("can be negative: a bonus for richer expert tasks")
     lines += ["rows: the experts; first column: your task", "(the table's scores), then the experts' own tasks"]
+    if not size:
+        lines.append("the cells are too narrow for their values: tap or hover")
     top_margin = 76 + 18 * len(lines)  # the title hangs from the top, below the label (not centred in the margin)
     _plotly_layout(
         fig, f"The {metric} score the ranking uses{_SUB}" + "<br>".join(lines) + "</span>",
         94 + top_margin + 44 * len(rows),
     )
     fig.update_yaxes(autorange="reversed", tickfont=dict(size=FONT_PX), automargin=True)
-    fig.update_xaxes(side="bottom", tickfont=dict(size=FONT_PX), tickangle=0)
+    fig.update_xaxes(side="bottom", tickfont=dict(size=FONT_PX), tickangle=0 if upright else -90, automargin=True)
     fig.update_layout(margin=dict(l=8, r=8, t=top_margin, b=8), title=dict(yref="container", y=1, yanchor="top",
                                                                          pad=dict(t=46)))
     return fig, z

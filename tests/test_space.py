@@ -390,6 +390,9 @@ def test_confidence_is_judged_on_ranks_not_on_a_shared_shift():
     idx = ranking.bootstrap_indices(labels, seed=3)
     assert np.bincount(labels[idx]).tolist() == [3, 2, 4] and len(set(idx.tolist())) < len(idx)
     assert ranking.fmt(0.4199) == "0.420" and ranking.fmt(0.39) == "0.390"
+    # a spread below the third decimal is not printed as zero
+    assert ranking.fmt_spread(0.00038) == "0.0004" and ranking.fmt_spread(0.012) == "0.012"
+    assert ranking.fmt_spread(0.0) == "0.000"
     assert ranking.score_scale([4e-8, -1e-8]) == (1e9, "in units of 1e-9") and ranking.score_scale([0.2]) == (1.0, "")
 
 
@@ -420,6 +423,41 @@ def test_class_flag_for_an_expert_trained_on_the_classes(expert_index):
                   classes=EXPERTS[mid][1])
     flags = ranking.class_flags(["dog", "cat"], index, conf)
     assert len(flags) == 1 and "lite0-animal-quadrupeds" in flags[0] and "#4" in flags[0]
+
+
+def test_class_flags_say_one_line_per_training_task():
+    """Experts trained on one task (the zoo trains each task on four image bases, or two text ones) share its
+    task embedding and rank together: one line names them all, said only when the best of them ranks outside
+    the top 3; a task of one expert keeps its own line."""
+    import ranking
+
+    emb = build_expert_index().embedding("test-experts/lite0-animal-quadrupeds")
+    pets = [f"zoo/{base}-animals-pets" for base in ("lite0", "lite1", "lite2", "mnv2")]
+    others = {"zoo/lite0-digits": ["0", "1"], "zoo/lite0-fashion": ["Bag", "Coat"],
+              "zoo/lite0-animals-other": ["bear", "bird", "cat", "dog"]}
+    index = ExpertIndex()
+    for mid in pets:
+        index.add(mid, emb, task="animals-pets", dataset="offline:animal-mnist", classes=["bird", "cat", "dog"])
+    for mid, classes in others.items():
+        index.add(mid, emb, task=mid.split("-", 1)[1], classes=classes)
+
+    def flags(ranks: dict[str, int]) -> list[str]:
+        scores = np.array([[float(ranks[mid]) for mid in index.model_ids]])
+        return ranking.class_flags(["dog", "cat"], index, ranking.summarize(scores, [30, 30]))
+
+    ranks = {"zoo/lite0-digits": 1, "zoo/lite0-fashion": 2, "zoo/lite0-animals-other": 3}
+    out = flags({**ranks, **{mid: 4 + i for i, mid in enumerate(pets)}})
+    assert len(out) == 1, out  # one line for the four pets experts; animals-other is in the top 3
+    assert "The 4 experts trained on animals-pets" in out[0] and "best of them ranks #4" in out[0]
+    assert all(mid in out[0] for mid in pets) and "(cat, dog)" in out[0]
+    # one of the pets experts in the top 3: no line for that task; the task of one expert ranked #7 has its own
+    out = flags({"zoo/lite0-digits": 1, "zoo/lite1-animals-pets": 2, "zoo/lite0-fashion": 3,
+                 "zoo/lite0-animals-pets": 4, "zoo/lite2-animals-pets": 5, "zoo/mnv2-animals-pets": 6,
+                 "zoo/lite0-animals-other": 7})
+    assert out == [
+        "**zoo/lite0-animals-other** was trained on all of your classes (cat, dog) but ranks #7: the Task2Vec "
+        "distance may be wrong about it; consider it too."
+    ]
 
 
 def test_expert_links(monkeypatch):
@@ -485,6 +523,30 @@ def test_short_names_label_placement_and_the_heatmap(expert_index):
     small, _ = plots.expert_distance_heatmap(query, expert_index, expert_index.model_ids[:3], scale=1e6,
                                              unit="in units of 1e-6")
     assert "in units of 1e-6" in small.layout.title.text
+
+
+def test_heatmap_writes_its_values_only_where_they_fit(expert_index):
+    """At a phone's 326 px the cells of four experts are about 15 px wide: their values would be printed over
+    each other, so they are left to the hover text (the title says so); at a desktop's 720 px they are
+    written, at 11 px or more. Either way the figure takes the width it is given."""
+    from hf_task2vec import plots
+
+    query = expert_index.embedding("test-experts/lite0-digits")
+    top = expert_index.model_ids
+    phone, z = plots.expert_distance_heatmap(query, expert_index, top, width=326)
+    desk, _ = plots.expert_distance_heatmap(query, expert_index, top, width=720)
+    assert not phone.data[0].texttemplate and "too narrow for their values: tap or hover" in phone.layout.title.text
+    assert f"{z[0, 0]:.3f}" in phone.data[0].hovertext[0][0], "the values stay on hover"
+    assert desk.data[0].texttemplate == "%{z:.3f}" and desk.data[0].textfont.size >= plots.MIN_TEXT_PX
+    assert "tap or hover" not in desk.layout.title.text
+    assert phone.layout.xaxis.tickangle == -90 and desk.layout.xaxis.tickangle == 0  # "yours" beside "#1" at 720 px
+    assert phone.layout.width is None and desk.layout.width is None and phone.layout.autosize
+    unknown, _ = plots.expert_distance_heatmap(query, expert_index, top)  # width not known: written
+    assert unknown.data[0].texttemplate == "%{z:.3f}"
+    # the estimate: 7 characters need 7 * 0.6 em; the cells narrow as experts are added
+    assert plots.heatmap_text_size(720, 5, ["#1 animal-quadrup…"], 7) == plots.FONT_PX
+    assert plots.heatmap_text_size(720, 11, ["#10 animal-quadrup…"], 7) is None
+    assert plots.heatmap_text_size(326, 5, ["#1 digits"], 6, colorbar=False) == plots.MIN_TEXT_PX  # room left
 
 
 def test_index_options_come_from_the_index(expert_index):
@@ -697,6 +759,39 @@ def test_errors_stay_in_the_status_and_keep_the_last_result(expert_index, tmp_pa
     on_upload = _app_fn(demo, "on_upload")
     capped = on_upload(str(good))
     assert capped.maximum == 18 and capped.value == 18 and "holds 18 images" in capped.info
+
+
+def test_a_search_through_gradio_leaves_tqdm_alone(expert_index, tmp_path, capfd):
+    """A search as the page runs it (through Gradio's queue, with its progress tracker): Gradio's
+    ``Progress(track_tqdm=True)`` would patch tqdm for the whole process, and a bar made before the page
+    (a download while the index loads) then fails when it closes ("'tqdm' object has no attribute
+    '_progress'"). The page reports its steps itself and leaves tqdm alone."""
+    import socket
+
+    import app as space_app
+    import tqdm
+    from gradio_client import Client, handle_file
+
+    earlier = tqdm.auto.tqdm(total=1, disable=True)  # made before the page
+    demo = space_app.build_app(expert_index, examples_dir=tmp_path / "ex")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **space_app.launch_options())
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        zpath = class_folder_zip(tmp_path / "animals.zip", per_class=6)
+        out = client.predict(
+            handle_file(str(zpath)), "", "train", "", "", "", MAX_SAMPLES, 3, "asymmetric", "mds", "", "off", 4, 720,
+            api_name="/find",
+        )
+    finally:
+        demo.close()
+    assert "Best expert" in out[0]
+    earlier.close()  # raised AttributeError: 'tqdm' object has no attribute '_progress' when tqdm was patched
+    assert not hasattr(tqdm.std.tqdm, "__init__orig__"), "Gradio patched tqdm"
+    assert "_progress" not in capfd.readouterr().err
 
 
 _OFFLINE_SCRIPT = """

@@ -3,8 +3,9 @@
 expert index of 10 experts; the first load lists the experts and the examples; one click on the
 footwear example (real Fashion-MNIST images) ranks the experts with their confidence and draws the
 figures; a hostile zip gets a message that is still on the page 15 s later while the last result
-stays; re-ranking the shortlist by LogME shows both stages; and at phone width (390 px) no table
-column is narrower than its content.
+stays; re-ranking the shortlist by LogME shows both stages; at phone width (390 px) no table column is
+narrower than its content and the heatmap prints no value over another; and the text example, on a page that also
+has the text experts of the zoo, is ranked among the text experts in words for texts.
 
 Screenshots go to ``test-output/``; with ``T2V_SPACE_SCREENSHOTS=docs/figures`` (see docs/space.md)
 the desktop and phone screenshots of the docs are written there instead."""
@@ -174,8 +175,22 @@ def _texts_outside(page, elem: str) -> list[list]:
     )
 
 
-def _run_example(page) -> None:
-    page.click("#example-0")
+def _overlapping_texts(page, elem: str) -> list[list]:
+    """The pairs of texts of a Plotly figure whose boxes overlap (values printed over each other in
+    cells too narrow for them): ``[text, text]``."""
+    return page.evaluate(
+        f"""(() => {{ const boxes = [...document.querySelectorAll('#{elem} .main-svg text')]
+            .map(t => [t.textContent.trim(), t.getBoundingClientRect()]).filter(([text, r]) => text && r.width > 0);
+        const out = [];
+        boxes.forEach(([a, r], i) => boxes.slice(i + 1).forEach(([b, q]) => {{
+            if (Math.min(r.right, q.right) - Math.max(r.left, q.left) > 1
+                && Math.min(r.bottom, q.bottom) - Math.max(r.top, q.top) > 1) out.push([a, b]); }}));
+        return out; }})()"""
+    )
+
+
+def _run_example(page, example: str = "#example-0") -> None:
+    page.click(example)
     _wait_for_status(page, "Best expert", timeout_s=600)
     _plots_drawn(page)
 
@@ -227,6 +242,7 @@ def test_example_click_ranks_with_confidence_and_readable_figures(page):
         assert not _texts_outside(page, elem), f"{elem}: labels cut at the edge: {_texts_outside(page, elem)}"
     heat_values = page.evaluate("[...document.querySelectorAll('#heatmap .main-svg text')].map(t => t.textContent)")
     assert scores[0] in heat_values, "the heatmap shows the table's scores"
+    assert not _overlapping_texts(page, "heatmap"), f"heatmap texts overlap: {_overlapping_texts(page, 'heatmap')[:3]}"
     download = page.locator('#embedding a[download="footwear.safetensors"]')
     download.first.wait_for()
     emb = TaskEmbedding.from_bytes(page.request.get(download.first.get_attribute("href")).body())
@@ -339,10 +355,63 @@ def test_phone_width_no_column_narrower_than_its_content(browser, app_url):
             width = pg.locator(f"#{elem} .js-plotly-plot").bounding_box()["width"]
             assert width <= PHONE["width"], f"{elem} is drawn {width:.0f} px wide on a {PHONE['width']} px screen"
             assert not _texts_outside(pg, elem), f"{elem}: labels cut at the edge: {_texts_outside(pg, elem)}"
+        # the heatmap's cells are too narrow for their values here: they are on tap, not printed over each other
+        overlapping = _overlapping_texts(pg, "heatmap")
+        assert not overlapping, f"heatmap texts overlap: {overlapping[:3]}"
+        assert "tap or hover" in pg.locator("#heatmap .main-svg .gtitle").text_content()
         SHOTS.mkdir(parents=True, exist_ok=True)
         pg.evaluate("document.querySelector('#status').scrollIntoView({block: 'start'})")  # the result on screen
         pg.screenshot(path=str(SHOTS / "space-phone.png"), full_page=False)
         OUTPUT.mkdir(exist_ok=True)
         pg.screenshot(path=str(OUTPUT / "space-phone-full.png"), full_page=True)
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def text_app_url(tmp_path_factory):
+    """The page with the image experts of `ten_expert_index` and the zoo's text experts (the Space's default
+    text index, `finder.load_text_expert_index`), as a deployed Space has both; yields the URL and the
+    element id of the text example."""
+    import app as space_app
+    import finder
+
+    demo = space_app.build_app(
+        ten_expert_index(), text_index=finder.load_text_expert_index(), examples_dir=tmp_path_factory.mktemp("ex")
+    )
+    text_example = next(i for i, (path, _) in enumerate(demo.t2v_examples) if path.suffix == ".csv")
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **space_app.launch_options())
+    try:
+        yield f"http://127.0.0.1:{port}/", f"#example-{text_example}"
+    finally:
+        demo.close()
+
+
+def test_text_example_is_ranked_among_text_experts_in_words_for_texts(browser, text_app_url):
+    import finder
+
+    url, example = text_app_url
+    context, pg = _open(browser, url, DESKTOP)
+    try:
+        assert "Text" in pg.locator(example).inner_text()
+        _run_example(pg, example)
+        status = _status(pg)
+        assert "80 texts, 2 classes" in status and "How often it is right, for text" in status
+        assert "your texts" in status or "texts per class" in status
+        page_text = pg.locator("body").inner_text().lower()
+        assert "your images" not in page_text and "images per class" not in page_text, "image words on a text task"
+        rows = _rows(pg, "experts")
+        assert rows[0][:3] == ["score", "rank", "expert"]
+        body = [r for r in rows[1:] if r]
+        text_experts = set(finder.load_text_expert_index().model_ids)
+        assert len(body) == 5 and all(r[2] in text_experts for r in body), f"not text experts: {body}"
+        # the scores read with three decimals, not all 0.000 (text distances can be tiny: the page rescales them)
+        scores = [r[0] for r in body]
+        assert all(len(s.split(".")[1]) == 3 for s in scores) and scores == sorted(scores, key=float)
+        assert any(float(s) != 0 for s in scores), f"unreadable scores: {scores}"
+        OUTPUT.mkdir(exist_ok=True)
+        pg.screenshot(path=str(OUTPUT / "space-text.png"), full_page=True)
     finally:
         context.close()

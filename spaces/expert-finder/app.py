@@ -87,6 +87,16 @@ TABLE_LAYOUTS = {
 }
 
 
+def measure_width(position: int) -> str:
+    """The JavaScript a search starts with: it puts the width (px) the figures will be drawn at into input
+    ``position`` (the heatmap's, else the status's above it, in the same column, before the first result)."""
+    return f"""(...args) => {{
+        const box = s => document.querySelector(s)?.getBoundingClientRect().width || 0;
+        const width = box('#heatmap .js-plotly-plot') || box('#status');
+        args[{position}] = width ? Math.round(width) : null;
+        return args.slice(0, {position + 1}); }}"""
+
+
 def table_layout(table: Any) -> dict[str, list[str]]:
     """The `TABLE_LAYOUTS` entry of a result table (by its columns)."""
     return TABLE_LAYOUTS[tuple(table.columns)]
@@ -222,8 +232,11 @@ def build_app(
         last_good: str | None,
         rerank: str = finder.RERANK_OFF,
         shortlist: float = 4,
+        figure_width: float | None = None,
         oauth_token: gr.OAuthToken | None = None,
-        progress: gr.Progress = gr.Progress(track_tqdm=True),
+        # not track_tqdm: it patches tqdm for the whole process, and a bar made before the patch then fails
+        # when it closes ("'tqdm' object has no attribute '_progress'"); the search reports its steps itself
+        progress: gr.Progress = gr.Progress(),
     ):
         keep = gr.skip()
         try:
@@ -262,9 +275,9 @@ def build_app(
                     projection=projection,
                     limits=limits,
                     on_step=lambda f, t: progress(f, desc=t),
-                    progress=True,
                     rerank=rerank,
                     shortlist=int(shortlist),
+                    figure_width=figure_width or None,
                 )
         except Exception as exc:
             if not isinstance(exc, InputError) and not finder.hub_unreachable(exc):
@@ -341,6 +354,7 @@ def build_app(
         mode = gr.State("upload")
         emb_state = gr.State(None)
         last_good = gr.State(None)
+        figure_width = gr.Number(None, visible=False)  # measured in the browser when a search starts
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 with gr.Tabs() as tabs:
@@ -498,11 +512,11 @@ def build_app(
             last_good,
             rerank,
             shortlist,
+            figure_width,
         ]
         outputs = [status, table, task_map, heatmap, emb_file, emb_state, last_good, results]
-        run.click(searching, None, status, queue=False).then(
-            find, inputs, outputs, concurrency_id="search", show_progress_on=[status]
-        )
+        search = dict(concurrency_id="search", show_progress_on=[status], js=measure_width(len(inputs) - 1))
+        run.click(searching, None, status, queue=False).then(find, inputs, outputs, **search)
         rerank.change(runnable_note, rerank, runnable, queue=False)
         for button, path in example_buttons:
             button.click(
@@ -510,9 +524,7 @@ def build_app(
                 None,
                 [upload, mode, tabs, max_samples],
                 queue=False,
-            ).then(searching, None, status, queue=False).then(
-                find, inputs, outputs, concurrency_id="search", show_progress_on=[status]
-            )
+            ).then(searching, None, status, queue=False).then(find, inputs, outputs, **search)
         push_btn.click(push, [emb_state, repo, token], push_status, concurrency_id="search")
     demo.queue(default_concurrency_limit=1, max_size=int(os.environ.get("T2V_SPACE_QUEUE_SIZE", "16")))
     demo.t2v_examples = built_examples  # for tests and scripts

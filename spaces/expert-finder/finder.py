@@ -352,10 +352,13 @@ def search(
     on_step: Any = None,
     rerank: str | None = None,
     shortlist: int | None = None,
+    figure_width: float | None = None,
 ) -> SearchResult:
     """Rank the experts for ``prepared`` (`hf_task2vec.expert_search.find_experts`) and put the result
     in the page's words. ``probe`` / ``method`` other than the index's are refused; ``rerank``
-    (``"off"`` / ``None``: Task2Vec only) re-ranks the ``shortlist`` nearest experts."""
+    (``"off"`` / ``None``: Task2Vec only) re-ranks the ``shortlist`` nearest experts. ``figure_width``:
+    the width (px) the page draws the figures at (the heatmap writes its values in the cells only where
+    they fit); ``None``: not known."""
     from hf_task2vec import Task2VecError
     from hf_task2vec.expert_search import check_settings, find_experts
     from hf_task2vec.plots import expert_distance_heatmap, expert_task_map
@@ -404,7 +407,7 @@ def search(
     top = [r.model_id for r in records]
     map_fig, _ = expert_task_map(emb, index, top, projection=projection)
     heat_fig, heat = expert_distance_heatmap(
-        emb, index, top[: int(k)] or top, metric=metric, scale=scale[0], unit=scale[1]
+        emb, index, top[: int(k)] or top, metric=metric, scale=scale[0], unit=scale[1], width=figure_width
     )
     seconds = time.perf_counter() - start
     notes = list(prepared.notes)

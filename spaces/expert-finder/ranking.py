@@ -9,6 +9,7 @@ not that the answer is right.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -50,6 +51,13 @@ def fmt(x: float, scale: float = 1.0) -> str:
     return f"{x * scale:.{DECIMALS}f}"
 
 
+def fmt_spread(x: float, scale: float = 1.0) -> str:
+    """A spread or a difference: three decimals, or one significant digit when those would read 0.000
+    (a spread of 0.0004 is not zero, and the verdict must not say it is)."""
+    v = x * scale
+    return fmt(x, scale) if v == 0 or abs(v) >= 0.5 * 10.0**-DECIMALS else f"{v:.1g}"
+
+
 def score_scale(values: Sequence[float]) -> tuple[float, str]:
     """``(factor, unit)`` that makes tiny scores readable with three decimals: text distances of the
     order of 1e-6 read ``0.000`` otherwise. ``(1, "")`` when they are readable as they are."""
@@ -85,13 +93,14 @@ def verdict(conf: Confidence, top_name: str, what: str = "images", scale: tuple[
         n = max(2, len(conf.tied))
         return (
             f"**No clear winner:** the top {n} experts' scores differ by less than they move when your {what} are "
-            f"resampled (about ± {fmt(noise, factor)}{units}); any of them is a reasonable choice, and more {what} "
-            "per class would separate them."
+            f"resampled (about ± {fmt_spread(noise, factor)}{units}); any of them is a reasonable choice, and more "
+            f"{what} per class would separate them."
         )
     lo, hi = conf.lead()
     return (
         f"Stable across resamples: **{top_name}** is first in all {r} resamples of your {what} (its lead over the "
-        f"next: {fmt(lo, factor)} to {fmt(hi, factor)}, more than the ± {fmt(noise, factor)} the scores move{units}). "
+        f"next: {fmt_spread(lo, factor)} to {fmt_spread(hi, factor)}, more than the ± {fmt_spread(noise, factor)} "
+        f"the scores move{units}). "
         "Stable means another sample of the same data gives the same answer, not that the answer is right: see "
         "*How often it is right* below."
     )
@@ -114,20 +123,38 @@ def warnings(conf: Confidence, what: str = "images") -> list[str]:
 
 
 def class_flags(label_names: Sequence[str], index: Any, conf: Confidence, top: int = 3) -> list[str]:
-    """A warning for each expert whose training classes include every class of the upload but ranks
-    outside the ``top``: the distance may be wrong about it, and it deserves a look."""
+    """A warning for each training task that holds every class of the upload while the best of its experts
+    ranks outside the ``top``: the distance may be wrong about it, and it deserves a look. The experts trained
+    on one task (the zoo trains each task on several bases) share its task embedding and rank together, so
+    they get one line, not one each."""
     mine = {str(n).strip().lower() for n in label_names}
     rank = {int(p): i + 1 for i, p in enumerate(conf.order)}
-    out = []
+    by_task: dict[str, list[tuple[int, str]]] = {}
     for pos, mid in enumerate(index.model_ids):
-        classes = index.info(mid).get("classes")
+        info = dict(index.info(mid))
+        classes = info.get("classes")
         if not isinstance(classes, list) or not mine <= {str(c).strip().lower() for c in classes}:
             continue
-        if rank[pos] > top:
+        # the training task as the task map names it (plots._map_points): the card's task, else the expert
+        by_task.setdefault(str(info.get("task") or mid), []).append((rank[pos], mid))
+    yours = html.escape(", ".join(sorted(str(n) for n in label_names)))
+    out = []
+    for task, members in sorted(by_task.items(), key=lambda item: min(item[1])):
+        best = min(r for r, _ in members)
+        if best <= top:
+            continue
+        if len(members) == 1:
             out.append(
-                f"**{mid}** was trained on all of your classes ({', '.join(sorted(label_names))}) but ranks "
-                f"#{rank[pos]}: the Task2Vec distance may be wrong about it; consider it too."
+                f"**{html.escape(members[0][1])}** was trained on all of your classes ({yours}) but ranks #{best}: "
+                "the Task2Vec distance may be wrong about it; consider it too."
             )
+            continue
+        names = ", ".join(html.escape(mid) for _, mid in sorted(members))
+        out.append(
+            f"**The {len(members)} experts trained on {html.escape(task)}** ({names}) were trained on all of your "
+            f"classes ({yours}) but the best of them ranks #{best}: the Task2Vec distance may be wrong about that "
+            "task; consider them too."
+        )
     return out
 
 
