@@ -162,11 +162,11 @@ class Task2Vec:
         fit_head: retrain the linear head on the task (``False`` keeps the probe's head, e.g. for
             analytic checks; it must then have one output per class).
         head_epochs: maximum L-BFGS iterations (full passes over the cached features) of the head fit.
-        head_l2: L2 strength of the head fit (mean cross-entropy ``+ head_l2/2 ||W||^2``). ``"auto"``
-            (default): the strength the task's own examples support, by the evidence (type-II maximum
-            likelihood of the head's prior precision on the cached features, `select_head_l2`; the
-            value chosen is recorded as ``head_l2_fitted``). A number fixes it (the paper's setting
-            was a small fixed one, 1e-3 here before; it keeps separable tasks at a finite optimum).
+        head_l2: L2 strength of the head fit (mean cross-entropy ``+ head_l2/2 ||W||^2``; the default
+            1e-3 keeps separable tasks at a finite optimum). ``"auto"``: the strength the task's own
+            examples support, by the evidence (type-II maximum likelihood of the head's prior precision
+            on the cached features, `select_head_l2`; the value chosen is recorded as
+            ``head_l2_fitted``). Measured, not yet the default: README, "The head's strength".
         batch_size: examples per forward/backward pass; ``None`` (default) picks one for the memory:
             on the CPU, 32 images up to 112 px and fewer above (``32 * (112 / side)^2``: 8 at 224 px,
             which keeps one embed under 3 GB with the embedded probe), 32 on an accelerator and for
@@ -197,7 +197,7 @@ class Task2Vec:
         max_samples: int | None = 10_000,
         fit_head: bool = True,
         head_epochs: int = 500,
-        head_l2: float | Literal["auto"] = "auto",
+        head_l2: float | Literal["auto"] = 1e-3,
         batch_size: int | None = None,
         seed: int = 0,
         device: str | torch.device | None = None,

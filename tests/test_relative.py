@@ -99,8 +99,8 @@ def test_rescaled_layers_give_the_same_embedding():
 
 def test_no_signal_gives_the_trivial_embedding():
     """A head that predicts a constant has Fisher 0: the embedding is exactly the trivial one. Labels
-    independent of x: the evidence gives the head no weights (the trivial embedding); a fixed weak head's
-    data norm falls as N grows and stays far below a real task's."""
+    independent of x: the evidence (``head_l2="auto"``) gives the head no weights (the trivial embedding);
+    the default fixed weak head's data norm falls as N grows and stays far below a real task's."""
     probe, _, _ = sigmoid_probe()
     with torch.no_grad():
         probe.head.weight.zero_()
@@ -114,17 +114,17 @@ def test_no_signal_gives_the_trivial_embedding():
         x = torch.randn(n, 6, generator=g, dtype=torch.float64)
         return Task.from_tensors(x, torch.randint(0, 3, (n,), generator=g))
 
-    # default head (strength by the evidence): the evidence prefers no weights at all, so the head is
-    # constant, the Fisher 0 and the embedding exactly the trivial one, at any N
+    # head strength by the evidence (head_l2="auto"): the evidence prefers no weights at all, so the head
+    # is constant, the Fisher 0 and the embedding exactly the trivial one, at any N
     for n in (200, 6400):
-        emb = _embed(_relu_probe(), noise(n), max_samples=None)
+        emb = _embed(_relu_probe(), noise(n), max_samples=None, head_l2="auto")
         assert emb.meta["head_l2_fitted"] == "inf"
         np.testing.assert_array_equal(emb.values, emb.trivial)
         assert emb.data_norm == 0
     # a fixed weak head (the earlier default) fits the noise; its data norm still falls as N grows
     small = _embed(_relu_probe(), noise(200), max_samples=None, head_l2=1e-3).data_norm
     large = _embed(_relu_probe(), noise(6400), max_samples=None, head_l2=1e-3).data_norm
-    signal = _embed(_relu_probe(), _blob_task(k=3, n=600), max_samples=None)
+    signal = _embed(_relu_probe(), _blob_task(k=3, n=600), max_samples=None, head_l2="auto")
     assert np.isfinite(float(signal.meta["head_l2_fitted"]))
     assert large < small / 4, (small, large)
     assert signal.data_norm > 20 * large, (signal.data_norm, large)
