@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .sampling import balanced_sample
+
 logger = logging.getLogger(__name__)
 
 
@@ -170,14 +172,8 @@ def select_head_l2(
     x, y = features.detach().to(torch.float64), labels.detach().to(torch.long)
     n = y.numel()
     cap = max(2 * num_classes, EVIDENCE_MAX_PAIRS // max(num_classes, 1))
-    if n > cap:  # class-balanced subsample: the same number from every class, as far as each has them
-        gen = torch.Generator().manual_seed(seed)
-        order = torch.randperm(n, generator=gen)
-        rank = torch.empty(n, dtype=torch.long)
-        for c in torch.unique(y):
-            members = order[y[order] == c]
-            rank[members] = torch.arange(members.numel())
-        keep = torch.sort(rank, stable=True).indices[:cap]
+    if n > cap:  # the library's class-balanced subsample (`balanced_sample`), seeded
+        keep = torch.as_tensor(balanced_sample(y.numpy(), cap, seed))
         x, y = x[keep], y[keep]
     best: tuple[float, float] | None = None
     init = None
@@ -189,9 +185,7 @@ def select_head_l2(
             best = (alpha, value)
     # alpha -> inf: no weights at all (labels the features do not predict); its evidence is the
     # likelihood of the constant head, as every other term of `log_evidence` vanishes in the limit
-    sw = class_balanced_weights(y, num_classes)
-    bias = constant_head_bias(y, num_classes)
-    no_head = -float((F.cross_entropy(bias.expand(y.numel(), -1), y, reduction="none") * sw).sum())
+    no_head = -fit_linear_head(x, y, num_classes, l2=math.inf)[2]["loss"] * y.numel()
     assert best is not None
     if no_head >= best[1]:
         best = (math.inf, no_head)
