@@ -628,9 +628,11 @@ def hooks_can_run(probe: Probe, first: Inputs) -> str | None:
         return hook
 
     handles = [modules[g.name].register_forward_hook(count(g.name)) for g in probe.filters]
+    # one example answers it: a layer is applied as often per forward whatever the batch size
+    one = {k: v[:1] for k, v in first.items()} if isinstance(first, Mapping) else first[:1]
     try:
         with torch.no_grad():
-            probe(split_loss_mask(to_device(first, probe.device, probe.dtype))[0])
+            probe(split_loss_mask(to_device(one, probe.device, probe.dtype))[0])
     finally:
         for h in handles:
             h.remove()

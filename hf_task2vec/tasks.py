@@ -236,6 +236,17 @@ class Task:
     def class_counts(self) -> np.ndarray:
         return np.bincount(self._labels, minlength=self.num_classes)
 
+    def text_lengths(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Characters of each text (and its pair) at ``indices``: a cheap stand-in for the token count
+        that orders a text pass by length. Raises `TaskError` for a task that holds no texts."""
+        if not self.is_text:
+            raise TaskError(f"task {self.name!r} holds no texts")
+        rows = self.dataset[[int(i) for i in indices]]
+        out = np.array([len(t or "") for t in rows[self.input_column]], dtype=np.int64)
+        if self.pair_column:
+            out += np.array([len(t or "") for t in rows[self.pair_column]], dtype=np.int64)
+        return out
+
     def __repr__(self) -> str:
         return f"Task(name={self.name!r}, examples={len(self)}, classes={self.num_classes}, source={self.source!r})"
 

@@ -588,7 +588,7 @@ def test_wrong_probe_or_estimator_is_refused(tmp_path, expert_index):
         finder.search(prepared, expert_index, tmp_path / "o", method=other)
     with pytest.raises(InputError, match="probe 'embedded-mobilenetv2'"):
         finder.search(prepared, expert_index, tmp_path / "o", probe="embedded-mobilenetv2")
-    with pytest.raises(InputError, match="max images"):
+    with pytest.raises(InputError, match="max examples"):
         finder.search(prepared, expert_index, tmp_path / "o", max_samples=10**9)
 
 
@@ -758,7 +758,7 @@ def test_errors_stay_in_the_status_and_keep_the_last_result(expert_index, tmp_pa
     assert all(isinstance(o, type(gr.skip())) for o in out[1:]), "no output is wiped or badged"
     on_upload = _app_fn(demo, "on_upload")
     capped = on_upload(str(good))
-    assert capped.maximum == 18 and capped.value == 18 and "holds 18 images" in capped.info
+    assert capped.maximum == 18 and capped.value == 18 and "holds 18 examples" in capped.info
 
 
 def test_a_search_through_gradio_leaves_tqdm_alone(expert_index, tmp_path, capfd):

@@ -299,6 +299,38 @@ def test_embed_offline_fortunes_end_to_end():
     assert again.provenance_differences(e.meta) == [] and again.probe.max_length == 32
 
 
+def test_text_passes_read_shortest_first_and_the_order_changes_only_rounding():
+    """Texts are batched by length (padding to each batch's own longest text); the Fisher is a sum and
+    the head a full-batch fit, so the embedding equals the one read in sampled order."""
+    from hf_task2vec import Task2Vec, load_task
+
+    task = load_task(_offline("fortunes", "test"), classes=["computers", "science", "love"])
+
+    class SampledOrder(Task2Vec):
+        def pass_order(self, task, indices):
+            return indices
+
+    kw = dict(max_samples=48, batch_size=8, max_length=48, progress=False, device="cpu", seed=3)
+    sorted_by_length = Task2Vec("embedded-text", **kw)
+    sampled = sorted_by_length.sample(task)
+    order = sorted_by_length.pass_order(task, sampled)
+    lengths = task.text_lengths(order)
+    assert sorted(order.tolist()) == sorted(sampled.tolist()) and (np.diff(lengths) >= 0).all()
+    assert not np.array_equal(order, sampled)  # the sampled order was not sorted already
+    a = sorted_by_length.embed(task)
+    b = SampledOrder("embedded-text", **kw).embed(task)
+    np.testing.assert_allclose(a.values, b.values, rtol=1e-4, atol=1e-6 * float(np.abs(b.values).max()))
+    assert a.meta["head_train_accuracy"] == b.meta["head_train_accuracy"]
+    with pytest.raises(Exception, match="holds no texts"):
+        load_task(_offline_images()).text_lengths([0])
+
+
+def _offline_images():
+    from hf_task2vec.data import load_offline
+
+    return load_offline("digits", "test")
+
+
 def json_loads(text: str):
     import json
 

@@ -311,7 +311,7 @@ def build_app(
             return f"**Error: cannot push:** {type(exc).__name__}: {html.escape(str(exc)[:200])}"
 
     def on_upload(path: str | None):
-        """Cap the *max images* slider at the upload's size (and say how many images it holds). The
+        """Cap the *max examples* slider at the upload's size (and say how many examples it holds). The
         slider's value is not an input here: a stale value above the new maximum would be refused."""
         n = finder.count_examples(path, limits) if path else None
         if n is None:
@@ -320,7 +320,7 @@ def build_app(
         return gr.Slider(
             maximum=top,
             value=min(default_samples, top),
-            info=f"{helps.get('max_samples', '')} Your upload holds {n} images.",
+            info=f"{helps.get('max_samples', '')} Your upload holds {n} examples.",
         )
 
     def searching() -> str:
@@ -400,7 +400,7 @@ def build_app(
                         limits.max_samples,
                         value=default_samples,
                         step=1,
-                        label="max images",
+                        label="max examples",
                         info=helps.get("max_samples"),
                         elem_id="max-samples",
                     )

@@ -241,7 +241,7 @@ def index_options(index: Any, limits: Limits | None = None) -> dict[str, Any]:
             "method": f"How the Fisher information is estimated: {METHOD_WORDS.get(method, method)}. Fixed by the "
             "index, like the probe.",
             "image_size": f"Images are resized to {size} px, as for the experts.",
-            "max_samples": "At most this many of your images are used (class-balanced); more is slower and surer.",
+            "max_samples": "At most this many of your examples are used (class-balanced); more is slower and surer.",
             "k": "How many experts the table and the heatmap show.",
             "metric": "asymmetric: the paper's rule (recommended); symmetric: plain distance"
             + ("; model2vec: learned from the experts' fine-tuning errors." if "model2vec" in metrics else "."),
@@ -373,7 +373,7 @@ def search(
     if projection not in PROJECTIONS:
         raise InputError(f"unknown map {projection!r}; choose one of {PROJECTIONS}")
     if not 2 <= int(max_samples) <= limits.max_samples:
-        raise InputError(f"max images must lie in 2..{limits.max_samples}, got {max_samples}")
+        raise InputError(f"max examples must lie in 2..{limits.max_samples}, got {max_samples}")
     size = settings.get("image_size", "")
     if not probe_loaded(settings["probe"], size):
         step(0.12, "Loading the probe network (only the first search after start-up; about 20 s)")

@@ -72,10 +72,10 @@ def unit(task: Any) -> str:
 
 
 def for_text(text: str, task: Any) -> str:
-    """A sentence written for images, worded for a text task ("*max images*" names the slider)."""
+    """A sentence written for images, worded for a text task (the slider is "max examples", the same for both)."""
     if not getattr(task, "is_text", False):
         return text
-    return re.sub(r"(?<!max )\bimage(s|\(s\))?\b", lambda m: "text" + (m.group(1) or ""), text)
+    return re.sub(r"\bimage(s|\(s\))?\b", lambda m: "text" + (m.group(1) or ""), text)
 
 
 @dataclass

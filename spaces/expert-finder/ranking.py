@@ -111,7 +111,7 @@ def warnings(conf: Confidence, what: str = "images") -> list[str]:
     if conf.too_few:
         out.append(
             f"Too few {what} to rank reliably: the smallest class has {conf.per_class} {what[:-1]}(s) (at least "
-            f"{MIN_PER_CLASS} per class are advised). Add {what} or raise *max images*."
+            f"{MIN_PER_CLASS} per class are advised). Add {what} or raise *max examples*."
         )
     if conf.unstable:
         n = conf.scores.shape[1]
