@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hf_task2vec import _dsym_kernels as kernels  # noqa: E402
-from hf_task2vec.ann import TwoStageIndex  # noqa: E402
+from hf_task2vec.ann import DEFAULT_COMPONENTS, TwoStageIndex  # noqa: E402
 
 REAL = ROOT / "benchmarks" / "results" / "expert_index" / "experts.safetensors"
 ALPHA = 0.15
@@ -166,9 +166,13 @@ def run_size(n: int, args) -> dict:
     model = ExpertModel(n, seed=args.seed)
     queries = model.queries(args.queries)
     trivial = model.floor[None]
-    t = time.perf_counter()
-    index = TwoStageIndex.build(model.chunks, trivial=trivial, alpha=ALPHA, n_components=args.components)
-    build_s = time.perf_counter() - t
+    # one index per candidate-space size (the first is the baseline: the previous default)
+    indexes, build_s = {}, {}
+    for comps in args.components:
+        t = time.perf_counter()
+        indexes[comps] = TwoStageIndex.build(model.chunks, trivial=trivial, alpha=ALPHA, n_components=comps)
+        build_s[comps] = time.perf_counter() - t
+    index = indexes[args.components[-1]]
     bias = -ALPHA * index.complexity
     # reference: exact d_asym from the float64 values; float32 copies for the final exact step (in RAM
     # up to --ram-max experts, else a memory-mapped file)
@@ -190,7 +194,9 @@ def run_size(n: int, args) -> dict:
         values.flush()
     ref_top = [top_k(ref[q], args.k) for q in range(args.queries)]
     rows = []
-    for cands, refine in [(c, args.refine) for c in args.candidates] + [(args.candidates[-1], -1)]:
+    runs = [(comps, c, args.refine) for comps in args.components for c in args.candidates]
+    for comps, cands, refine in runs + [(args.components[-1], args.candidates[-1], -1)]:
+        index = indexes[comps]
         index.values = values if refine >= 0 else None
         times, same_set, same_order, cand_recall = [], 0, 0, []
         for q in range(args.queries):
@@ -204,6 +210,7 @@ def run_size(n: int, args) -> dict:
         times.sort()
         rows.append(
             {
+                "components": comps,
                 "candidates": cands,
                 "refine": refine if refine >= 0 else "none (codes only)",
                 "median_ms": 1e3 * statistics.median(times),
@@ -234,9 +241,9 @@ def run_size(n: int, args) -> dict:
         "clusters": model.n_clusters,
         "queries": args.queries,
         "k": args.k,
-        "build_s": build_s,
+        "build_s": {str(c): s for c, s in build_s.items()},
         "reference_s": ref_s,
-        "bytes_per_expert": index.bytes_per_expert,
+        "bytes_per_expert": {str(c): ix.bytes_per_expert for c, ix in indexes.items()},
         "codes_storage_mb": index.codes.nbytes / 2**20,
         "float32_values": "RAM" if not isinstance(values, np.memmap) else "memory-mapped file",
         "two_stage": rows,
@@ -274,28 +281,31 @@ def write_markdown(results: dict, path: Path) -> None:
         "embeddings (see the script's docstring); reference = exact d_asym (alpha 0.15) from the float64 values. "
         "One query at a time, all timings in the same run.",
         "",
-        "| experts | candidates | exact re-score of best | median ms | p90 ms | top-10 = exact (set) "
+        "| experts | components | candidates | exact re-score of best | median ms | p90 ms | top-10 = exact (set) "
         "| top-10 = exact (order) | candidate recall@10 |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["sizes"]:
         for row in r["two_stage"]:
             lines.append(
-                f"| {r['experts']:,} | {row['candidates']} | {refine_label(row['refine'])} "
+                f"| {r['experts']:,} | {row.get('components', 128)} | {row['candidates']} "
+                f"| {refine_label(row['refine'])} "
                 f"| {row['median_ms']:.2f} | {row['p90_ms']:.2f} | {100 * row['top10_same_set']:.1f}% "
                 f"| {100 * row['top10_same_order']:.1f}% | {row['candidate_recall_at_10']:.4f} |"
             )
     lines += [
         "",
-        "| experts | clusters | build s | RAM per expert | 16-bit codes | exact scan, codes (ms) "
+        "| experts | clusters | build s (per components) | RAM per expert | 16-bit codes | exact scan, codes (ms) "
         "| exact scan, float32 (ms) | previous exact kernel (ms) | codes-only top-10 order = exact |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["sizes"]:
         old = f"{r['old_kernel_exact_median_ms']:.0f}" if "old_kernel_exact_median_ms" in r else "-"
         f32 = f"{r['exact_float32_median_ms']:.0f}" if "exact_float32_median_ms" in r else "-"
+        build = ", ".join(f"{c}: {s:.0f}" for c, s in r["build_s"].items())
+        ram = ", ".join(f"{c}: {b / 1024:.1f} KB" for c, b in r["bytes_per_expert"].items())
         lines.append(
-            f"| {r['experts']:,} | {r['clusters']:,} | {r['build_s']:.0f} | {r['bytes_per_expert'] / 1024:.1f} KB "
+            f"| {r['experts']:,} | {r['clusters']:,} | {build} | {ram} "
             f"(+ {4 * r['dim'] / 1024:.0f} KB float32 in {r['float32_values']}) | {r['codes_storage_mb']:.0f} MB "
             f"| {r['exact_codes_median_ms']:.0f} | {f32} | {old} | {100 * r['exact_codes_top10_same_order']:.0f}% |"
         )
@@ -308,8 +318,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", default="200,100", help="queries per size (comma-separated, aligned)")
     parser.add_argument("--exact-queries", type=int, default=5)
-    parser.add_argument("--candidates", default="64,128,256")
-    parser.add_argument("--components", type=int, default=128)
+    parser.add_argument("--candidates", default="256,1024")
+    parser.add_argument(
+        "--components", default=f"128,{DEFAULT_COMPONENTS}", help="candidate-space sizes; the first is the baseline"
+    )
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--old-kernel-max", type=int, default=10_000)
@@ -320,6 +332,7 @@ def main() -> None:
     parser.add_argument("--name", default="expert_search")
     args = parser.parse_args()
     args.candidates = [int(c) for c in args.candidates.split(",")]
+    args.components = [int(c) for c in args.components.split(",")]
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"numba {numba.__version__} ({numba.get_num_threads()} threads), faiss {faiss.__version__}",

@@ -19,8 +19,8 @@ fused kernel. `TwoStageIndex` keeps the exact answer and makes it fast:
    them (~1e-8 from float64), so the order of the returned top-k is the exact one.
 
 Memory per expert: ``2 * D`` bytes (codes) + ``4 * n_components`` (projection) + the HNSW links
-(``~ 8 * M`` bytes) + 8 (complexity); for the embedded probe (D = 21,008, 128 components, M = 32)
-~42 KB, plus ``4 * D`` bytes of float32 values that the final step reads for ``k + refine`` rows per query.
+(``~ 8 * M`` bytes) + 8 (complexity); for the embedded probe (D = 21,008, 512 components, M = 32)
+~44 KB, plus ``4 * D`` bytes of float32 values that the final step reads for ``k + refine`` rows per query.
 
 Why faiss (faiss-cpu) rather than hnswlib: it is actively maintained (hnswlib's last release is from
 2023), ships HNSW, IVF and PCA in one wheel with the same API on CPU and GPU, and serialises an index
@@ -44,10 +44,25 @@ from . import _dsym_kernels as kernels
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANN_FORMAT_VERSION", "TwoStageIndex"]
+__all__ = ["ANN_FORMAT_VERSION", "DEFAULT_COMPONENTS", "TwoStageIndex", "default_candidates"]
 
 ANN_FORMAT_VERSION = "1"
 LOG_FLOOR = 1e-6  # relative to each column's maximum: zeros (and anything smaller) sit at log(1e-6)
+# The candidate stage's size, from benchmarks/results/expert_search.md (synthetic experts, 100 queries):
+# with 128 components the exact top-10 was among the candidates in 80% of queries at 100,000 experts (256
+# candidates) and 90% (1,024); with 512 components in 95% and 100%. At 10,000 experts 512 components and
+# 256 candidates found it every time. The representation, not the HNSW graph, lost them: an exact scan
+# of the 128-component projections found all ten among 256 in 71% of queries, among 1,024 in 91%
+# (benchmarks/results/expert_search_candidates.md).
+DEFAULT_COMPONENTS = 512
+SMALL_INDEX = 20_000  # experts; up to here 256 candidates (measured at 10,000), above 1,024 (at 100,000)
+
+
+def default_candidates(n_experts: int, k: int) -> int:
+    """Stage-1 size when none is given: 256 candidates up to `SMALL_INDEX` experts, 1,024 above (a
+    denser index has more experts between what the projection sees and the exact distance), and at
+    least ``16 * k``."""
+    return max(16 * int(k), 256 if n_experts <= SMALL_INDEX else 1024)
 
 Chunks = Callable[[], Iterable[np.ndarray]]
 
@@ -168,7 +183,7 @@ class TwoStageIndex:
         cls,
         values: np.ndarray | Chunks,
         *,
-        n_components: int = 128,
+        n_components: int = DEFAULT_COMPONENTS,
         pca_sample: int = 4096,
         hnsw_m: int = 32,
         ef_construction: int = 128,
@@ -267,20 +282,21 @@ class TwoStageIndex:
         query: np.ndarray,
         k: int,
         *,
-        candidates: int = 256,
+        candidates: int | None = None,
         refine: int = 20,
         bias: np.ndarray | None = None,
         ef_search: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best experts by ``d_sym(expert, query) + bias``.
 
-        ``candidates`` experts come from the HNSW graph and are scored from their 16-bit codes; when
-        the index has ``values`` (float32, possibly memory-mapped), the best ``k + refine`` of them are
-        scored again from those (agreement with float64 ~1e-8). Returns ``(indices, scores)``, best
-        first (ties: lower index first).
+        ``candidates`` experts (default `default_candidates`) come from the HNSW graph and are scored
+        from their 16-bit codes; when the index has ``values`` (float32, possibly memory-mapped), the
+        best ``k + refine`` of them are scored again from those (agreement with float64 ~1e-8).
+        Returns ``(indices, scores)``, best first (ties: lower index first).
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        candidates = default_candidates(len(self), k) if candidates is None else candidates
         cand = self.candidates(query, max(candidates, k), ef_search)
         scores = self.coder.codes_to_query(self.codes, cand, query)
         if bias is not None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ._dsym_kernels import ScaledRows
-from .ann import TwoStageIndex
+from .ann import TwoStageIndex, default_candidates
 from .compat import comparability_settings, incompatibilities, incompatible_error
 from .distance import DEFAULT_ALPHA, sym_rows
 from .embedding import COMPATIBILITY_KEYS, LayerSlice, TaskEmbedding, atomic_write_bytes
@@ -454,7 +454,8 @@ class ExpertIndex:
                 two-stage search of `hf_task2vec.ann` (faiss HNSW candidates on a PCA of the log Fisher,
                 re-ranked by the exact distance; built on first use). Default: exact while experts x
                 filters < `EXACT_MAX_FILTER_PAIRS` (or with ``k=None``), two-stage above.
-            candidates: stage-1 size of the two-stage search (default ``max(256, 16 * k)``).
+            candidates: stage-1 size of the two-stage search (default `hf_task2vec.ann.default_candidates`:
+                256 up to 20,000 experts, 1,024 above).
             **rerank_options: ``max_examples``, ``seed``, ``root``, ``device``, ``batch_size`` of the re-ranking.
 
         Returns:
@@ -507,7 +508,7 @@ class ExpertIndex:
             bias = -a * self._complexities(metric)
         k = min(k, len(self))
         idx, scores = self._two_stage(metric, bias, a).search(
-            task_embedding.values, k, candidates=candidates or max(256, 16 * k), bias=bias
+            task_embedding.values, k, candidates=candidates or default_candidates(len(self), k), bias=bias
         )
         return [
             ExpertMatch(self._ids[i], float(s), r + 1, metric, dict(self._info[i]))

@@ -61,6 +61,20 @@ def test_candidates_alone_are_approximate_and_the_re_ranking_is_what_makes_it_ex
     assert differs > 0
 
 
+def test_default_candidates_grow_with_the_index_and_with_k():
+    from hf_task2vec.ann import SMALL_INDEX, default_candidates
+
+    assert default_candidates(10_000, 10) == 256 and default_candidates(SMALL_INDEX, 10) == 256
+    assert default_candidates(SMALL_INDEX + 1, 10) == 1024 and default_candidates(100_000, 10) == 1024
+    assert default_candidates(10_000, 100) == 1600  # never fewer than 16 per expert asked for
+    # a search without candidates= uses them: here all 300 experts, so the top-5 is the exact one
+    values, queries = _clustered(300, 128, seed=4, n_queries=2)
+    index = TwoStageIndex.build(values, n_components=8)
+    for q in queries:
+        ref = pairwise_distances(values, q[None], kind="symmetric")[:, 0]
+        assert index.search(q, 5)[0].tolist() == np.lexsort((np.arange(300), ref))[:5].tolist()
+
+
 def test_codes_only_scores_are_within_1e5_and_a_full_scan_ranks_like_exact():
     values, queries = _clustered(400, 256, seed=2, n_queries=5)
     index = TwoStageIndex.build(values, n_components=16)
