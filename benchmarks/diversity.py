@@ -32,6 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
+def _f4(x: float) -> str:
+    """Four decimals, without the '-0.0000' of a float rounding below zero."""
+    return f"{x:.4f}".replace("-0.0000", "0.0000")
+
+
 def _two_class(name: str, classes: list[str], per_class: int, seed: int = 0):
     import datasets
 
@@ -98,15 +103,19 @@ def main() -> None:
             "# Diversity coefficients of the offline text (benchmarks/diversity.py)",
             "",
             f"{args.num_batches} batches of {args.batch_size} texts, {args.max_length} tokens, cosine distance, "
-            "95% bootstrap CI. Next-token rows use a tiny GPT-2-architecture model trained here on the offline "
-            "text (not GPT-2); not comparable with the paper's GPT-2 values "
+            "95% bootstrap CI. Supervised rows use `method='montecarlo'` (Beyond Scale's recipe), whatever "
+            "`Task2Vec`'s default estimator is. Next-token rows use a tiny GPT-2-architecture model trained here "
+            "on the offline text (not GPT-2); not comparable with the paper's GPT-2 values "
             + ", ".join(f"{k} {v}" for k, v in PAPER_REFERENCE_VALUES.items())
             + " (the paper's).",
             "",
             "| objective | dataset | diversity | 95% CI |",
             "|---|---|---|---|",
-            *[f"| {r['objective']} | {r['dataset']} | {r['coefficient']:.4f} | {r['ci95'][0]:.4f}-{r['ci95'][1]:.4f} |"
-              for r in rows],
+            *[
+                f"| {r['objective']} | {r['dataset']} | {_f4(r['coefficient'])} "
+                f"| {_f4(r['ci95'][0])}-{_f4(r['ci95'][1])} |"
+                for r in rows
+            ],
             "",
             f"Machine: {summary['machine']}; total {summary['seconds']:.0f} s.",
         ]
