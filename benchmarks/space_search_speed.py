@@ -8,7 +8,7 @@ index's experts, and Animal-MNIST (cat / dog / bear) at the index's 32 px ranked
 index's. Each search runs once to warm up (probe loaded, index read), then ``--repeats`` times; the
 median is reported, and the ratio text / image.
 
-    python benchmarks/space_search_speed.py       # ~2 min on the idle 2-core box
+    python benchmarks/space_search_speed.py       # ~3 min on the idle 2-core box
 
 Writes ``benchmarks/results/space_search_speed.{md,json}``.
 """
@@ -51,6 +51,36 @@ def upload(dataset: str, classes: list[str]) -> PreparedTask:
     return PreparedTask(full.subset(idx), [], "benchmark")
 
 
+def probe_costs(repeats: int) -> dict[str, float]:
+    """Seconds of one warm `Task2Vec.embed` of the same two uploads (max_samples 200, like the indexes)
+    with the image index's probe and with text probes of less work: where the text / image ratio comes
+    from, and what a cheaper text index would buy."""
+    from hf_task2vec import Task2Vec
+    from hf_task2vec.onnx_text import load_minilm_l3_probe
+
+    text = upload("fortunes", UPLOADS["text"][1]).task
+    image = upload("animal-mnist", UPLOADS["image"][1]).task
+    kw = {"progress": False, "device": "cpu", "max_samples": 200}
+    setups = {
+        "image: embedded (EfficientNet-Lite0), 32 px": (Task2Vec("embedded", image_size=32, **kw), image),
+        "text: embedded-text (MiniLM-L6), max_length 64 (the text index)": (
+            Task2Vec("embedded-text", max_length=64, **kw), text),
+        "text: embedded-text (MiniLM-L6), max_length 32": (Task2Vec("embedded-text", max_length=32, **kw), text),
+        "text: MiniLM-L3 (ONNX weights), max_length 64": (
+            Task2Vec(load_minilm_l3_probe(max_length=64), **kw), text),
+    }
+    out = {}
+    for name, (embedder, task) in setups.items():
+        embedder.embed(task)
+        seconds = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            embedder.embed(task)
+            seconds.append(time.perf_counter() - t0)
+        out[name] = statistics.median(seconds)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -77,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "experts": len(index.model_ids), "seconds": seconds,
                                   "median_s": statistics.median(seconds)}
     res["text_over_image"] = res["kinds"]["text"]["median_s"] / res["kinds"]["image"]["median_s"]
+    res["embed_seconds"] = probe_costs(args.repeats)
     info = machine_info()
     res["machine"] = f"{info['cpu']}, {info['cores']} cores, torch {info['torch']}, {args.threads} thread(s)"
     res["load"] = [list(load0), list(os.getloadavg())]
@@ -97,6 +128,16 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {kind}: {r['dataset']} ({', '.join(r['classes'])}) | {r['examples']} | {r['experts']} | "
                      f"{r['median_s']:.1f} | {', '.join(f'{s:.1f}' for s in r['seconds'])} |")
     lines += ["", f"Text / image: **{res['text_over_image']:.2f}x** (target: within 2x)."]
+    base = next(iter(res["embed_seconds"].values()))
+    lines += [
+        "",
+        "One warm `Task2Vec.embed` of the same uploads (no resamples, no figures), median of "
+        f"{args.repeats}: where the ratio comes from.",
+        "",
+        "| probe | s per embedding | vs the image probe |",
+        "|---|---|---|",
+        *[f"| {name} | {sec:.2f} | {sec / base:.2f}x |" for name, sec in res["embed_seconds"].items()],
+    ]
     (out_dir / "space_search_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
