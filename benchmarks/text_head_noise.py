@@ -52,6 +52,24 @@ def fisher_embedding(embedder: t2v.Task2Vec, probe: t2v.Probe, task, indices: np
     return TaskEmbedding(r.values, r.trivial, probe.layers, {"method": embedder.method})
 
 
+def snr_row(embs: dict[str, list[TaskEmbedding]]) -> dict[str, float]:
+    """Resampling noise (d_sym of a task's two resamples), mean d_sym between different tasks (resample by
+    resample) and their ratio, for ``{task: [resample 0, resample 1]}``."""
+    noise = float(np.mean([distance(a, b) for a, b in embs.values()]))
+    pairs = itertools.combinations(embs, 2)
+    between = float(np.mean([distance(embs[x][s], embs[y][s]) for x, y in pairs for s in (0, 1)]))
+    return {"noise": noise, "between": between, "snr": between / noise}
+
+
+def snr_table(rows: dict[str, dict[str, float]]) -> list[str]:
+    """The markdown table of `snr_row` results, one line per way of embedding."""
+    return [
+        "| Fisher under | noise (resample vs resample) | between tasks | SNR |",
+        "|---|---|---|---|",
+        *[f"| {k} | {v['noise']:.4f} | {v['between']:.4f} | {v['snr']:.2f} |" for k, v in rows.items()],
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--texts", type=int, default=256)
@@ -76,12 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         shared[t.name] = [fisher_embedding(e, pool_head, task, i) for e, i in zip(embedders, indices, strict=True)]
         swapped[t.name] = distance(own[t.name][0], fisher_embedding(embedders[0], heads[1], task, indices[0]))
         print(t.name, flush=True)
-    rows = {}
-    for label, embs in (("own head (the library)", own), ("shared head (2,000-text pool)", shared)):
-        noise = float(np.mean([distance(a, b) for a, b in embs.values()]))
-        pairs = itertools.combinations(embs, 2)
-        between = float(np.mean([distance(embs[x][s], embs[y][s]) for x, y in pairs for s in (0, 1)]))
-        rows[label] = {"noise": noise, "between": between, "snr": between / noise}
+    rows = {"own head (the library)": snr_row(own), "shared head (2,000-text pool)": snr_row(shared)}
     res = {
         "texts": args.texts, "tasks": list(own), "rows": rows,
         "same_texts_two_heads": float(np.mean(list(swapped.values()))),
@@ -96,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         f"max_length 32, default estimator, {args.texts} texts per resample, 2 resamples; load average "
         f"{load0:.1f} -> {os.getloadavg()[0]:.1f}, {res['wall_s']:.0f} s.",
         "",
-        "| Fisher under | noise (resample vs resample) | between tasks | SNR |",
-        "|---|---|---|---|",
-        *[f"| {k} | {v['noise']:.4f} | {v['between']:.4f} | {v['snr']:.2f} |" for k, v in rows.items()],
+        *snr_table(rows),
         "",
         f"The same texts under the two resamples' own heads: d_sym {res['same_texts_two_heads']:.4f}.",
     ]

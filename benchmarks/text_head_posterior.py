@@ -23,7 +23,6 @@ Writes ``benchmarks/results/text_head_posterior.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
@@ -39,10 +38,9 @@ for _p in (REPO, REPO / "benchmarks"):
         sys.path.insert(0, str(_p))
 
 from reproduce_paper_text import Config, TextData, snr_tasks  # noqa: E402
-from text_head_noise import fisher_embedding  # noqa: E402
+from text_head_noise import fisher_embedding, snr_row, snr_table  # noqa: E402
 
 import hf_task2vec as t2v  # noqa: E402
-from hf_task2vec.distance import distance  # noqa: E402
 from hf_task2vec.embedding import TaskEmbedding  # noqa: E402
 from hf_task2vec.head import class_balanced_weights, set_head  # noqa: E402
 
@@ -100,13 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 values.append(fisher_embedding(e, fitted, task, idx).values)
             averaged[t.name].append(TaskEmbedding(np.mean(values, 0), base.trivial, base.layers, dict(base.meta)))
         print(t.name, flush=True)
-    rows = {}
-    for label, embs in (("point head (the library)", point), (f"posterior average ({args.draws} draws)", averaged)):
-        noise = float(np.mean([distance(a, b) for a, b in embs.values()]))
-        between = float(
-            np.mean([distance(embs[x][s], embs[y][s]) for x, y in itertools.combinations(embs, 2) for s in (0, 1)])
-        )
-        rows[label] = {"noise": noise, "between": between, "snr": between / noise}
+    rows = {"point head (the library)": snr_row(point), f"posterior average ({args.draws} draws)": snr_row(averaged)}
     res = {"texts": args.texts, "draws": args.draws, "tasks": list(point), "rows": rows,
            "load": [load0, os.getloadavg()[0]], "wall_s": time.perf_counter() - t0}
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         f"tasks, MiniLM-L6 at max_length 32, default estimator, 2 resamples; load average {load0:.1f} -> "
         f"{os.getloadavg()[0]:.1f}, {res['wall_s']:.0f} s.",
         "",
-        "| Fisher under | noise (resample vs resample) | between tasks | SNR |",
-        "|---|---|---|---|",
-        *[f"| {k} | {v['noise']:.4f} | {v['between']:.4f} | {v['snr']:.2f} |" for k, v in rows.items()],
+        *snr_table(rows),
     ]
     (args.out_dir / "text_head_posterior.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ._dsym_kernels import ScaledRows
-from .ann import TwoStageIndex, default_candidates
+from .ann import TwoStageIndex
 from .compat import comparability_settings, incompatibilities, incompatible_error
 from .distance import DEFAULT_ALPHA, sym_rows
 from .embedding import COMPATIBILITY_KEYS, LayerSlice, TaskEmbedding, atomic_write_bytes
@@ -508,7 +508,7 @@ class ExpertIndex:
             bias = -a * self._complexities(metric)
         k = min(k, len(self))
         idx, scores = self._two_stage(metric, bias, a).search(
-            task_embedding.values, k, candidates=candidates or default_candidates(len(self), k), bias=bias
+            task_embedding.values, k, candidates=candidates, bias=bias
         )
         return [
             ExpertMatch(self._ids[i], float(s), r + 1, metric, dict(self._info[i]))
