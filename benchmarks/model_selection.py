@@ -31,10 +31,17 @@ random-init Lite0; same targets, splits, seeds and ground truth. Written to
 
     python benchmarks/model_selection.py --meta-task architectures [--seeds 1] [--arch-sources animals-all,...]
 
+A third, on the expert zoo that ships in the repository (``--meta-task zoo``): its 64 image experts (LoRA adapters
+on the four networks, 16 source tasks, ``benchmarks/zoo/``) loaded with ``hf_task2vec.experts.load_expert``, plus
+the four networks untouched; Task2Vec uses the embeddings their cards ship. Written to
+``<results-dir>/model_selection_zoo.{md,json}``:
+
+    python benchmarks/model_selection.py --meta-task zoo [--seeds 2] [--zoo-tasks animals-all,...]
+
 The code is the package ``benchmarks/selection/`` (see its ``__init__``): the shared harness (``config``,
-``data``, ``experts``, ``peers``, ``harness``, ``report``) and one module per meta-task in
-``selection/meta_tasks/`` (``lite0``, ``architectures``); a new meta-task is one new module there. This script
-holds the command line.
+``data``, ``experts``, ``peers``, ``harness``, ``report``, ``across``) and one module per meta-task in
+``selection/meta_tasks/`` (``lite0``, ``architectures``, ``zoo``); a new meta-task is one new module there. This
+script holds the command line.
 """
 
 from __future__ import annotations
@@ -52,17 +59,12 @@ for _p in (ROOT, ROOT / "benchmarks"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from selection.across import architecture_summary, tiebreak_summary  # noqa: E402
 from selection.config import ALL_SOURCES, FULL, GENERIC, QUICK, Config  # noqa: E402
 from selection.data import Pool, TargetSpec  # noqa: E402
 from selection.experts import Expert, cache_stem, expert_outputs, generic_expert  # noqa: E402
 from selection.harness import DEFAULT_META_TASK, meta_tasks, run  # noqa: E402
-from selection.meta_tasks.architectures import (  # noqa: E402
-    ARCH_QUICK_SOURCES,
-    ARCH_SOURCES,
-    architecture_config,
-    architecture_summary,
-    tiebreak_summary,
-)
+from selection.meta_tasks.architectures import ARCH_QUICK_SOURCES, ARCH_SOURCES, architecture_config  # noqa: E402
 from selection.peers import PEERS  # noqa: E402
 from selection.report import machine_info  # noqa: E402
 

@@ -379,7 +379,8 @@ def _apply_adapter(probe: Probe, folder: Path, where: str, base: str) -> str:
         raise ExpertError(f"{where}: the adapter's target modules {config.target_modules!r} do not exist in base "
                           f"{base!r} ({str(exc).splitlines()[0]}): the adapter was made for another base",
                           reason="adapter_shape") from exc
-    expected = get_peft_model_state_dict(model)
+    # no embedding layers to save: without this peft looks the base's config.json up on the Hub (a network call)
+    expected = get_peft_model_state_dict(model, save_embedding_layers=False)
     for key, value in state.items():
         if key not in expected:
             raise ExpertError(f"{where}: adapter tensor {key} has no layer in base {base!r}: the adapter was made "

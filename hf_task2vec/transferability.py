@@ -50,6 +50,7 @@ __all__ = [
     "nce",
     "nleep",
     "score_expert",
+    "SFDA_VARIANTS",
     "sfda",
     "sfda_shrinkage",
 ]
@@ -410,10 +411,11 @@ def _ledoit_wolf_shrinkage(centred: np.ndarray) -> float:
 
 
 def _gaussian_posterior(
-    f: np.ndarray, y: np.ndarray, k: int, shrinkage: float
+    f: np.ndarray, y: np.ndarray, k: int, shrinkage: float, identity_scale: float | None = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Posterior ``p(c | x_i)`` of the Gaussian classifier with the class means ``mu_c``, the
-    class priors ``pi_c`` and the shared covariance ``S = (1 - shrinkage) S_W + shrinkage I``.
+    class priors ``pi_c`` and the shared covariance ``S = (1 - shrinkage) S_W + shrinkage s I``
+    (``s = identity_scale``; ``None``: ``tr(S_W) / D``, the mean eigenvalue).
 
     ``logit_ic = x_i^T S^-1 mu_c - 1/2 mu_c^T S^-1 mu_c + log pi_c``. ``S^-1`` is applied in the
     eigenbasis of ``S_W`` (its row space has dimension ``r <= N``; on the orthogonal complement
@@ -429,14 +431,16 @@ def _gaussian_posterior(
     _, sv, vt = np.linalg.svd(within, full_matrices=False)
     keep = sv > (sv[0] if sv.size else 0.0) * 1e-12
     v = vt[keep].T  # [D, r]
-    eig = (1.0 - shrinkage) * sv[keep] ** 2 / n + shrinkage  # eigenvalues of S on span(v)
-    if shrinkage <= 0.0 and v.shape[1] < f.shape[1]:
+    scale = float(np.sum(sv**2) / n / f.shape[1]) if identity_scale is None else float(identity_scale)
+    ridge = shrinkage * scale  # S = shrinkage * scale on the complement of span(v)
+    eig = (1.0 - shrinkage) * sv[keep] ** 2 / n + ridge  # eigenvalues of S on span(v)
+    if ridge <= 0.0 and v.shape[1] < f.shape[1]:
         raise ValueError(
             "SFDA: the within-class scatter is singular (fewer samples than feature dimensions) and the "
             "regularisation is 0; pass shrinkage > 0 (or None for the adaptive value)"
         )
     fv, mv = f @ v, means @ v
-    inv_shrink = 1.0 / shrinkage if shrinkage > 0.0 else 0.0
+    inv_shrink = 1.0 / ridge if ridge > 0.0 else 0.0
     f_perp, m_perp = f - fv @ v.T, means - mv @ v.T
     cross = (fv / eig) @ mv.T + inv_shrink * (f_perp @ m_perp.T)  # x^T S^-1 mu  [N, K]
     quad = np.sum(mv**2 / eig, axis=1) + inv_shrink * np.sum(m_perp**2, axis=1)  # mu^T S^-1 mu  [K]
@@ -450,17 +454,42 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def sfda_shrinkage(features: np.ndarray, labels: np.ndarray, *, a: float = 1.0) -> float:
-    """The adaptive regularisation strength of SFDA's regularised FDA,
-    ``lambda = exp(-a * sigma_max(S_B))`` with ``S_B = sum_c pi_c (mu_c - mu)(mu_c - mu)^T`` the
-    between-class scatter (floored at 1e-10): well separated classes get little regularisation."""
+SFDA_VARIANTS = ("paper", "released")
+"""``paper``: SFDA as the paper describes it (the library's default). ``released``: as the
+authors' released code computes it (``lambda`` from the largest eigenvalue of ``S_W`` with
+``a = 5``, shrinkage towards ``tr(S_W)/D I``, ConfMix towards the unweighted mean of the other
+classes' means)."""
+
+
+def _check_sfda_variant(variant: str) -> None:
+    if variant not in SFDA_VARIANTS:
+        raise ValueError(f"unknown SFDA variant {variant!r}; choose one of {SFDA_VARIANTS}")
+
+
+def sfda_shrinkage(
+    features: np.ndarray, labels: np.ndarray, *, a: float | None = None, variant: str = "paper"
+) -> float:
+    """The adaptive regularisation strength of SFDA's regularised FDA, floored at 1e-10: well
+    separated classes get little regularisation.
+
+    ``variant="paper"``: ``lambda = exp(-a * sigma_max(S_B))`` with
+    ``S_B = sum_c pi_c (mu_c - mu)(mu_c - mu)^T`` the between-class scatter, ``a = 1`` by default.
+    ``variant="released"``: ``lambda = exp(-a * sigma_max(S_W))`` with ``S_W`` the within-class
+    scatter, ``a = 5`` by default (the authors' code; it estimates ``sigma_max`` by three power
+    iterations, this computes it exactly)."""
+    _check_sfda_variant(variant)
     f = _as_features(features)
     y, k = _target_labels(labels, f.shape[0])
     counts = np.bincount(y, minlength=k).astype(np.float64)
     means = np.zeros((k, f.shape[1]), dtype=np.float64)
     np.add.at(means, y, f)
     means /= counts[:, None]
-    b = np.sqrt(counts / f.shape[0])[:, None] * (means - f.mean(axis=0, keepdims=True))  # S_B = b^T b
+    if variant == "paper":
+        b = np.sqrt(counts / f.shape[0])[:, None] * (means - f.mean(axis=0, keepdims=True))  # S_B = b^T b
+        a = 1.0 if a is None else a
+    else:
+        b = (f - means[y]) / np.sqrt(f.shape[0])  # S_W = b^T b
+        a = 5.0 if a is None else a
     sigma = float(np.linalg.svd(b, compute_uv=False)[0] ** 2)
     return float(max(np.exp(-a * sigma), 1e-10))
 
@@ -470,7 +499,8 @@ def sfda(
     labels: np.ndarray,
     *,
     shrinkage: float | None = None,
-    a: float = 1.0,
+    a: float | None = None,
+    variant: str = "paper",
 ) -> float:
     """SFDA score (Shao et al., "Not All Models Are Equal: Predicting Model Transferability in
     a Self-challenging Fisher Space", ECCV 2022). Higher = better; in ``(0, 1]``.
@@ -493,24 +523,35 @@ def sfda(
         features: ``[N, D]`` features of the target samples.
         labels: ``[N]`` integer target labels (re-indexed to ``0..K-1``; K >= 2).
         shrinkage: a fixed ``lambda`` in ``(0, 1]`` instead of the adaptive one.
-        a: the constant of the adaptive ``lambda = exp(-a sigma_max(S_B))``.
+        a: the constant of the adaptive ``lambda`` (:func:`sfda_shrinkage`; default 1 for the
+            paper's rule, 5 for the released code's).
+        variant: ``"paper"`` (above) or ``"released"``, the authors' released code: ``lambda``
+            from ``S_W``'s largest eigenvalue, ``S = (1 - lambda) S_W + lambda tr(S_W)/D I``, and
+            ConfMix towards the unweighted mean of the other classes' means. Both saturate near 1
+            when the target has fewer samples than feature dimensions (the regularised FDA then
+            separates the training samples almost perfectly); see
+            ``benchmarks/results/model_selection_zoo.md``.
     """
     f = _as_features(features)
     n = f.shape[0]
     y, k = _target_labels(labels, n)
+    _check_sfda_variant(variant)
     if shrinkage is None:
-        shrinkage = sfda_shrinkage(f, y, a=a)
+        shrinkage = sfda_shrinkage(f, y, a=a, variant=variant)
     elif not 0.0 < float(shrinkage) <= 1.0:
         raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage!r}; pass None for the adaptive value")
     shrinkage = float(shrinkage)
-    prob, _ = _gaussian_posterior(f, y, k, shrinkage)
+    scale = 1.0 if variant == "paper" else None  # released: towards tr(S_W)/D I
+    prob, means = _gaussian_posterior(f, y, k, shrinkage, scale)
     w = _softmax(prob)[np.arange(n), y][:, None]  # softened confidence in the true class
-    counts = np.bincount(y, minlength=k).astype(np.float64)
-    sums = np.zeros((k, f.shape[1]), dtype=np.float64)
-    np.add.at(sums, y, f)
-    other_means = (sums.sum(axis=0, keepdims=True) - sums) / (n - counts)[:, None]  # mean of the other classes
+    if variant == "paper":  # the mean of the other classes' samples
+        counts = np.bincount(y, minlength=k).astype(np.float64)
+        sums = means * counts[:, None]
+        other_means = (sums.sum(axis=0, keepdims=True) - sums) / (n - counts)[:, None]
+    else:  # the unweighted mean of the other classes' means
+        other_means = (means.sum(axis=0, keepdims=True) - means) / (k - 1)
     mixed = w * f + (1.0 - w) * other_means[y]
-    prob2, _ = _gaussian_posterior(mixed, y, k, shrinkage)
+    prob2, _ = _gaussian_posterior(mixed, y, k, shrinkage, scale)
     logger.debug("SFDA: lambda %.3g, stage-1 mean true-class posterior %.4f", shrinkage, prob[np.arange(n), y].mean())
     return float(np.mean(prob2[np.arange(n), y]))
 

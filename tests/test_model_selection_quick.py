@@ -165,7 +165,9 @@ def test_tiebreak_and_architecture_summary():
         distances = dist
 
     peers = {m: -errors for m in ms.PEERS}  # a perfect peer
-    sd = {"errors": errors, "asym": dist, "sym": dist, "m2v": Loo, "peers": peers}
+    from selection.peers import static_scores
+
+    sd = {"errors": errors, "asym": dist, "sym": dist, "m2v": Loo, "peers": peers, "static": static_scores(errors)}
     out = ms.architecture_summary(experts, [sd], targets, generic_j=0)
     assert out["families"] == ["lite0", "lite1", "mobilenetv2"]
     assert out["optimal_family_counts"] == {"x": {"lite0": 1.0, "lite1": 0.0, "mobilenetv2": 0.0},
@@ -176,3 +178,51 @@ def test_tiebreak_and_architecture_summary():
     assert np.isclose(out["right_architecture"]["chance"][0], (1 / 3 + 2 / 3) / 2)
     assert np.isclose(out["family_oracle"]["lite0"]["relative_increase"][0], (0.1 + 0.4) / (0.1 + 0.2) - 1)
     assert out["picks"]["rerank_leep_m1"] == {"lite0": 1.0, "lite1": 0.0, "mobilenetv2": 0.0}
+
+
+# -- the static baseline and the zoo meta-task (its full run is the committed
+# benchmarks/results/model_selection_zoo.*) --------------------------------------------------------------
+def test_static_baseline_picks_the_best_expert_on_the_other_targets():
+    import numpy as np
+
+    _bench()
+    from selection.peers import static_scores
+
+    errors = np.array([[0.1, 0.5], [0.3, 0.2], [0.4, 0.1]])
+    # target 0: the others' means are (0.35, 0.15); target 1: (0.25, 0.30); target 2: (0.20, 0.35)
+    scores = static_scores(errors)
+    np.testing.assert_allclose(-scores, [[0.35, 0.15], [0.25, 0.30], [0.20, 0.35]], rtol=1e-12)
+    assert scores.argmax(1).tolist() == [1, 0, 0]
+
+
+def test_zoo_meta_task_loads_a_shipped_expert_that_knows_its_source_task():
+    """A zoo expert as the benchmark sees it (adapter merged, its own normalisation, its head, its card's task
+    embedding) classifies held-out test images of its source classes: wrong normalisation, a lost adapter or a
+    head in the wrong order would not."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    ms = _bench()
+    from selection.data import load_bench_probe, load_pool, normalise
+    from selection.harness import shipped_embedding
+    from selection.meta_tasks.zoo import ZOO, zoo_expert, zoo_folders
+
+    found = zoo_folders(ZOO, ("embedded-mobilenetv2",), ("fashion-tops",))
+    assert [(b, t, f.name) for b, t, f in found] == [("embedded-mobilenetv2", "fashion-tops", "mnv2-fashion-tops")]
+    e = zoo_expert(found[0][2], ms.QUICK)
+    assert (e.name, e.task, e.probe, e.dataset) == ("mobilenetv2/fashion-tops", "fashion-tops",
+                                                    "embedded-mobilenetv2", "fashion")  # fmt: skip
+    assert e.stem.startswith("zoo-mnv2-fashion-tops-") and e.head_weight.shape == (len(e.label_names), 1280)
+    assert shipped_embedding(e, ms.QUICK).meta["task"] == "fashion-tops-train"
+    with pytest.raises(RuntimeError, match="rebuild the zoo's embeddings"):
+        shipped_embedding(e, dataclasses.replace(ms.QUICK, image_size=64))
+
+    pool = load_pool("fashion", "test", 40, ms.QUICK.image_size)
+    keep = np.isin(np.array(pool.names)[pool.labels], e.label_names)
+    x = normalise(pool.x01[keep], load_bench_probe(e.probe, ms.QUICK))
+    truth = np.array([e.label_names.index(pool.names[c]) for c in pool.labels[keep]])
+    with torch.no_grad():
+        pred = (e.backbone(x) @ e.head_weight.T + e.head_bias).argmax(1).numpy()
+    assert len(truth) == 200 and np.mean(pred == truth) > 0.5  # card: source test error 0.32 on 5 classes (chance 0.8)

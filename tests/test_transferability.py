@@ -336,8 +336,10 @@ def test_sfda_one_dimensional_by_hand() -> None:
     assert 0.5 < expected < 1.0
 
 
-def _sfda_reference(f: np.ndarray, y: np.ndarray, lam: float) -> float:
-    """SFDA with the explicit Fisher projection: generalised eigenvectors of (S_B, S_W'), keep K - 1."""
+def _sfda_reference(f: np.ndarray, y: np.ndarray, lam: float, released: bool = False) -> float:
+    """SFDA with the explicit Fisher projection: generalised eigenvectors of (S_B, S_W'), keep K - 1.
+    ``released``: the authors' code's S_W' = (1 - lam) S_W + lam tr(S_W)/D I and ConfMix towards the
+    unweighted mean of the other classes' means."""
     n, d = f.shape
     k = int(y.max()) + 1
 
@@ -346,7 +348,8 @@ def _sfda_reference(f: np.ndarray, y: np.ndarray, lam: float) -> float:
         mu = np.stack([x[y == c].mean(0) for c in range(k)])
         s_w = sum(pi[c] * np.cov(x[y == c], rowvar=False, bias=True) for c in range(k))
         s_b = sum(pi[c] * np.outer(mu[c] - x.mean(0), mu[c] - x.mean(0)) for c in range(k))
-        s_reg = (1 - lam) * s_w + lam * np.eye(d)
+        ridge_scale = np.trace(s_w) / d if released else 1.0  # each stage's own S_W (the released code refits)
+        s_reg = (1 - lam) * s_w + lam * ridge_scale * np.eye(d)
         evals, evecs = eigh(s_b, s_reg)  # evecs^T s_reg evecs = I
         u = evecs[:, np.argsort(evals)[::-1][: k - 1]]
         z, zm = x @ u, mu @ u  # Fisher space, identity within-class covariance
@@ -355,9 +358,30 @@ def _sfda_reference(f: np.ndarray, y: np.ndarray, lam: float) -> float:
 
     p1 = stage(f)
     w = _softmax_rows(p1)[np.arange(n), y][:, None]
-    other = np.stack([f[y != c].mean(0) for c in range(k)])
+    if released:
+        mu = np.stack([f[y == c].mean(0) for c in range(k)])
+        other = np.stack([np.delete(mu, c, axis=0).mean(0) for c in range(k)])
+    else:
+        other = np.stack([f[y != c].mean(0) for c in range(k)])
     p2 = stage(w * f + (1 - w) * other[y])
     return float(p2[np.arange(n), y].mean())
+
+
+@pytest.mark.parametrize(("n", "d", "k"), [(45, 6, 3), (14, 20, 3)])
+def test_sfda_released_variant_matches_its_explicit_form(n: int, d: int, k: int) -> None:
+    # imbalanced classes, so the two ConfMix targets differ; (14, 20): singular within-class scatter
+    rng = np.random.default_rng(3 * n + d)
+    y = np.minimum(np.arange(n) % (k + 1), k - 1)  # the last class twice as large
+    f = 0.3 * (rng.normal(size=(n, d)) + 1.5 * rng.normal(size=(k, d))[y])
+    s_w = sum(np.mean(y == c) * np.cov(f[y == c], rowvar=False, bias=True) for c in range(k))
+    lam = max(math.exp(-5.0 * np.linalg.eigvalsh(s_w).max()), 1e-10)  # the released code's rule
+    assert sfda_shrinkage(f, y, variant="released") == pytest.approx(lam, rel=1e-9)
+    got = sfda(f, y, variant="released")
+    assert got == pytest.approx(_sfda_reference(f, y, lam, released=True), abs=1e-8)
+    # the variants differ on these inputs (rule, ridge scale and ConfMix target all change)
+    assert abs(got - sfda(f, y)) > 1e-4
+    with pytest.raises(ValueError, match="variant"):
+        sfda(f, y, variant="official")
 
 
 @pytest.mark.parametrize(("n", "d", "k", "lam"), [(40, 6, 3, 0.3), (60, 4, 4, 0.05), (12, 20, 3, 0.2)])

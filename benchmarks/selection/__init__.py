@@ -12,9 +12,12 @@
   ``MetaTask`` and ``meta_tasks()``.
 - ``report``: the report pieces the meta-tasks share (``render_two_stage``, ``_checks_and_targets``, ``_pm``,
   ``machine_info``).
+- ``across``: what the meta-tasks with experts of several networks share: the networks, which network each selector
+  picks, random tie-breaks, the peers' ties, the issue's targets and their report (``finish_across``).
 - ``meta_tasks/``: one module per meta-task, each defining ``META_TASK = MetaTask(...)`` (its experts, options,
-  report): ``lite0`` (the default: Table 2/1, the expert index, the library check, the search speed) and
-  ``architectures``. A new meta-task is a new module there; ``--meta-task`` lists it.
+  report): ``lite0`` (the default: Table 2/1, the expert index, the library check, the search speed),
+  ``architectures`` and ``zoo`` (the shipped zoo's image experts). A new meta-task is a new module there;
+  ``--meta-task`` lists it.
 
 The command line is ``benchmarks/model_selection.py``.
 """

@@ -39,6 +39,9 @@ class Expert:
     task: str = ""  # the source task whose Task2Vec embedding stands for the expert (ALL_SOURCES key or GENERIC)
     probe: str = "embedded"  # the network it was built from (a `load_bench_probe` name): its own normalisation
     stem: str = ""  # cache file stem of its weights and features
+    # the source task's Task2Vec embedding when the expert ships one (a zoo card); otherwise the harness embeds the
+    # ALL_SOURCES task named by ``task``
+    embedding: t2v.TaskEmbedding | None = None
 
     def __post_init__(self) -> None:
         self.task = self.task or self.name

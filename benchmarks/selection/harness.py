@@ -42,7 +42,7 @@ from .data import (
     split_target,
 )
 from .experts import Expert, expert_outputs, forward_seconds_per_image
-from .peers import PEERS, peer_score, summarise, two_stage
+from .peers import PEERS, peer_score, static_scores, summarise, two_stage
 
 DEFAULT_META_TASK = "lite0"
 
@@ -202,6 +202,10 @@ def source_embeddings(r: Run) -> None:
         )
         embs, secs = [], []
         for e in r.experts:
+            if e.embedding is not None and pname == "embedded":
+                embs.append(shipped_embedding(e, cfg))
+                secs.append(float(e.embedding.meta.get("bench_seconds", "nan")))
+                continue
             if e.task == GENERIC:
                 xs, ys, labels = [], [], []
                 for ds, pool in train_pools.items():
@@ -227,6 +231,20 @@ def source_embeddings(r: Run) -> None:
             secs.append(s)
         r.source_embs[pname], r.source_seconds[pname] = embs, secs
     r.laps("source embeddings")
+
+
+def shipped_embedding(e: Expert, cfg: Config) -> t2v.TaskEmbedding:
+    """An expert's own source-task embedding (a zoo card's), checked to be comparable with the targets': the
+    embedded probe at the run's image size and the library's default estimator."""
+    emb, want = e.embedding, t2v.Task2Vec(progress=False).method
+    meta = emb.meta
+    if meta.get("probe") != "embedded" or meta.get("image_size") != str(cfg.image_size) or meta.get("method") != want:
+        raise RuntimeError(
+            f"expert {e.name}: its task embedding was made with probe {meta.get('probe')!r} at image size "
+            f"{meta.get('image_size')!r} by estimator {meta.get('method')!r}; the targets are embedded with 'embedded' "
+            f"at {cfg.image_size} px by {want!r}: rebuild the zoo's embeddings (benchmarks/build_zoo.py)"
+        )
+    return emb
 
 
 def embeddings_key(r: Run) -> str:
@@ -332,6 +350,8 @@ def one_seed(r: Run, task: MetaTask, seed: int) -> None:
     results["optimal"] = summarise(errors, errors.argmin(1), None)
     results["chance"] = summarise(errors, None, None)
     results["generic"] = summarise(errors, np.full(T, generic_j), None)
+    static = static_scores(errors)
+    results["static"] = summarise(errors, static.argmax(1), static)
     results["t2v_sym"] = summarise(errors, d["symmetric"].argmin(1), -d["symmetric"])
     results["t2v_asym"] = summarise(errors, d["asymmetric"].argmin(1), -d["asymmetric"])
     for pname in cfg.table1_probes if seed in cfg.table1_seeds else ():
@@ -417,7 +437,8 @@ def one_seed(r: Run, task: MetaTask, seed: int) -> None:
                 v.pop("_metric_s", None)
     r.laps("two-stage")
 
-    sd = {"errors": errors, "asym": d["asymmetric"], "sym": d["symmetric"], "m2v": loo, "peers": peer_scores}
+    sd = {"errors": errors, "asym": d["asymmetric"], "sym": d["symmetric"], "m2v": loo, "peers": peer_scores,
+          "static": static}
     if task.per_seed is not None:
         task.per_seed(results, sd)
     r.seed_data.append(sd)

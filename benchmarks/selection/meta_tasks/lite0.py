@@ -254,6 +254,7 @@ def render_markdown(r: dict, index_dir: Path) -> str:
         "optimal": f"train & test all {len(r['experts'])} experts",
         "chance": "0",
         "generic": "0",
+        "static": "0 (every expert's error on the other targets, known in advance)",
         "t2v_sym": f"{t2v_cost:.2f} s (1 probe embedding)",
         "t2v_asym": f"{t2v_cost:.2f} s (1 probe embedding)",
         "model2vec": f"{t2v_cost:.2f} s (+ fit {costs['model2vec_fit_s_per_fold']:.1f} s, once)",
