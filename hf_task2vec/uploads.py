@@ -83,7 +83,8 @@ class Upload:
 
 
 def _checked_images(
-    values: Sequence[str | bytes], labels: Sequence[str], limits: UploadLimits, *, root: Path | None = None
+    values: Sequence[str | bytes], labels: Sequence[str], limits: UploadLimits, *, root: Path | None = None,
+    progress: bool = True,
 ) -> tuple[list[int], list[dict[str, Any]], list[str]]:
     """Decode every image within the pixel limit. Returns the rows that are readable, their cells as
     ``{"bytes", "path"}`` (a file under ``root`` is read into bytes and named relative to it; another
@@ -93,7 +94,8 @@ def _checked_images(
     keep: list[int] = []
     cells: list[dict[str, Any]] = []
     bad: list[str] = []
-    for i, value in enumerate(tqdm(values, desc="checking images", unit="img", mininterval=0.5, leave=False)):
+    bar = tqdm(values, desc="checking images", unit="img", mininterval=0.5, leave=False, disable=not progress)
+    for i, value in enumerate(bar):
         reason = check_image(value, limits)
         if reason is not None:
             where = Path(value).name if isinstance(value, str) else f"row {i}"
@@ -122,10 +124,12 @@ def dataset_from_records(
     notes: list[str],
     limits: UploadLimits,
     root: Path | None = None,
+    progress: bool = True,
 ) -> Any:
     """An image task's dataset (``image``: `datasets.Image`, ``label``: `datasets.ClassLabel` of the
     sorted names) from ``(image path or bytes, label name)`` records. Unreadable images are left out
-    (and named in ``notes``); fewer than two classes, or more than ``limits.max_classes``, are refused."""
+    (and named in ``notes``); fewer than two classes, or more than ``limits.max_classes``, are refused.
+    ``progress``: a progress bar while the images are checked."""
     import datasets
 
     if not records:
@@ -133,7 +137,7 @@ def dataset_from_records(
     if len(records) > limits.max_images:
         raise UploadError(f"{len(records)} images; uploads may hold at most {limits.max_images}")
     labels = [lab for _, lab in records]
-    keep, cells, bad = _checked_images([img for img, _ in records], labels, limits, root=root)
+    keep, cells, bad = _checked_images([img for img, _ in records], labels, limits, root=root, progress=progress)
     if bad:
         notes.append(_left_out_note(bad))
     if not keep:
@@ -172,7 +176,7 @@ def _strip_common_prefix(paths: list[PurePosixPath], keep: int) -> tuple[list[tu
 
 def _read_zip(
     p: Path, workdir: Path, limits: UploadLimits, *, name: str, source: str,
-    image_column: str | None, label_column: str | None,
+    image_column: str | None, label_column: str | None, progress: bool = True,
 ) -> Upload:
     """Class folders (``<class>/<image>``, optionally under one top folder; with ``train/``/``test/``
     split folders the train split is used), or a ``metadata.csv`` / ``metadata.parquet`` naming image
@@ -192,7 +196,7 @@ def _read_zip(
         df = _read_table(base / table, limits)
         ds = _table_dataset(
             df, base=base, root=ex.root, label=table.name, source=source, notes=notes, limits=limits,
-            image_column=image_column, label_column=label_column,
+            image_column=image_column, label_column=label_column, progress=progress,
         )
         notes.append(f"Read images and labels from {table.name} in the zip")
         return Upload(ds, name, source, image_column, label_column, notes)
@@ -214,7 +218,7 @@ def _read_zip(
             "named after its class (<class>/<image>.png), or add a metadata.csv with file_name and label columns"
         )
     records = [(str(ex.root.joinpath(*prefix, *r)), r[0]) for r in image_parts]
-    ds = dataset_from_records(records, source=source, notes=notes, limits=limits, root=ex.root)
+    ds = dataset_from_records(records, source=source, notes=notes, limits=limits, root=ex.root, progress=progress)
     return Upload(ds, name, source, "image", "label", notes)
 
 
@@ -377,6 +381,7 @@ def _table_dataset(
     image_column: str | None,
     label_column: str | None,
     local_paths: bool = False,
+    progress: bool = True,
 ) -> Any:
     """A table's dataset, every column kept, for `load_task` to pick the input and label columns:
     columns of images (bytes, data URIs, file names) become `datasets.Image` columns of checked images
@@ -429,7 +434,7 @@ def _table_dataset(
         if len(values) > limits.max_images:
             raise UploadError(f"{label!r} has {len(values)} images; uploads may hold at most {limits.max_images}")
         names = [str(data[lab][i]) if lab else "?" for i in range(len(values))]
-        keep, cells, bad = _checked_images(values, names, limits, root=root)
+        keep, cells, bad = _checked_images(values, names, limits, root=root, progress=progress)
         if bad:
             notes.append(_left_out_note(bad))
         if not keep:
@@ -458,6 +463,7 @@ def read_upload(
     label_column: str | None = None,
     local_paths: bool = False,
     name: str | None = None,
+    progress: bool = True,
 ) -> Upload:
     """Read an uploaded ``.zip`` (class folders, or a ``metadata.csv`` naming the images in it), ``.csv``
     or ``.parquet`` (images as bytes or data URIs, or texts) into an `Upload`, within ``limits``.
@@ -470,6 +476,7 @@ def read_upload(
         local_paths: a table's image file names are read from the table's folder (or are absolute):
             for a file on the caller's own disk. Off (a server): only a zip may hold image files.
         name: the task name (default: from the file name).
+        progress: a progress bar while the images are checked (off for a server).
 
     Raises:
         UploadError: the file is unsafe, over a limit, unreadable, or holds no task (the message says
@@ -482,14 +489,15 @@ def read_upload(
     if p.suffix.lower() == ".zip":
         if workdir is not None:
             return _read_zip(p, Path(workdir), limits, name=task_name, source=source, image_column=image_column,
-                             label_column=label_column)
+                             label_column=label_column, progress=progress)
         with tempfile.TemporaryDirectory(prefix="t2v-upload-") as tmp:
             return _read_zip(p, Path(tmp), limits, name=task_name, source=source, image_column=image_column,
-                             label_column=label_column)
+                             label_column=label_column, progress=progress)
     notes: list[str] = []
     ds = _table_dataset(
         _read_table(p, limits), base=p.parent if local_paths else None, root=None, label=p.name, source=source,
         notes=notes, limits=limits, image_column=image_column, label_column=label_column, local_paths=local_paths,
+        progress=progress,
     )
     return Upload(ds, task_name, source, image_column, label_column, notes)
 

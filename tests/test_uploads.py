@@ -48,6 +48,15 @@ def test_load_task_reads_a_zip_of_class_folders(tmp_path):
     assert len(sub) == 10 and isinstance(sub.dataset[3]["image"], Image.Image)
 
 
+def test_read_upload_shows_its_progress_bar_only_when_asked(tmp_path, capsys):
+    zpath = class_folder_zip(tmp_path / "my-animals.zip")
+    quiet = read_upload(zpath, progress=False)  # what the Space asks: its page shows progress, not the server log
+    assert "checking images" not in capsys.readouterr().err
+    shown = read_upload(zpath)
+    assert "checking images" in capsys.readouterr().err
+    assert quiet.dataset["label"] == shown.dataset["label"] and len(quiet.dataset) == 60
+
+
 def test_load_task_and_the_cli_refuse_what_the_space_refuses(tmp_path, capsys):
     from hf_task2vec.cli import main
 

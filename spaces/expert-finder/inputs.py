@@ -116,7 +116,7 @@ def task_from_upload(
     empty text are left out and counted in the notes."""
     try:
         up = read_upload(path, limits=limits, workdir=workdir, image_column=image_column, label_column=label_column,
-                         name=name)
+                         name=name, progress=False)  # the page shows progress; keep the server's log quiet
     except InputError as exc:
         raise InputError(box_words(str(exc))) from exc
     task = _load(up.dataset, input_column=up.input_column, label_column=up.label_column, name=up.name,
@@ -218,7 +218,7 @@ def task_from_hub(
             f"Stopped after {limits.max_hub_rows} rows before every class had its share; shuffle the dataset "
             "if it is sorted by class"
         )
-    ds = dataset_from_records(records, source=repo_id, notes=notes, limits=limits)
+    ds = dataset_from_records(records, source=repo_id, notes=notes, limits=limits, progress=False)
     t = _load(ds, input_column="image", label_column="label", name=safe_task_name(name or repo_id.split("/")[-1]))
     t.source, t.revision, t.split, t.config = repo_id, sha, split, config or ""
     return PreparedTask(task=t, notes=notes, source=repo_id)
