@@ -217,7 +217,7 @@ def _logme_evidence(f: np.ndarray, targets: np.ndarray, *, max_iter: int, tol: f
     paper's fixed-point update, safeguarded by bisection inside that basin.
     """
     n, k = targets.shape
-    u_mat, s, _ = np.linalg.svd(f, full_matrices=False)
+    u_mat, s, _ = _svd(f)
     r = s.size  # min(N, D); F^T F has eigenvalues s^2 and D - r exact zeros
     sigma = (s**2)[:, None]  # [r, 1]
     sigma_max = float(sigma.max())
@@ -410,6 +410,18 @@ def _ledoit_wolf_shrinkage(centred: np.ndarray) -> float:
 # --------------------------------------------------------------------------- SFDA
 
 
+def _svd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The thin SVD; LAPACK's divide-and-conquer driver (numpy's) now and then fails to converge on an
+    ill-conditioned matrix (SFDA's ConfMix can make one), the slower QR-iteration driver does not."""
+    try:
+        return np.linalg.svd(x, full_matrices=False)
+    except np.linalg.LinAlgError:
+        from scipy.linalg import svd
+
+        logger.debug("SVD: divide-and-conquer did not converge, using gesvd")
+        return svd(x, full_matrices=False, lapack_driver="gesvd")
+
+
 def _gaussian_posterior(
     f: np.ndarray, y: np.ndarray, k: int, shrinkage: float, identity_scale: float | None = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -428,7 +440,7 @@ def _gaussian_posterior(
     np.add.at(means, y, f)
     means /= counts[:, None]
     within = f - means[y]  # S_W = within^T within / N
-    _, sv, vt = np.linalg.svd(within, full_matrices=False)
+    _, sv, vt = _svd(within)
     keep = sv > (sv[0] if sv.size else 0.0) * 1e-12
     v = vt[keep].T  # [D, r]
     scale = float(np.sum(sv**2) / n / f.shape[1]) if identity_scale is None else float(identity_scale)
@@ -490,7 +502,7 @@ def sfda_shrinkage(
     else:
         b = (f - means[y]) / np.sqrt(f.shape[0])  # S_W = b^T b
         a = 5.0 if a is None else a
-    sigma = float(np.linalg.svd(b, compute_uv=False)[0] ** 2)
+    sigma = float(_svd(b)[1][0] ** 2)
     return float(max(np.exp(-a * sigma), 1e-10))
 
 
@@ -594,7 +606,7 @@ def nleep(
     if not 1 <= v <= n:
         raise ValueError(f"n_components must be between 1 and the number of samples ({n}), got {n_components!r}")
     centred = f - f.mean(axis=0, keepdims=True)
-    u_mat, sv, _ = np.linalg.svd(centred, full_matrices=False)
+    u_mat, sv, _ = _svd(centred)
     if sv.size == 0 or sv[0] <= 0.0:
         raise ValueError("features are constant over the samples: N-LEEP needs varying features")
     ratio = np.cumsum(sv**2) / np.sum(sv**2)
