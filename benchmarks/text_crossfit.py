@@ -65,18 +65,19 @@ def crossfit_embedding(embedder: t2v.Task2Vec, task, indices: np.ndarray, k: int
     """Each fold's Fisher under the head fitted on the other folds, summed into one Fisher over every example,
     then the embedder's robust estimator on it."""
     fold = folds_of(task.labels[indices], k, embedder.seed)
-    total = second = None
-    inputs = draws = 0
-    options: dict[str, str] = {}
-    probe = None
+    parts = []  # (probe with the fold's head, the fold's Fisher)
     for f in range(k):
         held, rest = indices[fold == f], indices[fold != f]
         probe, _ = embedder.fit_probe(task, embedder.pass_order(task, rest))
-        r = embedder.fisher_pass(probe, embedder.batches(task, embedder.pass_order(task, held)))
-        total = r.values * r.num_inputs if total is None else total + r.values * r.num_inputs
-        second = r.second_moment * r.num_inputs if second is None else second + r.second_moment * r.num_inputs
-        inputs, draws, options = inputs + r.num_inputs, draws + r.num_draws, r.options
-    pooled = FisherResult(total / inputs, inputs, draws, options, second_moment=second / inputs)
+        parts.append((probe, embedder.fisher_pass(probe, embedder.batches(task, embedder.pass_order(task, held)))))
+    n = np.array([r.num_inputs for _, r in parts], dtype=np.float64)
+    inputs = int(n.sum())
+    pooled = FisherResult(
+        sum(w * r.values for w, (_, r) in zip(n, parts, strict=True)) / inputs, inputs,
+        sum(r.num_draws for _, r in parts), parts[-1][1].options,
+        second_moment=sum(w * r.second_moment for w, (_, r) in zip(n, parts, strict=True)) / inputs,
+    )
+    probe = parts[-1][0]
     r = embedder.robust(probe, pooled, inputs)
     return TaskEmbedding(r.values, r.trivial, probe.layers, {"method": embedder.method})
 

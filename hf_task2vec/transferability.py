@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -410,16 +411,17 @@ def _ledoit_wolf_shrinkage(centred: np.ndarray) -> float:
 # --------------------------------------------------------------------------- SFDA
 
 
-def _svd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The thin SVD; LAPACK's divide-and-conquer driver (numpy's) now and then fails to converge on an
-    ill-conditioned matrix (SFDA's ConfMix can make one), the slower QR-iteration driver does not."""
+def _svd(x: np.ndarray, compute_uv: bool = True) -> Any:
+    """The thin SVD (``compute_uv=False``: the singular values only); LAPACK's divide-and-conquer driver
+    (numpy's) now and then fails to converge on an ill-conditioned matrix (SFDA's ConfMix can make one),
+    the slower QR-iteration driver does not."""
     try:
-        return np.linalg.svd(x, full_matrices=False)
+        return np.linalg.svd(x, full_matrices=False, compute_uv=compute_uv)
     except np.linalg.LinAlgError:
         from scipy.linalg import svd
 
         logger.debug("SVD: divide-and-conquer did not converge, using gesvd")
-        return svd(x, full_matrices=False, lapack_driver="gesvd")
+        return svd(x, full_matrices=False, compute_uv=compute_uv, lapack_driver="gesvd")
 
 
 def _gaussian_posterior(
@@ -502,7 +504,7 @@ def sfda_shrinkage(
     else:
         b = (f - means[y]) / np.sqrt(f.shape[0])  # S_W = b^T b
         a = 5.0 if a is None else a
-    sigma = float(_svd(b)[1][0] ** 2)
+    sigma = float(_svd(b, compute_uv=False)[0] ** 2)
     return float(max(np.exp(-a * sigma), 1e-10))
 
 

@@ -215,9 +215,10 @@ def test_zoo_meta_task_loads_a_shipped_expert_that_knows_its_source_task():
     assert (e.name, e.task, e.probe, e.dataset) == ("mobilenetv2/fashion-tops", "fashion-tops",
                                                     "embedded-mobilenetv2", "fashion")  # fmt: skip
     assert e.stem.startswith("zoo-mnv2-fashion-tops-") and e.head_weight.shape == (len(e.label_names), 1280)
-    assert shipped_embedding(e, ms.QUICK).meta["task"] == "fashion-tops-train"
+    method = "relative"  # the library's default estimator, which built the zoo's embeddings
+    assert shipped_embedding(e, ms.QUICK, method).meta["task"] == "fashion-tops-train"
     with pytest.raises(RuntimeError, match="rebuild the zoo's embeddings"):
-        shipped_embedding(e, dataclasses.replace(ms.QUICK, image_size=64))
+        shipped_embedding(e, dataclasses.replace(ms.QUICK, image_size=64), method)
 
     pool = load_pool("fashion", "test", 40, ms.QUICK.image_size)
     keep = np.isin(np.array(pool.names)[pool.labels], e.label_names)

@@ -6,9 +6,7 @@ pick under a random tie-break (``tiebreak_summary``), the peers' ties (``peer_ti
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -17,7 +15,7 @@ from .config import GENERIC, log
 from .experts import Expert
 from .harness import Run
 from .peers import METHODS, PEER_LABELS, PEERS, table2_with_costs, two_stage
-from .report import _checks_and_targets, _pm, machine_info, render_two_stage
+from .report import _checks_and_targets, _pm, render_two_stage, run_facts
 
 # the offline ImageNet networks, and the random-init Lite0 of the architectures meta-task
 ARCH_PROBES = ("embedded", "embedded-lite1", "embedded-lite2", "embedded-mobilenetv2")
@@ -139,7 +137,7 @@ def architecture_summary(experts: list[Expert], seed_data: list[dict], targets: 
 def finish_across(run: Run, meta_task: str, render: Callable[[dict], str]) -> int:
     """Checks, tables and report of a meta-task whose experts are of several networks (``architectures``,
     ``zoo``): ``model_selection_<meta_task>.{md,json}``, the Markdown by ``render(report)``."""
-    cfg, experts, targets, per_seed, costs = run.cfg, run.experts, run.targets, run.per_seed, run.costs
+    experts, targets, per_seed, costs = run.experts, run.targets, run.per_seed, run.costs
     per_target_rows, fwd_per_image, results_dir = run.per_target_rows, run.fwd_per_image, run.results_dir
     J = len(experts)
     names = [e.name for e in experts]
@@ -158,15 +156,9 @@ def finish_across(run: Run, meta_task: str, render: Callable[[dict], str]) -> in
     summary = architecture_summary(experts, run.seed_data, targets, generic_j)
     for row in per_target_rows:
         row["optimal_architecture"] = summary["expert_family"][row["optimal"]]
-    total = time.perf_counter() - run.t_start
     report = {
         "meta_task": meta_task,
-        "config": {**dataclasses.asdict(cfg), "task2vec_method": run.task2vec_method},
-        "machine": machine_info(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "runtime_s": total,
-        "from_scratch": not any(e.from_cache for e in experts),
-        "timings_s": run.timings,
+        **run_facts(run),
         "experts": [
             {
                 "name": e.name,
@@ -205,7 +197,7 @@ def finish_across(run: Run, meta_task: str, render: Callable[[dict], str]) -> in
     out_md = results_dir / f"model_selection_{meta_task}.md"
     out_json.write_text(json.dumps(report, indent=1, default=float) + "\n")
     out_md.write_text(render(report))
-    log.info("wrote %s and %s (%.0f s)", out_md, out_json, total)
+    log.info("wrote %s and %s (%.0f s)", out_md, out_json, report["runtime_s"])
     for name, ok in checks.items():
         print(f"[{'PASS' if ok else 'FAIL'}] {name}")
     return 0 if all(checks.values()) else 1

@@ -203,7 +203,7 @@ def source_embeddings(r: Run) -> None:
         embs, secs = [], []
         for e in r.experts:
             if e.embedding is not None and pname == "embedded":
-                embs.append(shipped_embedding(e, cfg))
+                embs.append(shipped_embedding(e, cfg, r.task2vec_method))
                 secs.append(float(e.embedding.meta.get("bench_seconds", "nan")))
                 continue
             if e.task == GENERIC:
@@ -233,10 +233,10 @@ def source_embeddings(r: Run) -> None:
     r.laps("source embeddings")
 
 
-def shipped_embedding(e: Expert, cfg: Config) -> t2v.TaskEmbedding:
+def shipped_embedding(e: Expert, cfg: Config, method: str) -> t2v.TaskEmbedding:
     """An expert's own source-task embedding (a zoo card's), checked to be comparable with the targets': the
     embedded probe at the run's image size and the library's default estimator."""
-    emb, want = e.embedding, t2v.Task2Vec(progress=False).method
+    emb, want = e.embedding, method
     meta = emb.meta
     if meta.get("probe") != "embedded" or meta.get("image_size") != str(cfg.image_size) or meta.get("method") != want:
         raise RuntimeError(

@@ -1,11 +1,15 @@
-"""Pieces of the Markdown reports every meta-task shares: ``_pm`` (mean ± std), the two-stage curve
-(``render_two_stage``), the checklist and per-target table (``_checks_and_targets``), ``machine_info``."""
+"""Pieces of the reports every meta-task shares: ``_pm`` (mean ± std), the two-stage curve (``render_two_stage``),
+the checklist and per-target table (``_checks_and_targets``), ``machine_info`` and ``run_facts``."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as _dt
 import os
 import platform
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +34,19 @@ def machine_info() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
+    }
+
+
+def run_facts(run: Any) -> dict[str, Any]:
+    """What every report records about its run: the configuration (with the estimator), the machine, when,
+    how long, whether from scratch, and the stages' timings."""
+    return {
+        "config": {**dataclasses.asdict(run.cfg), "task2vec_method": run.task2vec_method},
+        "machine": machine_info(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "runtime_s": time.perf_counter() - run.t_start,
+        "from_scratch": not any(e.from_cache for e in run.experts),
+        "timings_s": run.timings,
     }
 
 

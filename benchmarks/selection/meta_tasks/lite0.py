@@ -6,7 +6,6 @@ that the library's two-stage ``select`` makes the benchmark's choices, the searc
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from ..data import Pool, TargetSpec, normalise
 from ..experts import Expert, generic_expert, train_expert
 from ..harness import MetaTask, Run
 from ..peers import METHODS, PEERS, aggregate, table2_with_costs, two_stage
-from ..report import _checks_and_targets, _pm, _rel, machine_info, render_two_stage
+from ..report import _checks_and_targets, _pm, _rel, render_two_stage, run_facts
 
 
 def lite0_experts(cfg: Config, train_pools: dict[str, Pool], test_pools: dict[str, Pool], cache: Path) -> list[Expert]:
@@ -105,14 +104,8 @@ def finish(run: Run) -> int:
     checks["re-ranking a shortlist of all N experts picks an expert with the best peer score"] = bool(
         all(run.full_rerank_ok)
     )
-    total = time.perf_counter() - run.t_start
     report = {
-        "config": {**dataclasses.asdict(cfg), "task2vec_method": run.task2vec_method},
-        "machine": machine_info(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "runtime_s": total,
-        "from_scratch": not any(e.from_cache for e in experts),
-        "timings_s": run.timings,
+        **run_facts(run),
         "experts": [
             {
                 "name": e.name,
@@ -145,9 +138,8 @@ def finish(run: Run) -> int:
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "model_selection.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
     (results_dir / "model_selection.md").write_text(render_markdown(report, index_dir))
-    log.info(
-        "wrote %s and %s (%.0f s)", results_dir / "model_selection.md", results_dir / "model_selection.json", total
-    )
+    log.info("wrote %s and %s (%.0f s)", results_dir / "model_selection.md", results_dir / "model_selection.json",
+             report["runtime_s"])
     for name, ok in checks.items():
         print(f"[{'PASS' if ok else 'FAIL'}] {name}")
     return 0 if all(checks.values()) else 1
