@@ -521,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%d experts to build", len(todo))
         for name, base, source in todo:
             build_one(name, base, source, cfg)
-    if not args.keep_embeddings:
+    if not args.keep_embeddings and not args.index_only:  # --index-only rewrites outputs, never re-embeds
         refresh_embeddings(cfg, args.only, args.bases, args.tasks)
     summary = write_outputs(cfg, args.measure_git)
     log.info("zoo: %s", json.dumps({k: summary[k] for k in ("experts", "per_base", "zoo_bytes_on_disk")}))

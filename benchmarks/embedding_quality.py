@@ -98,6 +98,7 @@ ESTIMATORS: dict[str, dict[str, Any]] = {
     "exact": dict(method="exact"),
     "variational": dict(method="variational"),  # the paper's robust Fisher (fixed prior)
     "relative": dict(method="relative"),  # the library default, named
+    "prototype": dict(head="prototype"),  # the head restricted to the class means (text noise, issue 21)
 }
 ALL = "*"  # every estimator of ESTIMATORS
 

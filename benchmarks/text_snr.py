@@ -94,6 +94,11 @@ def measure(size: int, seeds: list[int], max_length: int, cfg: Config, data: Tex
     return out
 
 
+def _options(res: dict) -> str:
+    opts = res.get("options") or {}
+    return "".join(f", {k}={v}" for k, v in opts.items())
+
+
 def report(res: dict) -> str:
     lines = [
         "# Text SNR against the number of texts per task",
@@ -101,8 +106,9 @@ def report(res: dict) -> str:
         f"Command: `python benchmarks/text_snr.py {res['argv']}`. Machine: {res['machine']}; load average at start "
         f"{res['load_start']}, at end {res['load_end']} (shared with other jobs). Wall time {res['wall_min']:.1f} min.",
         "",
-        f"Library default (`Task2Vec`, method `{res['method']}`), probe `embedded-text` (all-MiniLM-L6-v2, mean "
-        f"pooling), max_length {res['max_length']} tokens, seeds {res['seeds']} (another class-balanced subsample "
+        f"Library default (`Task2Vec`, method `{res['method']}`{_options(res)}), probe `embedded-text` "
+        f"(all-MiniLM-L6-v2, mean pooling), max_length {res['max_length']} tokens, seeds {res['seeds']} "
+        "(another class-balanced subsample "
         "each); the six SNR tasks of `reproduce_paper_text.py` (real offline data, train split). SNR = mean d_sym "
         "between different tasks / mean d_sym between resamples of one task (`embedding_quality.snr_stats`; CI: "
         "bootstrap over tasks). `overlap`: share of texts two resamples have in common (the noise is underestimated "
@@ -133,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="three of the six tasks")
     parser.add_argument("--head-l2", type=lambda v: v if v == "auto" else float(v), default=None,
                         help="Task2Vec(head_l2=...): a number or 'auto' (default: the library's)")
+    parser.add_argument("--head", choices=("linear", "prototype"), default=None,
+                        help="Task2Vec(head=...) (default: the library's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -143,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     probe = t2v.load_probe("embedded-text", max_length=args.max_length)
     seeds = list(range(args.seeds))
     options = {} if args.head_l2 is None else {"head_l2": args.head_l2}
+    options.update({} if args.head is None else {"head": args.head})
     start, load0 = time.time(), os.getloadavg()
     sizes = [measure(int(n), seeds, args.max_length, cfg, data, probe, **options) for n in args.sizes.split(",")]
     info = machine_info()
@@ -153,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_end": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
         "wall_min": (time.time() - start) / 60,
         "method": t2v.Task2Vec(probe).method,
+        "options": {k: str(v) for k, v in options.items()},
         "max_length": args.max_length,
         "seeds": seeds,
         "sizes": sizes,

@@ -62,6 +62,7 @@ _TASK2VEC_OPTIONS = (
     "fit_head",
     "head_epochs",
     "head_l2",
+    "head",
     "batch_size",
     "seed",
     "image_size",

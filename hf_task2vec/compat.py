@@ -20,6 +20,8 @@ key                 read from the metadata                              option t
 ``image_size``      ``image_size``                                      ``--image-size``
 ``head_l2``         ``head_l2`` (the head's strength; ``auto``: by the    ``head_l2=`` (API / batch YAML)
                     evidence, per task)
+``head``            ``head`` (the head's form; before it was recorded:   ``head=`` (API / batch YAML)
+                    ``linear``, the only form there was)
 ``max_length``      ``max_length`` (text truncation, tokens)             ``--max-length``
 ``pooling``         ``pooling`` (text: how token features are pooled)    ``load_probe(..., pooling=...)``
 ==================  ==================================================  =========================================
@@ -97,10 +99,12 @@ def _text_setting(key: str) -> Callable[[Mapping[str, str]], str]:
     return read
 
 
-def _meta_key(key: str) -> Callable[[Mapping[str, str]], str]:
+def _meta_key(key: str, missing: str = "") -> Callable[[Mapping[str, str]], str]:
+    """Read ``key``; ``missing``: what an embedding written before the key existed stands for."""
+
     def read(meta: Mapping[str, str]) -> str:
         value = meta.get(key)
-        return "" if value is None else str(value)
+        return missing if value is None else str(value)
 
     return read
 
@@ -142,7 +146,11 @@ RULE: tuple[RuleKey, ...] = (
     RuleKey("image_size", _meta_key("image_size"), "embed both with the same --image-size", always=True),
     RuleKey(
         "head_l2", _meta_key("head_l2"),
-        "the head's strength: embed both with the same head_l2 (Task2Vec or batch YAML option; default 'auto')",
+        "the head's strength: embed both with the same head_l2 (Task2Vec or batch YAML option; default 0.001)",
+    ),
+    RuleKey(
+        "head", _meta_key("head", "linear"),
+        "the head's form: embed both with the same head (Task2Vec or batch YAML option; default 'prototype')",
     ),
     RuleKey("max_length", _text_setting("max_length"), "embed both with the same --max-length"),
     RuleKey("pooling", _text_setting("pooling"), "embed both with the same pooling: load_probe(..., pooling=...)"),

@@ -98,6 +98,84 @@ def fit_linear_head(
     return weight.detach().to(features.dtype), bias.detach().to(features.dtype), info
 
 
+def fit_prototype_head(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    l2: float = 1e-3,
+    max_iter: int = 500,
+    tol: float = 1e-9,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """The linear head restricted to the class means: ``W = tau * M``, ``M``'s row ``k`` the mean feature of class
+    ``k`` centred on the mean of the class means; only the temperature ``tau`` and the bias are fitted.
+
+    The objective is `fit_linear_head`'s (class-balanced mean cross-entropy ``+ l2/2 ||W||^2``), over these
+    ``K + 1`` numbers instead of ``K x D`` weights. ``M`` is where the linear head points as its prior grows
+    strong: the loss's gradient at ``W = 0`` is ``-(1/K) M`` (class-balanced), so ``W*(l2) -> M / (K l2)`` as
+    ``l2 -> inf``; the temperature then gives the head the confidence the likelihood supports. It is also the
+    nearest-class-mean classifier (Gaussian classes of one isotropic covariance, ``tau = 1 / sigma^2``).
+    Why: a head of ``K x D`` free weights fitted on tens of examples separates them along whichever directions
+    the sample offers, and two resamples of one task get heads that differ nearly as much as the heads of two
+    tasks (README, "Where the text noise comes from"); class means vary with the sample only by their standard
+    error. Classes absent from ``labels`` get no weights and a bias of -1e4 (as `constant_head_bias`).
+
+    Returns:
+        ``(weight [K, D], bias [K], info)`` in the dtype of ``features``, ``info`` as `fit_linear_head`'s
+        plus the fitted ``temperature``.
+    """
+    x = features.detach().to(torch.float64)
+    y = labels.detach().to(torch.long)
+    counts = torch.bincount(y, minlength=num_classes)
+    present = counts > 0
+    sums = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, y, x)
+    means = sums / counts.clamp_min(1).to(torch.float64)[:, None]
+    means = torch.where(present[:, None], means - means[present].mean(0), 0.0)
+    score = x @ means.T  # [N, K]: the logits at tau = 1 without bias
+    sample_w = class_balanced_weights(y, num_classes).to(x.device)
+    absent = torch.where(present, 0.0, -1e4).to(torch.float64)
+    sq_norm = float(means.square().sum())
+    tau = torch.zeros((), dtype=torch.float64, device=x.device, requires_grad=True)
+    beta = torch.zeros(num_classes, dtype=torch.float64, device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS([tau, beta], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=tol * 1e-3,
+                            history_size=20, line_search_fn="strong_wolfe")
+    n_evals = 0
+
+    def closure() -> torch.Tensor:
+        nonlocal n_evals
+        n_evals += 1
+        opt.zero_grad()
+        logits = tau * score + beta + absent
+        loss = (F.cross_entropy(logits, y, reduction="none") * sample_w).mean() + 0.5 * l2 * tau.square() * sq_norm
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        final = float(closure())
+        weight = tau * means
+        bias = beta + absent
+        acc = float(((x @ weight.T + bias).argmax(1) == y).double().mean())
+    info = {"loss": final, "train_accuracy": acc, "evaluations": float(n_evals), "temperature": float(tau.detach())}
+    logger.debug("prototype head fit: %s", info)
+    return weight.to(features.dtype), bias.to(features.dtype), info
+
+
+#: The head forms `Task2Vec(head=...)` offers.
+HEADS: tuple[str, ...] = ("linear", "prototype")
+
+
+def fit_head_of_kind(
+    kind: str, features: torch.Tensor, labels: torch.Tensor, num_classes: int, *, l2: float, max_iter: int = 500
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """`fit_linear_head` (``kind="linear"``) or `fit_prototype_head` (``"prototype"``); an infinite ``l2``
+    is the constant head of either."""
+    if kind == "prototype" and not math.isinf(l2):
+        return fit_prototype_head(features, labels, num_classes, l2=l2, max_iter=max_iter)
+    return fit_linear_head(features, labels, num_classes, l2=l2, max_iter=max_iter)
+
+
 def set_head(head: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
     with torch.no_grad():
         head.weight.copy_(weight.to(head.weight))

@@ -32,7 +32,7 @@ from .checks import AUTO_BATCH_SIDE, DEFAULT_BATCH_SIZE, auto_batch_size, check_
 from .embedding import TaskEmbedding, _method_options
 from .errors import TaskError
 from .fisher import FisherResult, Strategy, fisher_diagonal, to_device
-from .head import fit_linear_head, select_head_l2, set_head
+from .head import fit_head_of_kind, select_head_l2, set_head
 from .pipeline import iter_batches
 from .probes import Probe, load_probe
 from .robust import fisher_variational, relative_fisher, robust_fisher
@@ -106,6 +106,7 @@ PROVENANCE: tuple[Recorded, ...] = (
     Recorded("seed", "seed", int),
     Recorded("fit_head", "fit_head", _boolean, resume=False),
     Recorded("head_l2", "head_l2", _head_l2, legacy="0.001"),  # the head's strength ("auto": chosen per task)
+    Recorded("head", "head", legacy="linear"),  # the head's form: all weights free, or the class means'
     Recorded("n_samples", "n_samples", int, resume=False, in_method_options=True),
     Recorded("epochs", "variational_epochs", int, resume=False, in_method_options=True),
     Recorded("beta", "beta", float, resume=False, in_method_options=True),
@@ -167,6 +168,11 @@ class Task2Vec:
             examples support, by the evidence (type-II maximum likelihood of the head's prior precision
             on the cached features, `select_head_l2`; the value chosen is recorded as
             ``head_l2_fitted``). Measured, not yet the default: README, "The head's strength".
+        head: the head's form. ``"prototype"`` (default): the class means times one temperature fitted by
+            the likelihood (`fit_prototype_head`): ``K + 1`` numbers instead of ``K x D`` weights, so the head,
+            and the Fisher taken under it, varies far less from one sample of the task to another;
+            ``"linear"``: every weight free (`fit_linear_head`; the paper's head and the default until
+            this option came). README, "The head's form"; docs/robust_fisher.md.
         batch_size: examples per forward/backward pass; ``None`` (default) picks one for the memory:
             on the CPU, 32 images up to 112 px and fewer above (``32 * (112 / side)^2``: 8 at 224 px,
             which keeps one embed under 3 GB with the embedded probe), 32 on an accelerator and for
@@ -198,6 +204,7 @@ class Task2Vec:
         fit_head: bool = True,
         head_epochs: int = 500,
         head_l2: float | Literal["auto"] = 1e-3,
+        head: Literal["linear", "prototype"] = "prototype",
         batch_size: int | None = None,
         seed: int = 0,
         device: str | torch.device | None = None,
@@ -218,6 +225,7 @@ class Task2Vec:
         # every option is checked here, before any probe or data is loaded (OptionError names it)
         checked = check_embedder_options(dict(
             method=method, n_samples=n_samples, max_samples=max_samples, head_epochs=head_epochs, head_l2=head_l2,
+            head=head,
             batch_size=batch_size, seed=seed, device=device, image_size=image_size,
             variational_epochs=variational_epochs, beta=beta, precision=precision, rank=rank,
             prior_examples=prior_examples,
@@ -233,6 +241,7 @@ class Task2Vec:
         self.fit_head = fit_head
         self.head_epochs = head_epochs
         self.head_l2 = head_l2
+        self.head = head
         self.batch_size = batch_size
         self.seed = seed
         self.device = torch.device(device) if device is not None else default_device()
@@ -324,7 +333,9 @@ class Task2Vec:
         options: dict[str, Any] = {}
         for row in PROVENANCE:
             text = (method_options if row.in_method_options else meta).get(row.key)
-            if row.option is None or text in (None, ""):
+            if text in (None, ""):  # written before the key existed: what those embeddings stand for
+                text = row.legacy
+            if row.option is None or text == "":
                 continue
             try:
                 options[row.option] = row.parse(str(text))
@@ -405,7 +416,8 @@ class Task2Vec:
             feats = self.features(task, indices)
             labels = torch.as_tensor(task.labels[indices])
             l2, info = self.head_strength(feats, labels, task.num_classes)
-            weight, bias, fit_info = fit_linear_head(feats, labels, task.num_classes, l2=l2, max_iter=self.head_epochs)
+            weight, bias, fit_info = fit_head_of_kind(
+                self.head, feats, labels, task.num_classes, l2=l2, max_iter=self.head_epochs)
             info.update(fit_info, head_l2=l2)
             set_head(probe.reset_head(task.num_classes, feats.shape[1]), weight, bias)
             logger.info("%s: head train accuracy %.3f", task.name, info["train_accuracy"])

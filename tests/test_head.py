@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -12,6 +13,7 @@ from hf_task2vec.head import (
     EVIDENCE_MAX_PAIRS,
     class_balanced_weights,
     fit_linear_head,
+    fit_prototype_head,
     log_evidence,
     select_head_l2,
 )
@@ -86,3 +88,69 @@ def test_warm_start_reaches_the_same_optimum_as_a_cold_one() -> None:
     start = fit_linear_head(x, y, 3, l2=1.0)[:2]
     warm_w, warm_b, _ = fit_linear_head(x, y, 3, l2=0.01, init=start)
     assert torch.allclose(cold_w, warm_w, atol=1e-6) and torch.allclose(cold_b, warm_b, atol=1e-6)
+
+
+def _class_means_centred(x: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    means = torch.stack([x[y == c].mean(0) for c in range(k)])
+    return means - means.mean(0)
+
+
+def test_prototype_head_points_along_the_centred_class_means_with_the_likelihoods_temperature() -> None:
+    x, y = _softmax_task(n=300, d=12, k=3, alpha=1.0, seed=4)
+    weight, bias, info = fit_prototype_head(x, y, 3, l2=1e-3)
+    means = _class_means_centred(x, y, 3)
+    assert torch.allclose(weight, info["temperature"] * means, atol=1e-10)
+    assert info["temperature"] > 0
+    # the temperature and bias are the objective's optimum: moving the temperature either way costs
+    sw = class_balanced_weights(y, 3)
+
+    def objective(tau: float) -> float:
+        w = tau * means
+        return float((F.cross_entropy(x @ w.T + bias, y, reduction="none") * sw).mean() + 0.5e-3 * w.square().sum())
+
+    tau = info["temperature"]
+    assert objective(tau) == pytest.approx(info["loss"], abs=1e-9)
+    assert objective(tau * 1.01) > objective(tau) and objective(tau * 0.99) > objective(tau)
+
+
+def test_prototype_head_is_where_the_linear_head_points_under_a_strong_prior() -> None:
+    # W*(l2) -> M / (K l2) as l2 grows: the linear head's direction tends to the prototype head's
+    x, y = _softmax_task(n=400, d=8, k=4, alpha=3.0, seed=5)
+    proto = fit_prototype_head(x, y, 4)[0].flatten()
+    strong = fit_linear_head(x, y, 4, l2=1e3)[0].flatten()
+    weak = fit_linear_head(x, y, 4, l2=1e-3)[0].flatten()
+    cos = F.cosine_similarity
+    assert float(cos(strong, proto, dim=0)) > 0.9999
+    assert float(cos(weak, proto, dim=0)) < 0.99  # a weak prior points elsewhere: the forms really differ
+
+
+def test_prototype_head_gives_absent_classes_no_weight_and_permutes_with_the_labels() -> None:
+    x, y = _softmax_task(n=120, d=6, k=3, alpha=1.0, seed=6)
+    weight, bias, _ = fit_prototype_head(x, y, 4)  # class 3 has no examples
+    assert torch.all(weight[3] == 0) and float(bias[3]) < -1e3
+    perm = torch.tensor([2, 0, 1])  # old label c -> perm[c]
+    w_perm, b_perm, _ = fit_prototype_head(x, perm[y], 3)
+    w, b, _ = fit_prototype_head(x, y, 3)
+    assert torch.allclose(w_perm[perm], w, atol=1e-6)
+    assert torch.allclose(w_perm[perm] @ x.T + b_perm[perm, None], w @ x.T + b[:, None], atol=1e-5)
+
+
+def test_the_heads_form_is_recorded_restored_and_part_of_the_comparability_rule() -> None:
+    from hf_task2vec import IncompatibleEmbeddingsError, Task2Vec, distance
+    from tests.test_fisher import _blob_task
+    from tests.test_relative import _relu_probe
+
+    task = _blob_task(n=240)
+    embedder = Task2Vec(_relu_probe(), head="prototype", device="cpu", progress=False)
+    proto = embedder.embed(task)
+    linear = Task2Vec(_relu_probe(), head="linear", device="cpu", progress=False).embed(task)
+    assert proto.meta["head"] == "prototype" and linear.meta["head"] == "linear"
+    assert Task2Vec.from_provenance(proto.meta, probe=_relu_probe()).head == "prototype"
+    with pytest.raises(IncompatibleEmbeddingsError, match=r"head 'prototype' vs 'linear'"):
+        distance(proto, linear)
+    # an embedding written before the key existed had the only head there was: linear
+    old = dataclasses.replace(linear, meta={k: v for k, v in linear.meta.items() if k != "head"})
+    assert distance(old, linear) == 0.0
+    assert Task2Vec.from_provenance(old.meta, probe=_relu_probe()).head == "linear"
+    with pytest.raises(IncompatibleEmbeddingsError, match="head"):
+        distance(old, proto)

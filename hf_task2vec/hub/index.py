@@ -161,6 +161,9 @@ def comparable_meta(row: dict[str, Any]) -> dict[str, str]:
         value = row.get(column)
         if value is not None and value != "":
             meta[column] = str(value)
+    # no column for the head's form: "" is unknown here (a file that does not record it reads as the
+    # linear head, the only one before the key existed; see hf_task2vec.compat)
+    meta["head"] = ""
     return meta
 
 

@@ -68,6 +68,7 @@ def test_non_finite_inputs_are_refused_before_the_fisher(bad):
         ("batch_size", 0, ["batch_size", "at least 1", "got 0"]),
         ("image_size", 1, ["image_size", "at least", "got 1"]),
         ("head_l2", float("nan"), ["head_l2", "finite"]),
+        ("head", "mlp", ["head", "linear, prototype", "'mlp'"]),
         ("beta", float("inf"), ["beta", "finite"]),
         ("device", "bogus", ["device", "'bogus'", "cpu"]),
         ("seed", -3, ["seed", "got -3"]),

@@ -33,9 +33,9 @@ def _details(message: str) -> str:
     return message.split("cannot compare ", 1)[1].split(": ", 1)[1]
 
 
-def _variational(max_samples: int, *, seed: int = 0, n: int = 90):
+def _variational(max_samples: int, *, seed: int = 0, n: int = 90, head: str = "prototype"):
     return Task2Vec(_mlp_probe(), method="variational", max_samples=max_samples, seed=seed, progress=False,
-                    device="cpu").embed(_blob_task(n=n, seed=seed))
+                    device="cpu", head=head).embed(_blob_task(n=n, seed=seed))
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,8 @@ def test_select_refuses_a_query_on_another_prior(prior_index, tmp_path, capsys):
 
 def test_an_index_saved_without_per_expert_metadata_still_checks_the_prior(prior_index, tmp_path):
     """Older indexes may lack the experts' metadata: the keys they do not record are unknown (not
-    compared), the four settings every index records still are, and the trivial embeddings decide the prior."""
+    compared), the four settings every index records still are, and the trivial embeddings decide the prior.
+    The head's form is known: every embedding written before it was recorded had the linear head."""
     index, experts = prior_index
     old = ExpertIndex()
     for i, e in enumerate(experts):
@@ -98,7 +99,9 @@ def test_an_index_saved_without_per_expert_metadata_still_checks_the_prior(prior
     other = tiny_embedding("q", dim=experts[0].dim, probe="mlp", method="variational")
     with pytest.raises(IncompatibleEmbeddingsError, match="probe_revision 'r1' vs"):
         loaded.select(other)
-    assert len(loaded.select(_variational(500, seed=3), k=2)) == 2
+    with pytest.raises(IncompatibleEmbeddingsError, match="head 'prototype' vs 'linear'"):
+        loaded.select(_variational(500, seed=3), k=2)
+    assert len(loaded.select(_variational(500, seed=3, head="linear"), k=2)) == 2
 
 
 def test_model2vec_refuses_tasks_on_another_prior(prior_index):
