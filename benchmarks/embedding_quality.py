@@ -98,7 +98,8 @@ ESTIMATORS: dict[str, dict[str, Any]] = {
     "exact": dict(method="exact"),
     "variational": dict(method="variational"),  # the paper's robust Fisher (fixed prior)
     "relative": dict(method="relative"),  # the library default, named
-    "prototype": dict(head="prototype"),  # the head restricted to the class means (text noise, issue 21)
+    "linear": dict(head="linear"),  # the head of every weight free (the default before 2026-12-08)
+    "discriminant": dict(head="discriminant"),  # LDA with a Ledoit-Wolf covariance (issue 21: text taxonomy)
 }
 ALL = "*"  # every estimator of ESTIMATORS
 

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="three of the six tasks")
     parser.add_argument("--head-l2", type=lambda v: v if v == "auto" else float(v), default=None,
                         help="Task2Vec(head_l2=...): a number or 'auto' (default: the library's)")
-    parser.add_argument("--head", choices=("linear", "prototype"), default=None,
+    parser.add_argument("--head", choices=("linear", "prototype", "discriminant"), default=None,
                         help="Task2Vec(head=...) (default: the library's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

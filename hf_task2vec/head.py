@@ -162,17 +162,59 @@ def fit_prototype_head(
     return weight.to(features.dtype), bias.to(features.dtype), info
 
 
+def fit_discriminant_head(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    l2: float = 1e-3,
+    max_iter: int = 500,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Linear discriminant analysis with a shrunk covariance: ``W = tau * M S^-1``, ``M`` the centred class
+    means (as `fit_prototype_head`), ``S`` the within-class covariance shrunk towards ``(tr S / D) I`` by the
+    Ledoit-Wolf intensity (estimated from the data, `sklearn.covariance.ledoit_wolf`); ``tau`` and the bias
+    fitted by the likelihood.
+
+    The prototype head is the case ``S = I``: it weighs every feature direction alike, so directions in which
+    the features vary a lot within a class (and say little about it) count as much as quiet, telling ones.
+    The shrunk ``S`` weighs them by what the task's own examples show, with no constant to choose: few
+    examples give a heavily shrunk ``S`` (close to the prototype head), many give the classical LDA. Fitted
+    in the whitened coordinates ``x S^-1/2`` by `fit_prototype_head` (so the L2 term holds the whitened
+    weights) and mapped back.
+
+    Returns:
+        ``(weight [K, D], bias [K], info)`` as `fit_prototype_head`, ``info`` plus the ``shrinkage`` used.
+    """
+    from sklearn.covariance import ledoit_wolf
+
+    x = features.detach().to(torch.float64)
+    y = labels.detach().to(torch.long)
+    counts = torch.bincount(y, minlength=num_classes)
+    sums = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, y, x)
+    means = sums / counts.clamp_min(1).to(torch.float64)[:, None]
+    resid = (x - means[y]).cpu().numpy()
+    cov, shrinkage = ledoit_wolf(resid, assume_centered=True)
+    vals, vecs = torch.linalg.eigh(torch.as_tensor(cov, dtype=torch.float64))
+    inv_sqrt = (vecs * vals.clamp_min(1e-12 * float(vals.max())).rsqrt()) @ vecs.T  # S^-1/2, symmetric
+    inv_sqrt = inv_sqrt.to(x.device)
+    weight, bias, info = fit_prototype_head(x @ inv_sqrt, y, num_classes, l2=l2, max_iter=max_iter)
+    weight = weight.to(torch.float64) @ inv_sqrt
+    return weight.to(features.dtype), bias.to(features.dtype), {**info, "shrinkage": float(shrinkage)}
+
+
 #: The head forms `Task2Vec(head=...)` offers.
-HEADS: tuple[str, ...] = ("linear", "prototype")
+HEADS: tuple[str, ...] = ("linear", "prototype", "discriminant")
 
 
 def fit_head_of_kind(
     kind: str, features: torch.Tensor, labels: torch.Tensor, num_classes: int, *, l2: float, max_iter: int = 500
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """`fit_linear_head` (``kind="linear"``) or `fit_prototype_head` (``"prototype"``); an infinite ``l2``
-    is the constant head of either."""
+    """`fit_linear_head` (``kind="linear"``), `fit_prototype_head` (``"prototype"``) or
+    `fit_discriminant_head` (``"discriminant"``); an infinite ``l2`` is the constant head of any."""
     if kind == "prototype" and not math.isinf(l2):
         return fit_prototype_head(features, labels, num_classes, l2=l2, max_iter=max_iter)
+    if kind == "discriminant" and not math.isinf(l2):
+        return fit_discriminant_head(features, labels, num_classes, l2=l2, max_iter=max_iter)
     return fit_linear_head(features, labels, num_classes, l2=l2, max_iter=max_iter)
 
 

@@ -204,7 +204,7 @@ class Task2Vec:
         fit_head: bool = True,
         head_epochs: int = 500,
         head_l2: float | Literal["auto"] = 1e-3,
-        head: Literal["linear", "prototype"] = "prototype",
+        head: Literal["linear", "prototype", "discriminant"] = "prototype",
         batch_size: int | None = None,
         seed: int = 0,
         device: str | torch.device | None = None,

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from hf_task2vec.head import (
     EVIDENCE_MAX_PAIRS,
     class_balanced_weights,
+    fit_discriminant_head,
     fit_linear_head,
     fit_prototype_head,
     log_evidence,
@@ -154,3 +155,22 @@ def test_the_heads_form_is_recorded_restored_and_part_of_the_comparability_rule(
     assert Task2Vec.from_provenance(old.meta, probe=_relu_probe()).head == "linear"
     with pytest.raises(IncompatibleEmbeddingsError, match="head"):
         distance(old, proto)
+
+
+def test_discriminant_head_is_lda_with_the_ledoit_wolf_covariance() -> None:
+    from sklearn.covariance import LedoitWolf
+
+    x, y = _softmax_task(n=200, d=10, k=3, alpha=1.0, seed=7)
+    x[:, 0] *= 8.0  # a loud feature: its within-class spread must weigh it down
+    weight, _, info = fit_discriminant_head(x, y, 3)
+    means = torch.stack([x[y == c].mean(0) for c in range(3)])
+    resid = (x - means[y]).numpy()
+    cov = torch.as_tensor(LedoitWolf(assume_centered=True).fit(resid).covariance_)
+    expected = _class_means_centred(x, y, 3) @ torch.linalg.inv(cov)
+    assert 0 < info["shrinkage"] < 1
+    ratio = weight / expected
+    assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio), rtol=1e-6) and float(ratio.flatten()[0]) > 0
+    # the prototype head weighs the loud feature by its mean difference alone, the discriminant one by its spread
+    proto = fit_prototype_head(x, y, 3)[0]
+    share = lambda w: float(w[:, 0].norm() / w.norm())  # noqa: E731
+    assert share(weight) < share(proto)
