@@ -31,6 +31,12 @@ def constant_head_bias(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.where(present, 0.0, -1e4).to(torch.float64)
 
 
+def _lbfgs(params: list[torch.Tensor], max_iter: int, tol: float) -> torch.optim.LBFGS:
+    """Full-batch L-BFGS with a strong-Wolfe line search: every head fit runs to convergence with it."""
+    return torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=tol * 1e-3,
+                             history_size=20, line_search_fn="strong_wolfe")
+
+
 def fit_linear_head(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -68,15 +74,7 @@ def fit_linear_head(
     else:
         weight = init[0].detach().to(x.device, torch.float64).clone().requires_grad_(True)
         bias = init[1].detach().to(x.device, torch.float64).clone().requires_grad_(True)
-    opt = torch.optim.LBFGS(
-        [weight, bias],
-        lr=1.0,
-        max_iter=max_iter,
-        tolerance_grad=tol,
-        tolerance_change=tol * 1e-3,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
+    opt = _lbfgs([weight, bias], max_iter, tol)
     n_evals = 0
 
     def closure() -> torch.Tensor:
@@ -96,6 +94,13 @@ def fit_linear_head(
     info = {"loss": final, "train_accuracy": acc, "evaluations": float(n_evals)}
     logger.debug("head fit: %s", info)
     return weight.detach().to(features.dtype), bias.detach().to(features.dtype), info
+
+
+def class_means(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each class's mean row of ``x`` (``[K, D]``, zeros for a class without examples) and which are present."""
+    counts = torch.bincount(y, minlength=num_classes)
+    sums = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, y, x)
+    return sums / counts.clamp_min(1).to(x.dtype)[:, None], counts > 0
 
 
 def fit_prototype_head(
@@ -126,10 +131,7 @@ def fit_prototype_head(
     """
     x = features.detach().to(torch.float64)
     y = labels.detach().to(torch.long)
-    counts = torch.bincount(y, minlength=num_classes)
-    present = counts > 0
-    sums = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, y, x)
-    means = sums / counts.clamp_min(1).to(torch.float64)[:, None]
+    means, present = class_means(x, y, num_classes)
     means = torch.where(present[:, None], means - means[present].mean(0), 0.0)
     score = x @ means.T  # [N, K]: the logits at tau = 1 without bias
     sample_w = class_balanced_weights(y, num_classes).to(x.device)
@@ -137,8 +139,7 @@ def fit_prototype_head(
     sq_norm = float(means.square().sum())
     tau = torch.zeros((), dtype=torch.float64, device=x.device, requires_grad=True)
     beta = torch.zeros(num_classes, dtype=torch.float64, device=x.device, requires_grad=True)
-    opt = torch.optim.LBFGS([tau, beta], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=tol * 1e-3,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = _lbfgs([tau, beta], max_iter, tol)
     n_evals = 0
 
     def closure() -> torch.Tensor:
@@ -189,10 +190,7 @@ def fit_discriminant_head(
 
     x = features.detach().to(torch.float64)
     y = labels.detach().to(torch.long)
-    counts = torch.bincount(y, minlength=num_classes)
-    sums = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, y, x)
-    means = sums / counts.clamp_min(1).to(torch.float64)[:, None]
-    resid = (x - means[y]).cpu().numpy()
+    resid = (x - class_means(x, y, num_classes)[0][y]).cpu().numpy()
     cov, shrinkage = ledoit_wolf(resid, assume_centered=True)
     vals, vecs = torch.linalg.eigh(torch.as_tensor(cov, dtype=torch.float64))
     inv_sqrt = (vecs * vals.clamp_min(1e-12 * float(vals.max())).rsqrt()) @ vecs.T  # S^-1/2, symmetric
