@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OptionError, OutputError
+from .head import HEADS
 
 #: The smallest image side accepted: below it every probe layer sees a 1x1 map and the Fisher says
 #: nothing about the images.
@@ -344,7 +345,7 @@ def check_embedder_options(options: dict[str, Any]) -> dict[str, Any]:
         ),
         "max_length": lambda v: check_max_length(v),
         "head_l2": lambda v: v if v == "auto" else check_float("head_l2", v, minimum=0.0),
-        "head": lambda v: check_choice("head", v, ("linear", "prototype", "discriminant")),
+        "head": lambda v: check_choice("head", v, HEADS),
         "beta": lambda v: check_float("beta", v, positive=True),
         "image_size": check_image_size,
         "device": check_device,

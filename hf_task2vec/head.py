@@ -135,7 +135,7 @@ def fit_prototype_head(
     means = torch.where(present[:, None], means - means[present].mean(0), 0.0)
     score = x @ means.T  # [N, K]: the logits at tau = 1 without bias
     sample_w = class_balanced_weights(y, num_classes).to(x.device)
-    absent = torch.where(present, 0.0, -1e4).to(torch.float64)
+    absent = constant_head_bias(y, num_classes).to(x.device)  # -1e4 for the classes without examples
     sq_norm = float(means.square().sum())
     tau = torch.zeros((), dtype=torch.float64, device=x.device, requires_grad=True)
     beta = torch.zeros(num_classes, dtype=torch.float64, device=x.device, requires_grad=True)
@@ -200,8 +200,9 @@ def fit_discriminant_head(
     return weight.to(features.dtype), bias.to(features.dtype), {**info, "shrinkage": float(shrinkage)}
 
 
+_HEAD_FITS = {"linear": fit_linear_head, "prototype": fit_prototype_head, "discriminant": fit_discriminant_head}
 #: The head forms `Task2Vec(head=...)` offers.
-HEADS: tuple[str, ...] = ("linear", "prototype", "discriminant")
+HEADS: tuple[str, ...] = tuple(_HEAD_FITS)
 
 
 def fit_head_of_kind(
@@ -209,11 +210,8 @@ def fit_head_of_kind(
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """`fit_linear_head` (``kind="linear"``), `fit_prototype_head` (``"prototype"``) or
     `fit_discriminant_head` (``"discriminant"``); an infinite ``l2`` is the constant head of any."""
-    if kind == "prototype" and not math.isinf(l2):
-        return fit_prototype_head(features, labels, num_classes, l2=l2, max_iter=max_iter)
-    if kind == "discriminant" and not math.isinf(l2):
-        return fit_discriminant_head(features, labels, num_classes, l2=l2, max_iter=max_iter)
-    return fit_linear_head(features, labels, num_classes, l2=l2, max_iter=max_iter)
+    fit = fit_linear_head if math.isinf(l2) else _HEAD_FITS[kind]
+    return fit(features, labels, num_classes, l2=l2, max_iter=max_iter)
 
 
 def set_head(head: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
