@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..compat import RULE
 from ..embedding import TEXT_INPUT_KEYS, TaskEmbedding
 from ..errors import HubError
 
@@ -161,9 +162,10 @@ def comparable_meta(row: dict[str, Any]) -> dict[str, str]:
         value = row.get(column)
         if value is not None and value != "":
             meta[column] = str(value)
-    # no column for the head's form: "" is unknown here (a file that does not record it reads as the
-    # linear head, the only one before the key existed; see hf_task2vec.compat)
-    meta["head"] = ""
+    # every other rule key is unknown here ("": not compared), whatever an embedding FILE missing it stands for
+    # (`RuleKey.read`'s legacy value, e.g. the linear head): the stored file decides it
+    for rule in RULE:
+        meta.setdefault(rule.name, "")
     return meta
 
 
