@@ -152,8 +152,8 @@ def comparable_meta(row: dict[str, Any]) -> dict[str, str]:
     """The metadata of the comparability rule (`hf_task2vec.compat`) that an index row records: the
     `META_TO_COLUMN` keys (a missing value is ``""``, as in the files) and the `TEXT_COMPARED` ones
     where recorded. A rule key the index has no column for (the robust prior: ``prior_examples``,
-    ``beta``) or leaves empty (rows of an index written before the input columns existed) is left
-    out, i.e. unknown: `EmbeddingStore.nearest` lets the stored file decide it."""
+    ``beta``, the head's form) or leaves empty (rows of an index written before the input columns
+    existed) is ``""``, i.e. unknown: `EmbeddingStore.nearest` lets the stored file decide it."""
     meta = {}
     for key, column in META_TO_COLUMN.items():
         value = row.get(column)
